@@ -1,0 +1,115 @@
+//! KMS key identifiers: key ids, key ARNs, alias names and alias ARNs.
+
+/// A parsed `arn:<partition>:kms:<region>:<account>:<resource>` (key or alias).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsArn<'a> {
+    pub partition: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+    /// `key/<id>` or `alias/<name>`.
+    pub resource: &'a str,
+}
+
+impl<'a> KmsArn<'a> {
+    pub fn parse(s: &'a str) -> Option<Self> {
+        let mut parts = s.splitn(6, ':');
+        let (
+            Some("arn"),
+            Some(partition),
+            Some("kms"),
+            Some(region),
+            Some(account),
+            Some(resource),
+        ) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        )
+        else {
+            return None;
+        };
+        let valid = !partition.is_empty()
+            && !region.is_empty()
+            && !account.is_empty()
+            && (resource.starts_with("key/") || resource.starts_with("alias/"));
+        valid.then_some(KmsArn {
+            partition,
+            region,
+            account,
+            resource,
+        })
+    }
+
+    /// True for multi-region keys, whose ids start with `mrk-`.
+    pub fn is_multi_region(&self) -> bool {
+        self.resource.starts_with("key/mrk-")
+    }
+
+    /// The same ARN in another region (for a multi-region key: its replica there).
+    pub fn in_region(&self, region: &str) -> String {
+        format!(
+            "arn:{}:kms:{}:{}:{}",
+            self.partition, region, self.account, self.resource
+        )
+    }
+}
+
+/// The region a key identifier pins, if it is an ARN.
+pub fn region_of(key_id: &str) -> Option<&str> {
+    KmsArn::parse(key_id).map(|arn| arn.region)
+}
+
+/// Whether `answered` (the key KMS says it used) is the key `expected`: the same ARN, or for a
+/// multi-region key, a replica of it (same partition, account and key id, another region).
+pub fn same_key(expected: &str, answered: &str) -> bool {
+    if expected == answered {
+        return true;
+    }
+    match (KmsArn::parse(expected), KmsArn::parse(answered)) {
+        (Some(e), Some(a)) => {
+            e.is_multi_region()
+                && e.partition == a.partition
+                && e.account == a.account
+                && e.resource == a.resource
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_key_and_alias_arns() {
+        let arn = KmsArn::parse("arn:aws:kms:eu-west-1:111122223333:key/mrk-1234").unwrap();
+        assert_eq!(arn.region, "eu-west-1");
+        assert!(arn.is_multi_region());
+        assert_eq!(
+            arn.in_region("us-west-2"),
+            "arn:aws:kms:us-west-2:111122223333:key/mrk-1234"
+        );
+        assert!(KmsArn::parse("arn:aws:kms:eu-west-1:111122223333:alias/app").is_some());
+        assert!(KmsArn::parse("arn:aws:s3:::bucket").is_none());
+        assert!(KmsArn::parse("alias/app").is_none());
+        assert!(KmsArn::parse("1234abcd").is_none());
+        assert_eq!(
+            region_of("arn:aws-cn:kms:cn-north-1:1:key/x"),
+            Some("cn-north-1")
+        );
+    }
+
+    #[test]
+    fn replicas_of_multi_region_keys_match() {
+        let a = "arn:aws:kms:us-east-1:1:key/mrk-1";
+        assert!(same_key(a, "arn:aws:kms:us-west-2:1:key/mrk-1"));
+        assert!(!same_key(a, "arn:aws:kms:us-west-2:2:key/mrk-1"));
+        assert!(!same_key(a, "arn:aws:kms:us-west-2:1:key/mrk-2"));
+        let single = "arn:aws:kms:us-east-1:1:key/abc";
+        assert!(same_key(single, single));
+        assert!(!same_key(single, "arn:aws:kms:us-west-2:1:key/abc"));
+    }
+}

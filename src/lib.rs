@@ -1,0 +1,15 @@
+//! kmseal: Kubernetes Secrets in Git, envelope-encrypted with AWS KMS.
+//!
+//! The library holds everything; the binaries only wire it together.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod arn;
+pub mod binding;
+pub mod cli;
+pub mod envelope;
+pub mod kms;
+pub mod manifest;
+pub mod random;
+pub mod seal;
+pub mod telemetry;
