@@ -1,0 +1,119 @@
+//! The `EncryptedSecret` custom resource (`kmseal.dev/v1alpha1`).
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "kmseal.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "EncryptedSecret";
+pub const API_VERSION: &str = "kmseal.dev/v1alpha1";
+
+/// Annotation on an EncryptedSecret: the scope for items that are plain KMS ciphertext
+/// (`aws kms encrypt` output), which carry no header of their own. `strict` when absent.
+pub const PLAIN_SCOPE_ANNOTATION: &str = "kmseal.dev/scope";
+
+/// The sealed items and the shape of the Secret to produce.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kmseal.dev",
+    version = "v1alpha1",
+    kind = "EncryptedSecret",
+    plural = "encryptedsecrets",
+    singular = "encryptedsecret",
+    shortname = "esec",
+    doc = "A Kubernetes Secret whose values are sealed with AWS KMS; the kmseal controller turns it into the Secret.",
+    namespaced,
+    status = "EncryptedSecretStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptedSecretSpec {
+    /// Item name to sealed value (base64 of a kmseal envelope, or of plain KMS ciphertext).
+    #[serde(default)]
+    pub encrypted_data: BTreeMap<String, String>,
+    /// What the produced Secret looks like besides its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+    /// The KMS key (id, ARN, alias or alias ARN) that items should be sealed under; key
+    /// rotation re-seals items under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+/// The Secret to produce.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// The Secret type, e.g. `Opaque` or `kubernetes.io/tls`. `Opaque` when empty.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// Make the Secret immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
+/// Labels and annotations for the produced Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the controller last did with this EncryptedSecret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptedSecretStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Secret this EncryptedSecret produces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The KMS keys the items are sealed under.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_arns: Vec<String>,
+}
+
+/// A status condition, as in `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason from a small fixed set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// What happened and what to do; never a secret value.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl EncryptedSecret {
+    /// A new EncryptedSecret with the given namespace (optional) and name.
+    pub fn with_name(namespace: Option<&str>, name: &str, spec: EncryptedSecretSpec) -> Self {
+        let mut es = EncryptedSecret::new(name, spec);
+        es.metadata.namespace = namespace.map(str::to_owned);
+        es
+    }
+}

@@ -1,0 +1,427 @@
+//! AWS KMS through the AWS SDK.
+//!
+//! Credentials come from the SDK's default chain (environment, web identity / IRSA, shared
+//! config and profiles, container and instance metadata), optionally with a role assumed on
+//! top. Retries use the SDK's standard or adaptive modes, which honour `AWS_MAX_ATTEMPTS` and
+//! `AWS_RETRY_MODE`. One rustls + ring TLS stack serves every HTTP client in the process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec};
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use zeroize::Zeroizing;
+
+use super::{DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, KmsErrorKind, PublicKeyInfo};
+use crate::arn::KmsArn;
+use crate::binding::EncryptionContext;
+use crate::envelope::{DataKey, WrapAlgorithm};
+
+/// How to reach KMS. Anything left `None` comes from the SDK's usual environment and files.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// The region for key ids and aliases, and for the replica of a multi-region key.
+    pub region: Option<String>,
+    /// An endpoint URL for KMS and STS (LocalStack, moto).
+    pub endpoint: Option<String>,
+    /// A role to assume on top of the default credentials, e.g. for a key in another account.
+    pub role_arn: Option<String>,
+    pub role_session_name: Option<String>,
+    /// A named profile from the shared config files.
+    pub profile: Option<String>,
+}
+
+pub const DEFAULT_ROLE_SESSION_NAME: &str = "kmseal";
+
+/// KMS through the AWS SDK. Cheap to share; clients are kept per region.
+pub struct AwsKms {
+    sdk: SdkConfig,
+    default_region: Option<String>,
+    clients: Mutex<HashMap<String, aws_sdk_kms::Client>>,
+}
+
+/// The HTTPS client for every AWS call: rustls with ring, like the Kubernetes client, so the
+/// process has one TLS stack and no process-wide CryptoProvider ambiguity.
+fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+impl AwsKms {
+    /// Resolves configuration and credentials providers; makes no network call by itself.
+    pub async fn connect(settings: &AwsSettings) -> Result<Self, KmsError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .build(),
+            );
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile.clone());
+        }
+        let mut sdk = loader.load().await;
+        if let Some(role_arn) = &settings.role_arn {
+            let session = settings
+                .role_session_name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ROLE_SESSION_NAME.to_owned());
+            let mut provider = AssumeRoleProvider::builder(role_arn.clone())
+                .session_name(session)
+                .configure(&sdk);
+            if sdk.region().is_none() {
+                // STS needs some region; its global partition endpoint answers for all.
+                provider = provider.region(Region::new("us-east-1"));
+            }
+            let provider = provider.build().await;
+            sdk = sdk
+                .into_builder()
+                .credentials_provider(SharedCredentialsProvider::new(provider))
+                .build();
+        }
+        let default_region = sdk.region().map(|r| r.as_ref().to_owned());
+        Ok(AwsKms {
+            sdk,
+            default_region,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The region a call about `key_id` goes to, and the key id to send there.
+    ///
+    /// A key ARN selects its own region, except a multi-region key, which is used through its
+    /// replica in the configured region (no cross-region call). Ids and aliases use the
+    /// configured region.
+    fn route(&self, action: &'static str, key_id: &str) -> Result<(String, String), KmsError> {
+        match KmsArn::parse(key_id) {
+            Some(arn) => match &self.default_region {
+                Some(region) if arn.is_multi_region() && region != arn.region => {
+                    Ok((region.clone(), arn.in_region(region)))
+                }
+                _ => Ok((arn.region.to_owned(), key_id.to_owned())),
+            },
+            None => match &self.default_region {
+                Some(region) => Ok((region.clone(), key_id.to_owned())),
+                None => Err(KmsError::new(
+                    KmsErrorKind::InvalidRequest,
+                    action,
+                    Some(key_id),
+                    "no AWS region is configured; pass --region, set AWS_REGION, or name the key by its ARN",
+                )),
+            },
+        }
+    }
+
+    fn client(&self, region: &str) -> aws_sdk_kms::Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_kms::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_owned()))
+                    .build();
+                aws_sdk_kms::Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+impl Kms for AwsKms {
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        const ACTION: &str = "kms:GenerateDataKey";
+        let (region, routed_key) = self.route(ACTION, key_id)?;
+        let output = self
+            .client(&region)
+            .generate_data_key()
+            .key_id(&routed_key)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context((!context.is_empty()).then(|| to_hash_map(context)))
+            .send()
+            .await
+            .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+        let plaintext = output
+            .plaintext
+            .as_ref()
+            .ok_or_else(|| malformed(ACTION, key_id, &region, "no Plaintext"))?;
+        let plaintext = DataKey::from_slice(plaintext.as_ref())
+            .map_err(|_| malformed(ACTION, key_id, &region, "data key is not 32 bytes"))?;
+        let wrapped = output
+            .ciphertext_blob
+            .ok_or_else(|| malformed(ACTION, key_id, &region, "no CiphertextBlob"))?
+            .into_inner();
+        let key_arn = output
+            .key_id
+            .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?;
+        Ok(GeneratedKey {
+            key_arn,
+            plaintext,
+            wrapped,
+        })
+    }
+
+    async fn decrypt(&self, request: DecryptRequest<'_>) -> Result<Decrypted, KmsError> {
+        const ACTION: &str = "kms:Decrypt";
+        let shown_key = request.key_id.unwrap_or("(from the ciphertext)");
+        let (region, routed_key) = match request.key_id {
+            Some(key_id) => {
+                let (region, routed) = self.route(ACTION, key_id)?;
+                (region, Some(routed))
+            }
+            None => (
+                self.default_region.clone().ok_or_else(|| {
+                    KmsError::new(
+                        KmsErrorKind::InvalidRequest,
+                        ACTION,
+                        None,
+                        "no AWS region is configured; pass --region or set AWS_REGION",
+                    )
+                })?,
+                None,
+            ),
+        };
+        let algorithm = match request.algorithm {
+            WrapAlgorithm::KmsSymmetric => EncryptionAlgorithmSpec::SymmetricDefault,
+            WrapAlgorithm::RsaOaepSha256 => EncryptionAlgorithmSpec::RsaesOaepSha256,
+        };
+        let output = self
+            .client(&region)
+            .decrypt()
+            .set_key_id(routed_key)
+            .ciphertext_blob(Blob::new(request.ciphertext))
+            .encryption_algorithm(algorithm)
+            .set_encryption_context(
+                (!request.context.is_empty()).then(|| to_hash_map(request.context)),
+            )
+            .send()
+            .await
+            .map_err(|e| map_error(ACTION, shown_key, &region, e))?;
+        let key_arn = output
+            .key_id
+            .ok_or_else(|| malformed(ACTION, shown_key, &region, "no KeyId"))?;
+        let plaintext = Zeroizing::new(
+            output
+                .plaintext
+                .ok_or_else(|| malformed(ACTION, shown_key, &region, "no Plaintext"))?
+                .into_inner(),
+        );
+        Ok(Decrypted { key_arn, plaintext })
+    }
+
+    async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
+        const ACTION: &str = "kms:GetPublicKey";
+        let (region, routed_key) = self.route(ACTION, key_id)?;
+        let output = self
+            .client(&region)
+            .get_public_key()
+            .key_id(&routed_key)
+            .send()
+            .await
+            .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+        Ok(PublicKeyInfo {
+            key_arn: output
+                .key_id
+                .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?,
+            der: output
+                .public_key
+                .ok_or_else(|| malformed(ACTION, key_id, &region, "no PublicKey"))?
+                .into_inner(),
+            key_spec: output
+                .key_spec
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            key_usage: output
+                .key_usage
+                .map(|u| u.as_str().to_owned())
+                .unwrap_or_default(),
+            encryption_algorithms: output
+                .encryption_algorithms
+                .unwrap_or_default()
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect(),
+        })
+    }
+}
+
+fn to_hash_map(context: &EncryptionContext) -> HashMap<String, String> {
+    context
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn malformed(action: &'static str, key: &str, region: &str, what: &str) -> KmsError {
+    KmsError::new(
+        KmsErrorKind::Other,
+        action,
+        Some(key),
+        format!("malformed KMS response: {what}"),
+    )
+    .in_region(region)
+}
+
+/// Maps a KMS error code to a category.
+pub fn kind_for_code(code: &str) -> KmsErrorKind {
+    match code {
+        "AccessDeniedException" => KmsErrorKind::AccessDenied,
+        "NotFoundException" => KmsErrorKind::KeyNotFound,
+        "DisabledException" | "KMSInvalidStateException" => KmsErrorKind::KeyDisabled,
+        "KeyUnavailableException"
+        | "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "ServiceUnavailableException"
+        | "InternalFailure" => KmsErrorKind::Unavailable,
+        "InvalidCiphertextException" | "IncorrectKeyException" => KmsErrorKind::InvalidCiphertext,
+        "InvalidKeyUsageException" | "UnsupportedOperationException" => KmsErrorKind::KeyUsage,
+        "ThrottlingException"
+        | "Throttling"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException"
+        | "LimitExceededException" => KmsErrorKind::Throttled,
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException"
+        | "InvalidSignatureException"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken" => KmsErrorKind::Credentials,
+        "ValidationException" | "InvalidArnException" | "InvalidGrantTokenException" => {
+            KmsErrorKind::InvalidRequest
+        }
+        _ => KmsErrorKind::Other,
+    }
+}
+
+/// Keeps error detail short and printable. KMS messages carry no secrets, but a proxy or a
+/// hostile endpoint could send anything.
+fn clean(detail: &str) -> String {
+    const MAX: usize = 400;
+    let mut out: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if detail.chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}
+
+fn map_error<E, R>(action: &'static str, key: &str, region: &str, err: SdkError<E, R>) -> KmsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let (kind, detail) = match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown");
+            let message = e.message().unwrap_or("");
+            (kind_for_code(code), format!("{code}: {message}"))
+        }
+        SdkError::TimeoutError(_) => (KmsErrorKind::Unreachable, "timed out".to_owned()),
+        SdkError::DispatchFailure(failure) => {
+            let text = DisplayErrorContext(&err).to_string();
+            if failure.is_io() || failure.is_timeout() {
+                (KmsErrorKind::Unreachable, text)
+            } else if mentions_credentials(&text) {
+                (KmsErrorKind::Credentials, text)
+            } else {
+                (KmsErrorKind::Unreachable, text)
+            }
+        }
+        _ => {
+            let text = DisplayErrorContext(&err).to_string();
+            if mentions_credentials(&text) {
+                (KmsErrorKind::Credentials, text)
+            } else {
+                (KmsErrorKind::Other, text)
+            }
+        }
+    };
+    KmsError::new(kind, action, Some(key), clean(&detail)).in_region(region)
+}
+
+fn mentions_credentials(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("credential") || lower.contains("identity")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_categories() {
+        assert_eq!(
+            kind_for_code("AccessDeniedException"),
+            KmsErrorKind::AccessDenied
+        );
+        assert_eq!(
+            kind_for_code("KMSInvalidStateException"),
+            KmsErrorKind::KeyDisabled
+        );
+        assert_eq!(
+            kind_for_code("ThrottlingException"),
+            KmsErrorKind::Throttled
+        );
+        assert_eq!(
+            kind_for_code("IncorrectKeyException"),
+            KmsErrorKind::InvalidCiphertext
+        );
+        assert_eq!(kind_for_code("SomethingNew"), KmsErrorKind::Other);
+    }
+
+    #[test]
+    fn detail_is_bounded_and_printable() {
+        let cleaned = clean(&format!("a\nb{}", "x".repeat(1000)));
+        assert!(!cleaned.contains('\n'));
+        assert!(cleaned.chars().count() <= 401);
+    }
+
+    #[tokio::test]
+    async fn multi_region_keys_use_the_local_replica() {
+        let kms = AwsKms::connect(&AwsSettings {
+            region: Some("us-west-2".into()),
+            ..AwsSettings::default()
+        })
+        .await
+        .unwrap();
+        let (region, key) = kms
+            .route(
+                "kms:Decrypt",
+                "arn:aws:kms:us-east-1:111122223333:key/mrk-abc",
+            )
+            .unwrap();
+        assert_eq!(region, "us-west-2");
+        assert_eq!(key, "arn:aws:kms:us-west-2:111122223333:key/mrk-abc");
+        // A single-region key only exists where its ARN says.
+        let (region, key) = kms
+            .route("kms:Decrypt", "arn:aws:kms:eu-west-1:111122223333:key/abc")
+            .unwrap();
+        assert_eq!(region, "eu-west-1");
+        assert_eq!(key, "arn:aws:kms:eu-west-1:111122223333:key/abc");
+        assert_eq!(
+            kms.route("kms:Decrypt", "alias/app").unwrap().0,
+            "us-west-2"
+        );
+    }
+}
