@@ -1,0 +1,728 @@
+//! The `kmseal` command line. `run` takes its arguments and streams as parameters so it can be
+//! tested without spawning a process.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use kube::CustomResourceExt;
+use zeroize::Zeroizing;
+
+use crate::api::EncryptedSecret;
+use crate::binding::Scope;
+use crate::envelope::WrapAlgorithm;
+use crate::kms::{AwsKms, AwsSettings, Kms};
+use crate::manifest::{self, Format};
+use crate::random::{OsRandom, Random};
+use crate::seal::{self, ItemFormat, OfflineKey, PlainSecret, Wrapper};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the command failed (bad input, KMS error, ...); stderr says why.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: the command line itself is wrong.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: `verify` found at least one item that does not decrypt.
+pub const EXIT_VERIFY_FAILED: i32 = 3;
+
+const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Seal a Secret manifest under a KMS key
+  kubectl create secret generic db -n prod --from-literal=password=s3cr3t --dry-run=client -o yaml \\
+    | kmseal seal --key alias/kmseal > db.encrypted.yaml
+
+  # Seal from literals and files directly
+  kmseal seal --name db -n prod --from-literal password=s3cr3t --from-file tls.key=./key.pem --key alias/kmseal
+
+  # Add or replace items in an existing sealed file (needs no decrypt permission)
+  kmseal seal --name db -n prod --from-literal password=n3w --key alias/kmseal --merge-into db.encrypted.yaml
+
+  # Offline sealing with an RSA KMS key's public key
+  kmseal pubkey --key alias/kmseal-rsa > kmseal.pem
+  kmseal seal -f secret.yaml --public-key kmseal.pem > db.encrypted.yaml
+
+  # Check every item through KMS without printing plaintext; then recover the Secret
+  kmseal verify -f db.encrypted.yaml
+  kmseal unseal -f db.encrypted.yaml
+
+Exit codes: 0 success, 1 failure (message on stderr), 2 usage error, 3 verify found bad items.
+AWS: credentials from the SDK's default chain (IRSA web identity, profiles, environment);
+region from --region, AWS_REGION or the profile, or the key ARN; endpoint from --endpoint,
+AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL; retries from AWS_MAX_ATTEMPTS and AWS_RETRY_MODE.";
+
+/// Seal Kubernetes Secrets with AWS KMS into EncryptedSecret manifests that are safe to commit.
+#[derive(Debug, Parser)]
+#[command(name = "kmseal", version, after_long_help = EXAMPLES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where and as whom to call AWS.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AwsArgs {
+    /// AWS region for key ids and aliases (default: AWS_REGION or the profile's region).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// KMS/STS endpoint URL, e.g. http://localhost:4566 for LocalStack.
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Assume this IAM role on top of the default credentials (e.g. for a key in another account).
+    #[arg(long, global = true, env = "KMSEAL_ROLE_ARN", value_name = "ARN")]
+    pub role_arn: Option<String>,
+    /// Session name for --role-arn.
+    #[arg(
+        long,
+        global = true,
+        env = "KMSEAL_ROLE_SESSION_NAME",
+        default_value = "kmseal"
+    )]
+    pub role_session_name: String,
+    /// Named profile from the AWS config files (default: AWS_PROFILE).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+impl AwsArgs {
+    pub fn settings(&self) -> AwsSettings {
+        AwsSettings {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            role_arn: self.role_arn.clone(),
+            role_session_name: Some(self.role_session_name.clone()),
+            profile: self.profile.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seal a Secret (manifest, or literals and files) into an EncryptedSecret.
+    Seal(SealArgs),
+    /// Check that every item decrypts through KMS, without printing plaintext.
+    Verify(VerifyArgs),
+    /// Decrypt an EncryptedSecret and print the Secret (needs kms:Decrypt).
+    Unseal(UnsealArgs),
+    /// Save the public key of an RSA KMS key for `seal --public-key`.
+    Pubkey(PubkeyArgs),
+    /// Print the EncryptedSecret CustomResourceDefinition.
+    Crd,
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Secret manifest(s), YAML or JSON; `-` for stdin (the default without --from-*).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name of the Secret to build from --from-literal / --from-file.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespace of the Secret (fills in a manifest's missing namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// An item as KEY=VALUE (repeatable).
+    #[arg(long = "from-literal", value_name = "KEY=VALUE")]
+    pub literals: Vec<String>,
+    /// An item from a file, as KEY=PATH or PATH (key = file name) (repeatable).
+    #[arg(long = "from-file", value_name = "[KEY=]PATH")]
+    pub files: Vec<String>,
+    /// Secret type for --from-*, e.g. kubernetes.io/tls (default Opaque).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub type_: Option<String>,
+    /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN.
+    #[arg(
+        long,
+        env = "KMSEAL_KEY",
+        value_name = "KEY",
+        conflicts_with = "public_key"
+    )]
+    pub key: Option<String>,
+    /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call).
+    #[arg(long, value_name = "PEM")]
+    pub public_key: Option<PathBuf>,
+    /// What the values are bound to: strict (namespace and name), namespace, or cluster.
+    #[arg(long, default_value = "strict")]
+    pub scope: Scope,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: Format,
+    /// Add or replace items in this EncryptedSecret file, in place; other items keep their
+    /// exact ciphertext.
+    #[arg(long, value_name = "FILE")]
+    pub merge_into: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// EncryptedSecret manifest(s); `-` for stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    pub file: PathBuf,
+    /// Namespace to check against when the manifest has none.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnsealArgs {
+    /// EncryptedSecret manifest(s); `-` for stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    pub file: PathBuf,
+    /// Namespace to decrypt for when the manifest has none.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PubkeyArgs {
+    /// The RSA KMS key (ENCRYPT_DECRYPT): key id, ARN, alias or alias ARN.
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
+    pub key: String,
+}
+
+impl Command {
+    /// Argument checks that need no I/O, done before any AWS configuration is loaded.
+    fn check(&self) -> Result<(), CliError> {
+        if let Command::Seal(args) = self
+            && args.public_key.is_none()
+            && args.key.is_none()
+        {
+            return Err(fail(
+                "no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key",
+            ));
+        }
+        Ok(())
+    }
+
+    fn needs_kms(&self) -> bool {
+        match self {
+            Command::Seal(args) => args.public_key.is_none(),
+            Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) => true,
+            Command::Crd => false,
+        }
+    }
+}
+
+/// A failure that ends the command.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError {
+            message: e.to_string(),
+            code: EXIT_ERROR,
+        }
+    }
+}
+
+fn fail(message: impl Into<String>) -> CliError {
+    CliError {
+        message: message.into(),
+        code: EXIT_ERROR,
+    }
+}
+
+/// Streams and environment of one run.
+pub struct Io<'a> {
+    pub stdin: &'a mut dyn Read,
+    pub stdout: &'a mut dyn Write,
+    pub stderr: &'a mut dyn Write,
+    /// Seconds since the Unix epoch, recorded in sealed values.
+    pub now: u64,
+    pub rng: &'a mut dyn Random,
+}
+
+impl Random for &mut dyn Random {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), crate::random::RandomError> {
+        (**self).fill(buf)
+    }
+}
+
+/// The command's name as invoked: `kubectl kmseal` when run as a kubectl plugin.
+fn bin_name(args: &[OsString]) -> &'static str {
+    let invoked = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("kmseal");
+    if invoked.starts_with("kubectl-kmseal") {
+        "kubectl kmseal"
+    } else {
+        "kmseal"
+    }
+}
+
+/// Parses the command line and runs it against AWS KMS. Returns the process exit code.
+pub async fn run(
+    args: Vec<OsString>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    let command = Cli::command().bin_name(bin_name(&args));
+    let cli = match command
+        .try_get_matches_from(&args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let text = e.render().to_string();
+            let _ = if e.use_stderr() {
+                write!(stderr, "{text}")
+            } else {
+                write!(stdout, "{text}")
+            };
+            return code;
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rng = OsRandom;
+    let mut io = Io {
+        stdin,
+        stdout,
+        stderr,
+        now,
+        rng: &mut rng,
+    };
+    let result = if let Err(e) = cli.command.check() {
+        Err(e)
+    } else if cli.command.needs_kms() {
+        match AwsKms::connect(&cli.aws.settings()).await {
+            Ok(kms) => execute(&cli, Some(&kms), &mut io).await,
+            Err(e) => Err(CliError::from(e)),
+        }
+    } else {
+        execute::<AwsKms>(&cli, None, &mut io).await
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(io.stderr, "error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+/// Runs a parsed command. `kms` must be given for every command but `crd` and offline `seal`.
+pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Result<i32, CliError> {
+    let need_kms = || kms.ok_or_else(|| fail("this command needs KMS access"));
+    match &cli.command {
+        Command::Crd => {
+            io.stdout.write_all(crd_yaml()?.as_bytes())?;
+            Ok(EXIT_OK)
+        }
+        Command::Pubkey(args) => pubkey(need_kms()?, args, io).await,
+        Command::Seal(args) => {
+            let offline = match &args.public_key {
+                Some(path) => Some(read_public_key(path, args.key.as_deref())?),
+                None => None,
+            };
+            match &offline {
+                Some(key) => seal_command(&Wrapper::<K>::Offline(key), args, io).await,
+                None => {
+                    let key_id = args.key.as_deref().ok_or_else(|| {
+                        fail("no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key")
+                    })?;
+                    let kms = need_kms()?;
+                    seal_command(&Wrapper::Kms { kms, key_id }, args, io).await
+                }
+            }
+        }
+        Command::Verify(args) => verify(need_kms()?, args, io).await,
+        Command::Unseal(args) => unseal(need_kms()?, args, io).await,
+    }
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> Result<String, CliError> {
+    let crd = EncryptedSecret::crd();
+    manifest::write(&[crd], Format::Yaml).map_err(fail)
+}
+
+fn read_input(path: &Path, stdin: &mut dyn Read) -> Result<Zeroizing<String>, CliError> {
+    let limit = manifest::MAX_INPUT_LEN as u64 + 1;
+    let mut bytes = Vec::new();
+    if path == Path::new("-") {
+        stdin.take(limit).read_to_end(&mut bytes)?;
+    } else {
+        let file = std::fs::File::open(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        file.take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    }
+    Ok(manifest::text(bytes)?)
+}
+
+fn secret_from_flags(args: &SealArgs) -> Result<PlainSecret, CliError> {
+    let name = args
+        .name
+        .clone()
+        .ok_or_else(|| fail("--from-literal and --from-file need --name"))?;
+    let mut data = BTreeMap::new();
+    for literal in &args.literals {
+        let (key, value) = literal
+            .split_once('=')
+            .ok_or_else(|| fail("--from-literal takes KEY=VALUE (the value was not printed)"))?;
+        insert_item(&mut data, key, Zeroizing::new(value.as_bytes().to_vec()))?;
+    }
+    for spec in &args.files {
+        let (key, path) = match spec.split_once('=') {
+            Some((key, path)) => (key.to_owned(), PathBuf::from(path)),
+            None => {
+                let path = PathBuf::from(spec);
+                let key = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "--from-file {spec}: cannot derive a key from the path; use KEY=PATH"
+                        ))
+                    })?
+                    .to_owned();
+                (key, path)
+            }
+        };
+        let limit = crate::envelope::MAX_PLAINTEXT_LEN as u64 + 1;
+        let mut value = Zeroizing::new(Vec::new());
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(limit).read_to_end(&mut value))
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        insert_item(&mut data, &key, value)?;
+    }
+    Ok(PlainSecret {
+        namespace: args.namespace.clone(),
+        name,
+        type_: args.type_.clone(),
+        data,
+        ..PlainSecret::default()
+    })
+}
+
+fn insert_item(
+    data: &mut BTreeMap<String, Zeroizing<Vec<u8>>>,
+    key: &str,
+    value: Zeroizing<Vec<u8>>,
+) -> Result<(), CliError> {
+    if data.insert(key.to_owned(), value).is_some() {
+        return Err(fail(format!("item {key:?} is given twice")));
+    }
+    Ok(())
+}
+
+async fn seal_command<K: Kms>(
+    wrapper: &Wrapper<'_, K>,
+    args: &SealArgs,
+    io: &mut Io<'_>,
+) -> Result<i32, CliError> {
+    let from_flags = !args.literals.is_empty() || !args.files.is_empty();
+    let secrets = if from_flags {
+        if args.file.is_some() {
+            return Err(fail(
+                "use either -f or --from-literal/--from-file, not both",
+            ));
+        }
+        vec![secret_from_flags(args)?]
+    } else {
+        let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
+        let text = read_input(&path, io.stdin)?;
+        let mut secrets = manifest::read_secrets(&text, args.namespace.as_deref())?;
+        if let Some(name) = &args.name {
+            match secrets.as_mut_slice() {
+                [only] => only.name = name.clone(),
+                _ => {
+                    return Err(fail(
+                        "--name applies to a single Secret, but the input has several",
+                    ));
+                }
+            }
+        }
+        if let Some(type_) = &args.type_ {
+            secrets
+                .iter_mut()
+                .for_each(|s| s.type_ = Some(type_.clone()));
+        }
+        secrets
+    };
+    if let Some(target) = &args.merge_into {
+        let [secret] = secrets.as_slice() else {
+            return Err(fail("--merge-into takes a single Secret"));
+        };
+        let text = read_input(target, io.stdin)?;
+        let mut existing = manifest::read_encrypted_secrets(&text)?;
+        if existing.len() != 1 {
+            return Err(fail(format!(
+                "{} holds {} EncryptedSecrets; --merge-into needs exactly one",
+                target.display(),
+                existing.len()
+            )));
+        }
+        let existing = existing.remove(0);
+        let merged =
+            seal::merge_into(wrapper, existing, secret, args.scope, &mut io.rng, io.now).await?;
+        let format = if text.trim_start().starts_with('{') {
+            Format::Json
+        } else {
+            Format::Yaml
+        };
+        let out = manifest::write(&[merged], format).map_err(fail)?;
+        write_atomically(target, out.as_bytes())?;
+        let items: Vec<&str> = secret.data.keys().map(String::as_str).collect();
+        writeln!(
+            io.stderr,
+            "{}: sealed {}; other items unchanged",
+            target.display(),
+            items.join(", ")
+        )?;
+        return Ok(EXIT_OK);
+    }
+    let mut sealed = Vec::with_capacity(secrets.len());
+    for secret in &secrets {
+        sealed.push(seal::seal_secret(wrapper, secret, args.scope, &mut io.rng, io.now).await?);
+    }
+    io.stdout.write_all(
+        manifest::write(&sealed, args.output)
+            .map_err(fail)?
+            .as_bytes(),
+    )?;
+    Ok(EXIT_OK)
+}
+
+/// Replaces `path` without a window in which it is half written.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), CliError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| fail(format!("{} is not a file", path.display())))?;
+    let tmp = dir.join(format!(".{}.kmseal-tmp", file_name.to_string_lossy()));
+    std::fs::write(&tmp, contents)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(format!("cannot write {}: {e}", path.display()))
+        })
+}
+
+fn target_of<'a>(es: &'a EncryptedSecret, namespace_flag: Option<&'a str>) -> (&'a str, &'a str) {
+    let namespace = es
+        .metadata
+        .namespace
+        .as_deref()
+        .or(namespace_flag)
+        .unwrap_or("");
+    (namespace, es.metadata.name.as_deref().unwrap_or(""))
+}
+
+fn describe(format: &ItemFormat) -> String {
+    match format {
+        ItemFormat::Envelope {
+            scope,
+            algorithm,
+            sealed_at,
+        } => {
+            let wrap = match algorithm {
+                WrapAlgorithm::KmsSymmetric => "kms",
+                WrapAlgorithm::RsaOaepSha256 => "rsa-oaep-sha256",
+            };
+            format!(
+                "envelope v1, scope {scope}, {wrap}, sealed {}",
+                rfc3339(*sealed_at)
+            )
+        }
+        ItemFormat::PlainKms { scope } => format!("plain KMS ciphertext, scope {scope}"),
+    }
+}
+
+/// Formats Unix seconds as an RFC 3339 UTC timestamp.
+pub fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the whole u64 day range we use.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
+    let text = read_input(&args.file, io.stdin)?;
+    let objects = manifest::read_encrypted_secrets(&text)?;
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for es in &objects {
+        let (namespace, name) = target_of(es, args.namespace.as_deref());
+        let shown = if namespace.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        if es.spec.encrypted_data.is_empty() {
+            writeln!(io.stdout, "empty   {shown}: no items")?;
+        }
+        for (item, outcome) in seal::open_all(kms, es, namespace, name).await {
+            match outcome {
+                Ok(opened) => {
+                    ok += 1;
+                    writeln!(
+                        io.stdout,
+                        "ok      {shown} {item}: {} bytes, key {}, {}",
+                        opened.plaintext.len(),
+                        opened.key_arn,
+                        describe(&opened.format)
+                    )?;
+                }
+                Err(e) => {
+                    failed += 1;
+                    writeln!(io.stdout, "FAILED  {shown} {item} [{}]: {e}", e.category())?;
+                }
+            }
+        }
+    }
+    writeln!(io.stdout, "{ok} ok, {failed} failed")?;
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_VERIFY_FAILED
+    })
+}
+
+async fn unseal<K: Kms>(kms: &K, args: &UnsealArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
+    let text = read_input(&args.file, io.stdin)?;
+    let objects = manifest::read_encrypted_secrets(&text)?;
+    let mut secrets = Vec::with_capacity(objects.len());
+    let mut errors = Vec::new();
+    for es in &objects {
+        let (namespace, name) = target_of(es, args.namespace.as_deref());
+        let mut data = BTreeMap::new();
+        for (item, outcome) in seal::open_all(kms, es, namespace, name).await {
+            match outcome {
+                Ok(opened) => {
+                    data.insert(item, opened.plaintext);
+                }
+                Err(e) => errors.push(format!("{namespace}/{name} {item}: {e}")),
+            }
+        }
+        secrets.push(manifest::secret_manifest(es, data));
+    }
+    // A partial Secret, applied by mistake, would silently drop items: print all or nothing.
+    if !errors.is_empty() {
+        return Err(fail(format!(
+            "{} item(s) could not be decrypted, nothing printed:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        )));
+    }
+    let out = Zeroizing::new(manifest::write(&secrets, args.output).map_err(fail)?);
+    io.stdout.write_all(out.as_bytes())?;
+    Ok(EXIT_OK)
+}
+
+const PEM_BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+const PEM_END: &str = "-----END PUBLIC KEY-----";
+const PEM_KEY_ARN: &str = "# key-arn:";
+
+async fn pubkey<K: Kms>(kms: &K, args: &PubkeyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
+    let info = kms.public_key(&args.key).await?;
+    if !info.key_spec.starts_with("RSA_")
+        || info.key_usage != "ENCRYPT_DECRYPT"
+        || !info
+            .encryption_algorithms
+            .iter()
+            .any(|a| a == WrapAlgorithm::RsaOaepSha256.kms_name())
+    {
+        return Err(fail(format!(
+            "key {} is {} for {}; offline sealing needs an RSA key with key usage ENCRYPT_DECRYPT (RSAES_OAEP_SHA_256)",
+            info.key_arn, info.key_spec, info.key_usage
+        )));
+    }
+    // Parse it now so a file that `seal` would reject is never written.
+    OfflineKey::from_der(&info.key_arn, &info.der)?;
+    let body = BASE64.encode(&info.der);
+    let mut pem = format!(
+        "# kmseal public key, for offline sealing: kmseal seal --public-key FILE\n{PEM_KEY_ARN} {}\n# key-spec: {}\n{PEM_BEGIN}\n",
+        info.key_arn, info.key_spec
+    );
+    for chunk in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str(PEM_END);
+    pem.push('\n');
+    io.stdout.write_all(pem.as_bytes())?;
+    Ok(EXIT_OK)
+}
+
+/// Reads a public key file written by `kmseal pubkey` (or any SPKI PEM, with `--key ARN`).
+pub fn read_public_key(path: &Path, key_arn: Option<&str>) -> Result<OfflineKey, CliError> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PUBLIC_KEY_FILE).read_to_string(&mut text))
+        .map_err(|e| fail(format!("cannot read public key {}: {e}", path.display())))?;
+    parse_public_key(&text, key_arn).map_err(|e| fail(format!("{}: {}", path.display(), e.message)))
+}
+
+/// Parses the text of a public key file.
+pub fn parse_public_key(text: &str, key_arn: Option<&str>) -> Result<OfflineKey, CliError> {
+    let named_arn = text
+        .lines()
+        .take_while(|l| l.trim() != PEM_BEGIN)
+        .find_map(|l| l.trim().strip_prefix(PEM_KEY_ARN).map(str::trim));
+    let arn = key_arn.or(named_arn).ok_or_else(|| {
+        fail("the file does not name its KMS key (a `# key-arn:` line); pass --key ARN or export it again with `kmseal pubkey`")
+    })?;
+    let (_, after_begin) = text.split_once(PEM_BEGIN).ok_or_else(|| {
+        fail(format!(
+            "no {PEM_BEGIN} line; export the key with `kmseal pubkey`"
+        ))
+    })?;
+    let (body, _) = after_begin
+        .split_once(PEM_END)
+        .ok_or_else(|| fail(format!("no {PEM_END} line: the file is truncated")))?;
+    let body: String = body.split_whitespace().collect();
+    let der = BASE64
+        .decode(body)
+        .map_err(|_| fail("the public key is not valid base64 PEM"))?;
+    Ok(OfflineKey::from_der(arn, &der)?)
+}

@@ -1,0 +1,55 @@
+//! Logging setup. Logs go to stderr; `RUST_LOG` filters them.
+//!
+//! HTTP and AWS SDK internals are capped at INFO whatever `RUST_LOG` says: at DEBUG and TRACE
+//! they may print request and response bodies, and KMS response bodies carry plaintext data
+//! keys.
+
+use tracing::Level;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::prelude::*;
+
+/// Targets whose verbose output may contain wire data.
+const WIRE_TARGETS: &[&str] = &[
+    "aws_smithy",
+    "aws_sdk",
+    "aws_config",
+    "aws_runtime",
+    "aws_credential_types",
+    "hyper",
+    "h2",
+    "rustls",
+    "tower",
+];
+
+/// Whether an event from `target` at `level` may be logged at all.
+pub fn allowed(target: &str, level: &Level) -> bool {
+    let wire = WIRE_TARGETS.iter().any(|t| target.starts_with(t));
+    !wire || *level <= Level::INFO
+}
+
+/// Logs to stderr with `default_filter` unless `RUST_LOG` is set.
+pub fn init_stderr(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .with_filter(filter)
+        .with_filter(filter_fn(|meta| allowed(meta.target(), meta.level())));
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_logs_are_capped_at_info() {
+        assert!(!allowed("aws_smithy_runtime::client::http", &Level::DEBUG));
+        assert!(!allowed("hyper_util::client", &Level::TRACE));
+        assert!(allowed("aws_smithy_runtime::client::retries", &Level::INFO));
+        assert!(allowed("kmseal::cli", &Level::TRACE));
+    }
+}

@@ -1,0 +1,407 @@
+//! The `kmseal` command line: in-process through `cli::execute` with the in-memory KMS, and a
+//! few runs of the real binary for what needs no KMS.
+
+use std::io::Cursor;
+
+use assert_cmd::Command;
+use clap::{CommandFactory, Parser};
+use kmseal::cli::{self, Cli, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, Io};
+use kmseal::kms::{Kms, MemoryKms};
+use kmseal::random::OsRandom;
+use predicates::prelude::*;
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(kms: &MemoryKms, args: &[&str], stdin: &str) -> Outcome {
+    let mut argv = vec!["kmseal"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("arguments parse");
+    let mut input = Cursor::new(stdin.as_bytes().to_vec());
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut rng = OsRandom;
+    let mut io = Io {
+        stdin: &mut input,
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        now: 1_764_000_000,
+        rng: &mut rng,
+    };
+    let code = match cli::execute(&cli, Some(kms), &mut io).await {
+        Ok(code) => code,
+        Err(e) => {
+            io.stderr.write_all(e.message.as_bytes()).unwrap();
+            e.code
+        }
+    };
+    Outcome {
+        code,
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+const SECRET: &str = "\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db
+  namespace: prod
+  labels:
+    app: api
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{\"big\":\"json\"}'
+type: kubernetes.io/basic-auth
+data:
+  username: YWRtaW4=
+stringData:
+  password: hunter2-plaintext
+";
+
+#[test]
+fn command_line_definition_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[tokio::test]
+async fn seal_verify_unseal_round_trip() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    assert!(
+        !sealed.stdout.contains("hunter2"),
+        "plaintext leaked into the manifest"
+    );
+    assert!(sealed.stdout.contains("kind: EncryptedSecret"));
+    assert!(sealed.stdout.contains("type: kubernetes.io/basic-auth"));
+    assert!(
+        !sealed.stdout.contains("last-applied"),
+        "kubectl bookkeeping is not copied"
+    );
+
+    let verified = run(&kms, &["verify"], &sealed.stdout).await;
+    assert_eq!(
+        verified.code, EXIT_OK,
+        "{}{}",
+        verified.stdout, verified.stderr
+    );
+    assert!(
+        verified.stdout.contains("2 ok, 0 failed"),
+        "{}",
+        verified.stdout
+    );
+    assert!(!verified.stdout.contains("hunter2"));
+
+    let unsealed = run(&kms, &["unseal"], &sealed.stdout).await;
+    assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_saphyr::from_str(&unsealed.stdout).unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(data["password"].0, b"hunter2-plaintext");
+    assert_eq!(data["username"].0, b"admin");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(secret.metadata.labels.unwrap()["app"], "api");
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("prod"));
+}
+
+#[tokio::test]
+async fn json_output_and_multiple_documents() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let two = format!("{SECRET}---\n{}", SECRET.replace("name: db", "name: db2"));
+    let sealed = run(&kms, &["seal", "--key", &key, "-o", "json"], &two).await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    let list: serde_json::Value = serde_json::from_str(&sealed.stdout).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let verified = run(&kms, &["verify"], &sealed.stdout).await;
+    assert!(
+        verified.stdout.contains("4 ok, 0 failed"),
+        "{}",
+        verified.stdout
+    );
+}
+
+#[tokio::test]
+async fn seal_from_literals_and_files() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("tls.crt");
+    std::fs::write(&cert, b"CERT").unwrap();
+    let from_file = format!("tls.key={}", cert.display());
+    let sealed = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "web",
+            "-n",
+            "prod",
+            "--type",
+            "kubernetes.io/tls",
+            "--from-literal",
+            "token=a=b=c",
+            "--from-file",
+            cert.to_str().unwrap(),
+            "--from-file",
+            &from_file,
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &sealed.stdout).await;
+    let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["data"]["token"], "YT1iPWM="); // "a=b=c"
+    assert_eq!(secret["data"]["tls.crt"], "Q0VSVA==");
+    assert_eq!(secret["data"]["tls.key"], "Q0VSVA==");
+}
+
+#[tokio::test]
+async fn merge_into_updates_the_file_in_place() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, &sealed.stdout).unwrap();
+    let merged = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "db",
+            "-n",
+            "prod",
+            "--from-literal",
+            "password=rotated",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    assert!(merged.stdout.is_empty());
+    let after = std::fs::read_to_string(&file).unwrap();
+    let username_line = |text: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with("username:"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        username_line(&after),
+        username_line(&sealed.stdout),
+        "untouched item is byte-identical"
+    );
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &after).await;
+    let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+    assert_eq!(secret["data"]["password"], "cm90YXRlZA=="); // "rotated"
+    assert_eq!(secret["data"]["username"], "YWRtaW4=");
+}
+
+#[tokio::test]
+async fn verify_reports_each_bad_item_and_unseal_prints_nothing() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    // Move the object to another namespace: every item must fail, and say why.
+    let moved = sealed.stdout.replace("namespace: prod", "namespace: dev");
+    let verified = run(&kms, &["verify"], &moved).await;
+    assert_eq!(verified.code, EXIT_VERIFY_FAILED);
+    assert!(
+        verified.stdout.contains("0 ok, 2 failed"),
+        "{}",
+        verified.stdout
+    );
+    assert!(
+        verified.stdout.contains("[invalid_ciphertext]"),
+        "{}",
+        verified.stdout
+    );
+    assert!(verified.stdout.contains("re-seal"), "{}", verified.stdout);
+    let unsealed = run(&kms, &["unseal"], &moved).await;
+    assert_eq!(unsealed.code, EXIT_ERROR);
+    assert!(unsealed.stdout.is_empty(), "no partial Secret is printed");
+    assert!(
+        unsealed.stderr.contains("nothing printed"),
+        "{}",
+        unsealed.stderr
+    );
+}
+
+#[tokio::test]
+async fn hostile_and_wrong_input_gets_clear_errors() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let cases: &[(&str, &str)] = &[
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: a, namespace: b}\nstringData: {password: \"hunter2\n",
+            "not valid YAML",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+            "expected a Secret",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {namespace: b}\n",
+            "no metadata.name",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: a, namespace: b}\ndata: {k: '%%%'}\n",
+            "not valid base64",
+        ),
+        ("", "holds no Secret"),
+        (
+            "a: &a [*a, *a]\nb: &b [*a, *a]\nc: [*b, *b, *b, *b]\n",
+            "line",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\nstringData: {k: v}\n",
+            "--namespace",
+        ),
+    ];
+    for (input, expected) in cases {
+        let out = run(&kms, &["seal", "--key", &key], input).await;
+        assert_eq!(out.code, EXIT_ERROR, "input {input:?} was accepted");
+        assert!(
+            out.stderr.contains(expected),
+            "input {input:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let out = run(&kms, &["seal", "--key", &key], &deep).await;
+    assert_eq!(out.code, EXIT_ERROR);
+    let out = run(
+        &kms,
+        &["verify"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n",
+    )
+    .await;
+    assert!(
+        out.stderr.contains("expected an EncryptedSecret"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        kms.calls
+            .generate_data_key
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn pubkey_then_offline_seal() {
+    let kms = MemoryKms::new("eu-west-1");
+    let rsa_key = kms.add_rsa_key(rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap());
+    let pem = run(&kms, &["pubkey", "--key", &rsa_key], "").await;
+    assert_eq!(pem.code, EXIT_OK, "{}", pem.stderr);
+    assert!(pem.stdout.contains(&format!("# key-arn: {rsa_key}")));
+    assert!(pem.stdout.contains("-----BEGIN PUBLIC KEY-----"));
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("key.pem");
+    std::fs::write(&pem_path, &pem.stdout).unwrap();
+    let sealed = run(
+        &kms,
+        &["seal", "--public-key", pem_path.to_str().unwrap()],
+        SECRET,
+    )
+    .await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    assert_eq!(
+        kms.calls
+            .generate_data_key
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &sealed.stdout).await;
+    assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+    assert!(unsealed.stdout.contains("aHVudGVyMi1wbGFpbnRleHQ="));
+    // A symmetric key has no public key, and the message says what to use instead.
+    let sym = kms.create_key();
+    let out = run(&kms, &["pubkey", "--key", &sym], "").await;
+    assert_eq!(out.code, EXIT_ERROR);
+    assert!(out.stderr.contains("RSA"), "{}", out.stderr);
+    assert!(kms.public_key(&sym).await.is_err());
+}
+
+#[test]
+fn public_key_files_are_checked() {
+    let err = cli::parse_public_key("garbage", None).unwrap_err();
+    assert!(err.message.contains("key-arn"), "{}", err.message);
+    let err = cli::parse_public_key("# key-arn: arn:aws:kms:eu-west-1:1:key/x\n-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----\n", None).unwrap_err();
+    assert!(err.message.contains("base64"), "{}", err.message);
+    let err = cli::parse_public_key(
+        "# key-arn: arn:aws:kms:eu-west-1:1:key/x\n-----BEGIN PUBLIC KEY-----\nAAAA\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("truncated"), "{}", err.message);
+    let err = cli::parse_public_key(
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        Some("not-an-arn"),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("not a KMS key ARN"), "{}", err.message);
+}
+
+#[test]
+fn rfc3339_formats_known_instants() {
+    assert_eq!(cli::rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(cli::rfc3339(1_764_000_000), "2025-11-24T16:00:00Z");
+    assert_eq!(cli::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+}
+
+// The real binary, for what needs no KMS.
+
+#[test]
+fn binary_prints_the_crd() {
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .arg("crd")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "name: encryptedsecrets.kmseal.dev",
+        ));
+}
+
+#[test]
+fn binary_usage_errors_exit_2_and_help_shows_examples() {
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .args(["seal", "--scope", "wide"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown scope"));
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .args(["--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Exit codes"));
+}
+
+#[test]
+fn binary_seal_without_key_says_what_to_pass() {
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .args(["seal", "--name", "a", "-n", "b", "--from-literal", "k=v"])
+        .env_remove("KMSEAL_KEY")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("pass --key"));
+}

@@ -1,0 +1,505 @@
+//! Sealing and opening whole Secrets against the in-memory KMS double: KMS call counts,
+//! bindings, merging, offline RSA sealing, and failure categories.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use kmseal::api::{EncryptedSecret, PLAIN_SCOPE_ANNOTATION};
+use kmseal::binding::{EncryptionContext, Scope};
+use kmseal::envelope;
+use kmseal::kms::{
+    DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, MemoryKms, PublicKeyInfo,
+};
+use kmseal::random::{Random, RandomError};
+use kmseal::seal::{self, ItemFormat, OfflineKey, OpenError, PlainSecret, Wrapper};
+use zeroize::Zeroizing;
+
+/// Deterministic bytes, so sealed output is reproducible.
+struct Counter(u8);
+impl Random for Counter {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), RandomError> {
+        for b in buf {
+            self.0 = self.0.wrapping_add(1);
+            *b = self.0;
+        }
+        Ok(())
+    }
+}
+
+fn secret(items: &[(&str, &[u8])]) -> PlainSecret {
+    PlainSecret {
+        namespace: Some("prod".into()),
+        name: "db".into(),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        labels: BTreeMap::from([("team".into(), "payments".into())]),
+        data: items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Zeroizing::new(v.to_vec())))
+            .collect(),
+        ..PlainSecret::default()
+    }
+}
+
+async fn open_ok(kms: &impl Kms, es: &EncryptedSecret) -> BTreeMap<String, Vec<u8>> {
+    seal::open_all(kms, es, "prod", "db")
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap().plaintext.to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_generate_data_key_per_seal_and_one_decrypt_per_wrapped_key() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let input = secret(&[
+        ("username", b"admin"),
+        ("password", b"s3cr3t"),
+        ("port", b"5432"),
+    ]);
+    let es = seal::seal_secret(&wrapper, &input, Scope::Strict, &mut Counter(0), 1)
+        .await
+        .unwrap();
+    assert_eq!(kms.calls.generate_data_key.load(Ordering::Relaxed), 1);
+    assert_eq!(es.spec.encrypted_data.len(), 3);
+    // Each item has its own nonce (offset of the nonce: after the header).
+    let nonces: std::collections::BTreeSet<Vec<u8>> = es
+        .spec
+        .encrypted_data
+        .values()
+        .map(|v| {
+            let env = envelope::parse(&BASE64.decode(v).unwrap()).unwrap();
+            env.nonce.to_vec()
+        })
+        .collect();
+    assert_eq!(nonces.len(), 3);
+    let opened = open_ok(&kms, &es).await;
+    assert_eq!(opened["password"], b"s3cr3t");
+    assert_eq!(opened["username"], b"admin");
+    assert_eq!(
+        kms.calls.decrypt.load(Ordering::Relaxed),
+        1,
+        "one wrapped key, one Decrypt"
+    );
+    assert_eq!(es.spec.key_id.as_deref(), Some(key.as_str()));
+    let template = es.spec.template.as_ref().unwrap();
+    assert_eq!(template.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(
+        template.metadata.as_ref().unwrap().labels["team"],
+        "payments"
+    );
+}
+
+#[tokio::test]
+async fn seal_is_deterministic_given_randomness_and_time() {
+    // The memory KMS wraps with its own randomness, so compare everything after the header.
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let input = secret(&[("a", b"1")]);
+    let es = seal::seal_secret(&wrapper, &input, Scope::Strict, &mut Counter(100), 7)
+        .await
+        .unwrap();
+    let env = envelope::parse(&BASE64.decode(&es.spec.encrypted_data["a"]).unwrap()).unwrap();
+    assert_eq!(
+        env.nonce,
+        [101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112]
+    );
+    assert_eq!(env.header.sealed_at, 7);
+}
+
+#[tokio::test]
+async fn moved_values_fail_through_kms_context_and_aad() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let es = seal::seal_secret(
+        &wrapper,
+        &secret(&[("password", b"x")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    for (namespace, name) in [("dev", "db"), ("prod", "other")] {
+        let results = seal::open_all(&kms, &es, namespace, name).await;
+        let err = results["password"].as_ref().unwrap_err();
+        assert_eq!(
+            err.category(),
+            "invalid_ciphertext",
+            "{namespace}/{name}: {err}"
+        );
+    }
+    // Same object, item renamed: KMS accepts the context, the AAD does not.
+    let mut swapped = es.clone();
+    let value = swapped.spec.encrypted_data.remove("password").unwrap();
+    swapped.spec.encrypted_data.insert("username".into(), value);
+    let results = seal::open_all(&kms, &swapped, "prod", "db").await;
+    assert_eq!(
+        results["username"].as_ref().unwrap_err().category(),
+        "tampered"
+    );
+}
+
+#[tokio::test]
+async fn merge_keeps_untouched_ciphertext_byte_for_byte() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let original = seal::seal_secret(
+        &wrapper,
+        &secret(&[("keep", b"old"), ("replace", b"old")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    let decrypts_before = kms.calls.decrypt.load(Ordering::Relaxed);
+    let mut update = secret(&[("replace", b"new"), ("added", b"new")]);
+    update.type_ = None;
+    let merged = seal::merge_into(
+        &wrapper,
+        original.clone(),
+        &update,
+        Scope::Strict,
+        &mut Counter(50),
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kms.calls.decrypt.load(Ordering::Relaxed),
+        decrypts_before,
+        "merge needs no Decrypt"
+    );
+    assert_eq!(
+        merged.spec.encrypted_data["keep"],
+        original.spec.encrypted_data["keep"]
+    );
+    assert_ne!(
+        merged.spec.encrypted_data["replace"],
+        original.spec.encrypted_data["replace"]
+    );
+    let opened = open_ok(&kms, &merged).await;
+    assert_eq!(opened["keep"], b"old");
+    assert_eq!(opened["replace"], b"new");
+    assert_eq!(opened["added"], b"new");
+    assert_eq!(
+        merged.spec.template.unwrap().type_.as_deref(),
+        Some("kubernetes.io/basic-auth"),
+        "an update without a type keeps the existing one"
+    );
+    // Two data keys are now in use: one Decrypt each.
+    let before = kms.calls.decrypt.load(Ordering::Relaxed);
+    open_ok(&kms, &original).await;
+    assert_eq!(kms.calls.decrypt.load(Ordering::Relaxed) - before, 1);
+}
+
+#[tokio::test]
+async fn merge_refuses_another_object() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let es = seal::seal_secret(
+        &wrapper,
+        &secret(&[("a", b"1")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    let mut other = secret(&[("b", b"2")]);
+    other.name = "not-db".into();
+    let err = seal::merge_into(&wrapper, es, &other, Scope::Strict, &mut Counter(0), 1)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not-db"), "{err}");
+}
+
+#[tokio::test]
+async fn disabled_and_denied_keys_have_categories_and_fixes() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let es = seal::seal_secret(
+        &wrapper,
+        &secret(&[("a", b"1")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    kms.set_enabled(&key, false);
+    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let err = results["a"].as_ref().unwrap_err();
+    assert_eq!(err.category(), "key_disabled");
+    assert!(err.to_string().contains("enable-key"), "{err}");
+    kms.set_enabled(&key, true);
+    kms.deny("kms:Decrypt", &key);
+    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let err = results["a"].as_ref().unwrap_err();
+    assert_eq!(err.category(), "access_denied");
+    assert!(
+        err.to_string().contains("kms:Decrypt") && err.to_string().contains(&key),
+        "{err}"
+    );
+    let err = seal::seal_secret(
+        &Wrapper::Kms {
+            kms: &kms,
+            key_id: "alias/missing",
+        },
+        &secret(&[("a", b"1")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.category(), "key_not_found");
+}
+
+/// A KMS that decrypts correctly but reports another key, as a compromised or confused
+/// endpoint might.
+struct LyingKms<'a>(&'a MemoryKms);
+impl Kms for LyingKms<'_> {
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        self.0.generate_data_key(key_id, context).await
+    }
+    async fn decrypt(&self, request: DecryptRequest<'_>) -> Result<Decrypted, KmsError> {
+        let mut d = self.0.decrypt(request).await?;
+        d.key_arn = "arn:aws:kms:eu-west-1:999999999999:key/attacker".into();
+        Ok(d)
+    }
+    async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
+        self.0.public_key(key_id).await
+    }
+}
+
+#[tokio::test]
+async fn an_answer_from_another_key_is_refused() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = seal::seal_secret(
+        &Wrapper::Kms {
+            kms: &kms,
+            key_id: &key,
+        },
+        &secret(&[("a", b"1")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    let results = seal::open_all(&LyingKms(&kms), &es, "prod", "db").await;
+    let err = results["a"].as_ref().unwrap_err();
+    assert_eq!(err.category(), "wrong_key", "{err}");
+}
+
+#[tokio::test]
+async fn offline_rsa_sealing_round_trips_through_kms_decrypt() {
+    let kms = MemoryKms::new("eu-west-1");
+    let private = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
+    let key = kms.add_rsa_key(private);
+    let info = kms.public_key(&key).await.unwrap();
+    let offline = OfflineKey::from_der(&info.key_arn, &info.der).unwrap();
+    let wrapper: Wrapper<'_, MemoryKms> = Wrapper::Offline(&offline);
+    let es = seal::seal_secret(
+        &wrapper,
+        &secret(&[("tls.key", b"-----BEGIN")]),
+        Scope::Namespace,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kms.calls.generate_data_key.load(Ordering::Relaxed),
+        0,
+        "offline: no KMS call to seal"
+    );
+    let results = seal::open_all(&kms, &es, "prod", "renamed-ok").await;
+    let opened = results["tls.key"].as_ref().unwrap();
+    assert_eq!(&**opened.plaintext, b"-----BEGIN");
+    assert!(matches!(
+        opened.format,
+        ItemFormat::Envelope {
+            scope: Scope::Namespace,
+            ..
+        }
+    ));
+    // With no encryption context for RSA, the AAD alone keeps the binding.
+    let results = seal::open_all(&kms, &es, "dev", "db").await;
+    assert_eq!(
+        results["tls.key"].as_ref().unwrap_err().category(),
+        "tampered"
+    );
+}
+
+#[tokio::test]
+async fn plain_kms_ciphertext_uses_the_scope_annotation() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    // Build plain KMS ciphertext the way `aws kms encrypt` would: a blob bound to a context.
+    let strict = EncryptionContext::from([
+        ("kmseal.dev/namespace".to_owned(), "prod".to_owned()),
+        ("kmseal.dev/name".to_owned(), "db".to_owned()),
+    ]);
+    let blob = kms.generate_data_key(&key, &strict).await.unwrap().wrapped;
+    let mut es = EncryptedSecret::with_name(Some("prod"), "db", Default::default());
+    es.spec
+        .encrypted_data
+        .insert("token".into(), BASE64.encode(&blob));
+    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let opened = results["token"].as_ref().unwrap();
+    assert_eq!(opened.plaintext.len(), 32);
+    assert_eq!(
+        opened.format,
+        ItemFormat::PlainKms {
+            scope: Scope::Strict
+        }
+    );
+    let moved = seal::open_all(&kms, &es, "dev", "db").await;
+    assert_eq!(
+        moved["token"].as_ref().unwrap_err().category(),
+        "invalid_ciphertext"
+    );
+    // Cluster-scoped plain values are encrypted with no context at all.
+    let cluster_blob = kms
+        .generate_data_key(&key, &EncryptionContext::new())
+        .await
+        .unwrap()
+        .wrapped;
+    es.spec
+        .encrypted_data
+        .insert("token".into(), BASE64.encode(&cluster_blob));
+    es.metadata.annotations = Some(BTreeMap::from([(
+        PLAIN_SCOPE_ANNOTATION.into(),
+        "cluster".into(),
+    )]));
+    let results = seal::open_all(&kms, &es, "anywhere", "else").await;
+    assert!(results["token"].is_ok());
+    es.metadata.annotations = Some(BTreeMap::from([(
+        PLAIN_SCOPE_ANNOTATION.into(),
+        "wide".into(),
+    )]));
+    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    assert!(matches!(
+        results["token"],
+        Err(OpenError::BadScopeAnnotation(_))
+    ));
+}
+
+#[tokio::test]
+async fn hostile_items_fail_alone_and_clearly() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let mut es = seal::seal_secret(
+        &Wrapper::Kms {
+            kms: &kms,
+            key_id: &key,
+        },
+        &secret(&[("good", b"1")]),
+        Scope::Strict,
+        &mut Counter(0),
+        1,
+    )
+    .await
+    .unwrap();
+    let data = &mut es.spec.encrypted_data;
+    data.insert("not-base64".into(), "***".into());
+    data.insert("empty".into(), String::new());
+    data.insert("huge".into(), "A".repeat(seal::MAX_ITEM_BASE64_LEN + 4));
+    data.insert("truncated".into(), BASE64.encode(b"kmseal\x01\x00"));
+    data.insert("too-long-for-kms".into(), BASE64.encode(vec![1u8; 7000]));
+    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    assert!(results["good"].is_ok());
+    assert_eq!(
+        results["not-base64"].as_ref().unwrap_err(),
+        &OpenError::Base64
+    );
+    assert!(matches!(
+        results["empty"],
+        Err(OpenError::NotCiphertext { len: 0 })
+    ));
+    assert!(matches!(results["huge"], Err(OpenError::TooLarge { .. })));
+    assert_eq!(
+        results["truncated"].as_ref().unwrap_err().category(),
+        "malformed"
+    );
+    assert!(matches!(
+        results["too-long-for-kms"],
+        Err(OpenError::NotCiphertext { .. })
+    ));
+}
+
+#[tokio::test]
+async fn invalid_names_and_oversized_values_are_refused_before_kms() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let wrapper = Wrapper::Kms {
+        kms: &kms,
+        key_id: &key,
+    };
+    let mut bad_item = secret(&[("a/b", b"1")]);
+    let err = seal::seal_secret(&wrapper, &bad_item, Scope::Strict, &mut Counter(0), 1)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a valid Secret key"), "{err}");
+    bad_item = secret(&[("big", &vec![0u8; envelope::MAX_PLAINTEXT_LEN + 1])]);
+    let err = seal::seal_secret(&wrapper, &bad_item, Scope::Strict, &mut Counter(0), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "too_large");
+    let mut no_ns = secret(&[("a", b"1")]);
+    no_ns.namespace = None;
+    let err = seal::seal_secret(&wrapper, &no_ns, Scope::Strict, &mut Counter(0), 1)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--namespace"), "{err}");
+    assert!(
+        seal::seal_secret(&wrapper, &no_ns, Scope::Cluster, &mut Counter(0), 1)
+            .await
+            .is_ok()
+    );
+    assert_eq!(kms.calls.generate_data_key.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn debug_output_never_shows_values() {
+    let s = secret(&[("password", b"hunter2")]);
+    let shown = format!("{s:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("password"),
+        "{shown}"
+    );
+}
