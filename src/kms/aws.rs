@@ -49,7 +49,7 @@ pub struct AwsKms {
 
 /// The HTTPS client for every AWS call: rustls with ring, like the Kubernetes client, so the
 /// process has one TLS stack and no process-wide CryptoProvider ambiguity.
-fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https()
@@ -94,12 +94,17 @@ impl AwsKms {
                 .credentials_provider(SharedCredentialsProvider::new(provider))
                 .build();
         }
+        Ok(AwsKms::from_sdk_config(sdk))
+    }
+
+    /// Uses an already loaded SDK configuration (credentials, region, endpoint, retries).
+    pub fn from_sdk_config(sdk: SdkConfig) -> Self {
         let default_region = sdk.region().map(|r| r.as_ref().to_owned());
-        Ok(AwsKms {
+        AwsKms {
             sdk,
             default_region,
             clients: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The region a call about `key_id` goes to, and the key id to send there.
@@ -236,18 +241,26 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+        let key_spec = output
+            .key_spec
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        let Some(der) = output.public_key else {
+            // AWS refuses GetPublicKey on symmetric keys; some emulators answer without a key.
+            return Err(KmsError::new(
+                KmsErrorKind::KeyUsage,
+                ACTION,
+                Some(key_id),
+                format!("the key ({key_spec}) has no public key"),
+            )
+            .in_region(region));
+        };
         Ok(PublicKeyInfo {
             key_arn: output
                 .key_id
                 .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?,
-            der: output
-                .public_key
-                .ok_or_else(|| malformed(ACTION, key_id, &region, "no PublicKey"))?
-                .into_inner(),
-            key_spec: output
-                .key_spec
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default(),
+            der: der.into_inner(),
+            key_spec,
             key_usage: output
                 .key_usage
                 .map(|u| u.as_str().to_owned())

@@ -1,0 +1,706 @@
+//! kmseal against two independent KMS/STS emulators on loopback: moto for the whole flow,
+//! LocalStack for what moto fakes (real RSA, key states, multi-region replicas). The real
+//! binary is used wherever the behaviour is what a user runs.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::*;
+use kmseal::binding::Scope;
+use kmseal::kms::AwsKms;
+use kmseal::random::OsRandom;
+use kmseal::seal::{self, PlainSecret, Wrapper};
+use zeroize::Zeroizing;
+
+const REGION: &str = "us-east-1";
+
+fn plain(namespace: &str, name: &str, items: &[(&str, &[u8])]) -> PlainSecret {
+    PlainSecret {
+        namespace: Some(namespace.into()),
+        name: name.into(),
+        data: items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Zeroizing::new(v.to_vec())))
+            .collect(),
+        ..PlainSecret::default()
+    }
+}
+
+/// Library round trip and context binding, on both emulators.
+#[tokio::test]
+async fn aws_kms_round_trip_and_context_binding() {
+    for emu in [moto(), localstack()].into_iter().flatten() {
+        let admin = admin(&emu.url, REGION).await;
+        let key = create_symmetric_key(&admin).await;
+        let kms = AwsKms::from_sdk_config(sdk_config(&emu.url, REGION).await);
+        let secret = plain("prod", "db", &[("password", b"s3cr3t"), ("user", b"app")]);
+        let es = seal::seal_secret(
+            &Wrapper::Kms {
+                kms: &kms,
+                key_id: &key,
+            },
+            &secret,
+            Scope::Strict,
+            &mut OsRandom,
+            1,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: seal: {e}", emu.name));
+        let opened = seal::open_all(&kms, &es, "prod", "db").await;
+        for (item, expected) in [("password", &b"s3cr3t"[..]), ("user", b"app")] {
+            let o = opened[item]
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{}: {item}: {e}", emu.name));
+            assert_eq!(&**o.plaintext, expected, "{}", emu.name);
+            assert_eq!(o.key_arn, key, "{}", emu.name);
+        }
+        // The emulator's KMS enforces the encryption context: a moved value never reaches AES.
+        for (namespace, name) in [("dev", "db"), ("prod", "other")] {
+            let moved = seal::open_all(&kms, &es, namespace, name).await;
+            let err = moved["password"].as_ref().unwrap_err();
+            assert_eq!(err.category(), "invalid_ciphertext", "{}: {err}", emu.name);
+            assert!(err.to_string().contains("re-seal"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn cli_seal_verify_unseal_round_trip_on_moto() {
+    let Some(emu) = moto() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
+    let manifest = secret_manifest(
+        "prod",
+        "db",
+        &[("password", "hunter2-plaintext"), ("user", "app")],
+    );
+    let sealed = kmseal(true)
+        .args(["seal", "--key", &key, "--endpoint", &emu.url])
+        .write_stdin(manifest)
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    let sealed_text = stdout(&sealed);
+    assert!(!sealed_text.contains("hunter2"));
+    let verified = kmseal(true)
+        .args(["verify", "--endpoint", &emu.url, "--region", REGION])
+        .write_stdin(sealed_text.clone())
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+    assert!(stdout(&verified).contains("2 ok, 0 failed"));
+    assert!(!stdout(&verified).contains("hunter2"));
+    let unsealed = kmseal(true)
+        .args(["unseal", "--endpoint", &emu.url, "-o", "json"])
+        .write_stdin(sealed_text)
+        .output()
+        .unwrap();
+    assert!(unsealed.status.success(), "{}", stderr(&unsealed));
+    let secret: serde_json::Value = serde_json::from_str(&stdout(&unsealed)).unwrap();
+    assert_eq!(
+        secret["data"]["password"],
+        BASE64.encode("hunter2-plaintext")
+    );
+}
+
+#[test]
+fn one_mebibyte_value_through_the_binary_on_moto() {
+    let Some(emu) = moto() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let value: Vec<u8> = (0..kmseal::envelope::MAX_PLAINTEXT_LEN)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect();
+    let file = temp_file(&dir, "blob.bin", &value);
+    let sealed = kmseal(true)
+        .args([
+            "seal",
+            "--key",
+            &key,
+            "--endpoint",
+            &emu.url,
+            "--name",
+            "big",
+            "-n",
+            "prod",
+        ])
+        .args(["--from-file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    let unsealed = kmseal(true)
+        .args(["unseal", "--endpoint", &emu.url, "-o", "json"])
+        .write_stdin(sealed.stdout.clone())
+        .output()
+        .unwrap();
+    assert!(unsealed.status.success(), "{}", stderr(&unsealed));
+    let secret: serde_json::Value = serde_json::from_str(&stdout(&unsealed)).unwrap();
+    let data = BASE64
+        .decode(secret["data"]["blob.bin"].as_str().unwrap())
+        .unwrap();
+    assert!(data == value, "1 MiB value changed in the round trip");
+    // One byte more is refused before any KMS call, with the limit in the message.
+    let bigger = temp_file(
+        &dir,
+        "bigger.bin",
+        &vec![0u8; kmseal::envelope::MAX_PLAINTEXT_LEN + 1],
+    );
+    let refused = kmseal(true)
+        .args([
+            "seal",
+            "--key",
+            &key,
+            "--endpoint",
+            &emu.url,
+            "--name",
+            "big",
+            "-n",
+            "prod",
+        ])
+        .args(["--from-file", bigger.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("over the limit"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn unknown_key_says_check_id_and_region() {
+    let Some(emu) = moto() else { return };
+    let out = kmseal(true)
+        .args([
+            "seal",
+            "--key",
+            "alias/does-not-exist",
+            "--endpoint",
+            &emu.url,
+            "--region",
+            REGION,
+        ])
+        .args(["--name", "a", "-n", "b", "--from-literal", "k=v"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("KMS key alias/does-not-exist was not found in region us-east-1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("check the key id or alias and the region"),
+        "{err}"
+    );
+}
+
+/// moto answers a Decrypt whose KeyId does not match the ciphertext with AccessDenied; a
+/// header edited to name another key provokes exactly that.
+#[test]
+fn access_denied_names_action_key_and_fix() {
+    let Some(emu) = moto() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (key, other) = rt.block_on(async {
+        let admin = admin(&emu.url, REGION).await;
+        (
+            create_symmetric_key(&admin).await,
+            create_symmetric_key(&admin).await,
+        )
+    });
+    let sealed = kmseal(true)
+        .args([
+            "seal",
+            "--key",
+            &key,
+            "--endpoint",
+            &emu.url,
+            "--name",
+            "db",
+            "-n",
+            "prod",
+            "--from-literal",
+            "k=v",
+        ])
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    let text = stdout(&sealed);
+    let es: kmseal::api::EncryptedSecret = serde_saphyr::from_str(&text).unwrap();
+    let mut bytes = BASE64.decode(&es.spec.encrypted_data["k"]).unwrap();
+    // Both ARNs have the same length; swap the key ARN inside the header.
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())
+        .unwrap();
+    bytes[at..at + other.len()].copy_from_slice(other.as_bytes());
+    let edited = text.replace(&es.spec.encrypted_data["k"], &BASE64.encode(&bytes));
+    let out = kmseal(true)
+        .args(["verify", "--endpoint", &emu.url])
+        .write_stdin(edited)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let report = stdout(&out);
+    assert!(report.contains("[access_denied]"), "{report}");
+    assert!(
+        report.contains(&format!("KMS denied kms:Decrypt on key {other}")),
+        "{report}"
+    );
+    assert!(report.contains("key policy"), "{report}");
+}
+
+#[test]
+fn disabled_and_pending_deletion_keys_on_localstack() {
+    let Some(emu) = localstack() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = rt.block_on(admin(&emu.url, REGION));
+    for pending_deletion in [false, true] {
+        let key = rt.block_on(create_symmetric_key(&admin));
+        let sealed = kmseal(true)
+            .args([
+                "seal",
+                "--key",
+                &key,
+                "--endpoint",
+                &emu.url,
+                "--name",
+                "db",
+                "-n",
+                "prod",
+                "--from-literal",
+                "k=v",
+            ])
+            .output()
+            .unwrap();
+        assert!(sealed.status.success(), "{}", stderr(&sealed));
+        rt.block_on(async {
+            if pending_deletion {
+                admin
+                    .schedule_key_deletion()
+                    .key_id(&key)
+                    .pending_window_in_days(7)
+                    .send()
+                    .await
+                    .unwrap();
+            } else {
+                admin.disable_key().key_id(&key).send().await.unwrap();
+            }
+        });
+        let out = kmseal(true)
+            .args(["verify", "--endpoint", &emu.url])
+            .write_stdin(sealed.stdout.clone())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+        let report = stdout(&out);
+        assert!(report.contains("[key_disabled]"), "{report}");
+        assert!(
+            report.contains("is disabled or pending deletion"),
+            "{report}"
+        );
+        assert!(
+            report.contains(if pending_deletion {
+                "pending deletion"
+            } else {
+                "is disabled."
+            }),
+            "{report}"
+        );
+        // Sealing under it fails the same way.
+        let out = kmseal(true)
+            .args([
+                "seal",
+                "--key",
+                &key,
+                "--endpoint",
+                &emu.url,
+                "--name",
+                "db",
+                "-n",
+                "prod",
+                "--from-literal",
+                "k=v",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("enable-key"), "{}", stderr(&out));
+    }
+}
+
+/// The everyday KMS CLI workflow: `aws kms encrypt` output is accepted as an item.
+#[test]
+fn aws_cli_ciphertext_is_accepted_for_its_namespace_and_name() {
+    let Some(emu) = moto() else { return };
+    let Ok(aws) = std::env::var("KMSEAL_TEST_AWS_CLI") else {
+        assert!(
+            std::env::var_os("KMSEAL_REQUIRE_EMULATORS").is_none(),
+            "KMSEAL_TEST_AWS_CLI unset"
+        );
+        eprintln!("SKIPPED: no AWS CLI (KMSEAL_TEST_AWS_CLI unset)");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let plaintext = temp_file(&dir, "token.txt", b"from-aws-cli");
+    // Exactly the command the README shows.
+    let encrypted = std::process::Command::new(&aws)
+        .args(["kms", "encrypt", "--key-id", &key])
+        .arg("--plaintext")
+        .arg(format!("fileb://{}", plaintext.display()))
+        .args([
+            "--encryption-context",
+            "kmseal.dev/namespace=prod,kmseal.dev/name=api",
+        ])
+        .args(["--output", "text", "--query", "CiphertextBlob"])
+        .args(["--endpoint-url", &emu.url, "--region", REGION])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(encrypted.status.success(), "{}", stderr(&encrypted));
+    let blob = stdout(&encrypted).trim().to_owned();
+    let manifest = format!(
+        "apiVersion: kmseal.dev/v1alpha1\nkind: EncryptedSecret\nmetadata:\n  name: api\n  namespace: prod\nspec:\n  encryptedData:\n    token: {blob}\n"
+    );
+    let out = kmseal(true)
+        .args([
+            "unseal",
+            "--endpoint",
+            &emu.url,
+            "--region",
+            REGION,
+            "-o",
+            "json",
+        ])
+        .write_stdin(manifest.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(secret["data"]["token"], BASE64.encode("from-aws-cli"));
+    // Bound to prod/api: the same value under another name is refused by KMS.
+    let out = kmseal(true)
+        .args(["verify", "--endpoint", &emu.url, "--region", REGION])
+        .write_stdin(manifest.replace("name: api", "name: web"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stdout(&out).contains("[invalid_ciphertext]"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Offline sealing with the public key of a real RSA key; decryption through LocalStack.
+#[test]
+fn rsa_offline_sealing_round_trip_on_localstack() {
+    let Some(emu) = localstack() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async {
+        admin(&emu.url, REGION)
+            .await
+            .create_key()
+            .key_spec(aws_sdk_kms::types::KeySpec::Rsa3072)
+            .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap()
+            .arn
+            .unwrap()
+    });
+    let pem = kmseal(true)
+        .args(["pubkey", "--key", &key, "--endpoint", &emu.url])
+        .output()
+        .unwrap();
+    assert!(pem.status.success(), "{}", stderr(&pem));
+    let dir = tempfile::tempdir().unwrap();
+    let pem_file = temp_file(&dir, "key.pem", &pem.stdout);
+    // No credentials, no endpoint, no region: sealing is fully offline.
+    let sealed = kmseal(false)
+        .args([
+            "seal",
+            "--public-key",
+            pem_file.to_str().unwrap(),
+            "--scope",
+            "namespace",
+        ])
+        .write_stdin(secret_manifest("prod", "db", &[("password", "rsa-sealed")]))
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    let unsealed = kmseal(true)
+        .args(["unseal", "--endpoint", &emu.url, "-o", "json"])
+        .write_stdin(sealed.stdout.clone())
+        .output()
+        .unwrap();
+    assert!(unsealed.status.success(), "{}", stderr(&unsealed));
+    let secret: serde_json::Value = serde_json::from_str(&stdout(&unsealed)).unwrap();
+    assert_eq!(secret["data"]["password"], BASE64.encode("rsa-sealed"));
+    // RSA takes no encryption context; the AAD alone keeps the namespace binding.
+    let moved = String::from_utf8(sealed.stdout)
+        .unwrap()
+        .replace("namespace: prod", "namespace: dev");
+    let out = kmseal(true)
+        .args(["verify", "--endpoint", &emu.url])
+        .write_stdin(moved)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout(&out).contains("[tampered]"), "{}", stdout(&out));
+}
+
+/// A value sealed in one region decrypts through the multi-region replica in another.
+#[test]
+fn multi_region_replica_decrypts_locally_on_localstack() {
+    let Some(emu) = localstack() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let primary = rt.block_on(async {
+        let admin = admin(&emu.url, "us-east-1").await;
+        let arn = admin
+            .create_key()
+            .multi_region(true)
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap()
+            .arn
+            .unwrap();
+        admin
+            .replicate_key()
+            .key_id(&arn)
+            .replica_region("us-west-2")
+            .send()
+            .await
+            .unwrap();
+        arn
+    });
+    assert!(
+        primary.contains(":us-east-1:") && primary.contains("key/mrk-"),
+        "{primary}"
+    );
+    let sealed = kmseal(true)
+        .args([
+            "seal",
+            "--key",
+            &primary,
+            "--endpoint",
+            &emu.url,
+            "--name",
+            "db",
+            "-n",
+            "prod",
+            "--from-literal",
+            "k=mrk",
+        ])
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    let out = kmseal(true)
+        .args(["verify", "--endpoint", &emu.url, "--region", "us-west-2"])
+        .write_stdin(sealed.stdout.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let replica = primary.replace(":us-east-1:", ":us-west-2:");
+    assert!(
+        stdout(&out).contains(&format!("key {replica}")),
+        "the replica in us-west-2 answered: {}",
+        stdout(&out)
+    );
+}
+
+/// The IRSA path: credentials from AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE through STS,
+/// with no static keys anywhere.
+#[test]
+fn web_identity_credentials_through_sts_on_moto() {
+    let Some(emu) = moto() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let token = temp_file(
+        &dir,
+        "token",
+        b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a21zZWFsIn0.c2ln",
+    );
+    let irsa = |cmd: &mut assert_cmd::Command| {
+        cmd.env(
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::000000000000:role/kmseal-controller",
+        )
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .env("AWS_ROLE_SESSION_NAME", "kmseal-irsa-test")
+        .env("AWS_REGION", REGION)
+        // The web-identity provider's STS client reads the endpoint from the environment.
+        .env("AWS_ENDPOINT_URL", &emu.url);
+    };
+    let mut seal_cmd = kmseal(false);
+    irsa(&mut seal_cmd);
+    let sealed = seal_cmd
+        .args([
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "db",
+            "-n",
+            "prod",
+            "--from-literal",
+            "k=irsa",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        sealed.status.success(),
+        "web identity did not yield credentials: {}",
+        stderr(&sealed)
+    );
+    let mut unseal_cmd = kmseal(false);
+    irsa(&mut unseal_cmd);
+    let out = unseal_cmd
+        .args([
+            "unseal",
+            "-o",
+            "json",
+            "--role-arn",
+            "arn:aws:iam::000000000000:role/cross-account",
+        ])
+        .write_stdin(sealed.stdout.clone())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "role chaining on top of web identity: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains(&BASE64.encode("irsa")));
+    // Without the token file, and no other source, the message lists the sources to use.
+    let out = kmseal(false)
+        .env("AWS_REGION", REGION)
+        .args([
+            "seal",
+            "--key",
+            &key,
+            "--endpoint",
+            &emu.url,
+            "--name",
+            "db",
+            "-n",
+            "prod",
+            "--from-literal",
+            "k=v",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no usable AWS credentials"), "{err}");
+    assert!(err.contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{err}");
+}
+
+#[test]
+fn unreachable_endpoint_says_check_network_and_endpoint() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let out = kmseal(true)
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .args([
+            "seal",
+            "--key",
+            "alias/x",
+            "--region",
+            REGION,
+            "--endpoint",
+            &closed,
+        ])
+        .args(["--name", "a", "-n", "b", "--from-literal", "k=v"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not reach KMS in region us-east-1"),
+        "{err}"
+    );
+    assert!(err.contains("--endpoint"), "{err}");
+}
+
+#[tokio::test]
+async fn one_data_key_serves_all_items_on_both_emulators() {
+    for emu in [moto(), localstack()].into_iter().flatten() {
+        let admin = admin(&emu.url, REGION).await;
+        let key = create_symmetric_key(&admin).await;
+        let kms = AwsKms::from_sdk_config(sdk_config(&emu.url, REGION).await);
+        let items: BTreeMap<String, Zeroizing<Vec<u8>>> = (0..5)
+            .map(|i| (format!("k{i}"), Zeroizing::new(vec![i as u8; 10])))
+            .collect();
+        let (arn, sealed) = seal::seal_items(
+            &Wrapper::Kms {
+                kms: &kms,
+                key_id: &key,
+            },
+            Scope::Namespace,
+            Some("prod"),
+            "db",
+            &items,
+            &mut OsRandom,
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(arn, key);
+        let wrapped: std::collections::BTreeSet<Vec<u8>> = sealed
+            .values()
+            .map(|v| {
+                kmseal::envelope::parse(&BASE64.decode(v).unwrap())
+                    .unwrap()
+                    .header
+                    .wrapped_key
+            })
+            .collect();
+        assert_eq!(wrapped.len(), 1, "{}: one data key for all items", emu.name);
+    }
+}
+
+/// moto even hands out a "public key" for a symmetric key; `pubkey` checks the key spec and
+/// usage itself, so no emulator's leniency can produce a file that `seal` would misuse.
+#[test]
+fn pubkey_refuses_symmetric_keys_on_both_emulators() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for emu in [moto(), localstack()].into_iter().flatten() {
+        let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
+        let out = kmseal(true)
+            .args(["pubkey", "--key", &key, "--endpoint", &emu.url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", emu.name);
+        assert!(
+            stdout(&out).is_empty(),
+            "{}: no key file is written",
+            emu.name
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("offline sealing needs an RSA key") || err.contains("cannot be used"),
+            "{}: {err}",
+            emu.name
+        );
+    }
+}
