@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The project's test command: ./scripts/test.sh [extra cargo-nextest args]
+#
+# Installs and starts the moto and LocalStack KMS/STS emulators on loopback
+# (scripts/emulators.sh), then runs rustfmt, clippy and the whole test suite
+# against them. The emulators are stopped on any exit.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_ROOT"
+
+# Invoked through bash so a checkout that lost the executable bit still works.
+emulators() { bash "$REPO_ROOT/scripts/emulators.sh" "$@"; }
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+# rustup's cargo-fmt/cargo-clippy proxies exist even when the component does
+# not, and then fail at run time; probe the tools themselves (no build).
+ensure_component() {
+    local component=$1 probe=$2
+    if ! "$probe" --version >/dev/null 2>&1; then
+        section "Installing rustup component $component"
+        rustup component add "$component"
+    fi
+}
+
+section "Rust toolchain"
+ensure_component rustfmt rustfmt
+ensure_component clippy cargo-clippy
+rustc --version
+cargo --version
+
+section "Installing emulators"
+emulators install
+
+cleanup() {
+    local rc=$?
+    section "Stopping emulators"
+    emulators stop || true
+    exit "$rc"
+}
+# Stop the emulators however we leave: success, failure, Ctrl-C or SIGTERM.
+# (INT/TERM are turned into a normal exit so the EXIT trap runs once.)
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section "Starting emulators"
+emulators start
+env_lines=$(emulators env)
+eval "$env_lines"
+printf '%s\n' "$env_lines"
+
+# Tests that need an emulator fail instead of skipping when this is set.
+export KMSEAL_REQUIRE_EMULATORS=1
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+if command -v cargo-nextest >/dev/null 2>&1; then
+    section "cargo nextest run"
+    cargo nextest run --locked --all-targets --no-fail-fast "$@"
+else
+    section "cargo test (cargo-nextest not found)"
+    cargo test --locked --all-targets --no-fail-fast "$@"
+fi
