@@ -6,7 +6,7 @@
 #                the AWS CLI v1 that the tests drive)
 #   LocalStack  (localstack-core in host mode, Python >= 3.12 venv)
 #
-# Usage: scripts/emulators.sh install|start|stop|env
+# Usage: scripts/emulators.sh install [moto]|start|stop|env
 #
 #   install  create/refresh the virtualenvs (idempotent, pinned versions)
 #   start    (re)start both emulators on free ports, wait until each answers a
@@ -171,14 +171,17 @@ ensure_venv() {
     log "$name venv installed in $(elapsed "$t0")"
 }
 
+# install [moto]: both emulators, or only moto (enough for scripts/quickstart.sh).
 cmd_install() {
+    local only=${1:-}
     take_lock
     local moto_py ls_py
     moto_py=$(find_moto_python)
-    ls_py=$(find_localstack_python)
     ensure_venv moto "$MOTO_VENV" "$moto_py" \
         'import moto.server, boto3, awscli' "${MOTO_REQUIREMENTS[@]}"
     "$MOTO_VENV/bin/aws" --version >/dev/null
+    [[ $only == moto ]] && return 0
+    ls_py=$(find_localstack_python)
     ensure_venv localstack "$LS_VENV" "$ls_py" \
         'import localstack.runtime.main, cbor2, service_identity' "${LS_REQUIREMENTS[@]}"
 }
@@ -407,14 +410,14 @@ cmd_env() {
 }
 
 usage() {
-    printf 'usage: %s install|start|stop|env\n' "$0" >&2
+    printf 'usage: %s install [moto]|start|stop|env\n' "$0" >&2
     exit 2
 }
 
 main() {
-    [[ $# -eq 1 ]] || usage
+    [[ $# -ge 1 ]] || usage
     case $1 in
-    install) cmd_install ;;
+    install) cmd_install "${2:-}" ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
     env) cmd_env ;;

@@ -350,3 +350,47 @@ proptest! {
         prop_assert!(open(&f, &bytes, "prod", "db", "password").is_err());
     }
 }
+
+/// docs/format.md states the limits in words; they must be the code's.
+#[test]
+fn format_document_states_the_code_limits() {
+    let doc = include_str!("../docs/format.md");
+    let thousands = |n: usize| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    for (what, value) in [
+        ("largest sealed value", envelope::MAX_SEALED_LEN),
+        ("largest base64 item", kmseal::seal::MAX_ITEM_BASE64_LEN),
+        ("largest value", envelope::MAX_PLAINTEXT_LEN),
+    ] {
+        assert!(
+            doc.contains(&thousands(value)),
+            "docs/format.md does not state the {what} ({})",
+            thousands(value)
+        );
+    }
+    for needle in [
+        "| 0 | 6 | magic |",
+        "`0` strict, `1` namespace, `2` cluster",
+        "`1` KMS symmetric (`GenerateDataKey`), `2` RSAES_OAEP_SHA_256",
+        "1 ≤ *A* ≤ 2048",
+        "1 ≤ *W* ≤ 6144",
+        "\"kmseal.dev/v1\"",
+        "`kmseal.dev/namespace`",
+        "`kmseal.dev/name`",
+    ] {
+        assert!(doc.contains(needle), "docs/format.md lost {needle:?}");
+    }
+    assert_eq!(envelope::MAX_KEY_ARN_LEN, 2048);
+    assert_eq!(envelope::MAX_WRAPPED_KEY_LEN, 6144);
+    assert_eq!(kmseal::binding::CONTEXT_NAMESPACE, "kmseal.dev/namespace");
+    assert_eq!(kmseal::binding::CONTEXT_NAME, "kmseal.dev/name");
+}

@@ -348,7 +348,12 @@ where
             let e = service.err();
             let code = e.code().unwrap_or("Unknown");
             let message = e.message().unwrap_or("");
-            (kind_for_code(code), format!("{code}: {message}"))
+            let detail = if message.is_empty() {
+                code.to_owned()
+            } else {
+                format!("{code}: {message}")
+            };
+            (kind_for_code(code), detail)
         }
         SdkError::TimeoutError(_) => (KmsErrorKind::Unreachable, "timed out".to_owned()),
         SdkError::DispatchFailure(failure) => {
