@@ -138,20 +138,17 @@ pub struct SealArgs {
     /// Secret type for --from-*, e.g. kubernetes.io/tls (default Opaque).
     #[arg(long = "type", value_name = "TYPE")]
     pub type_: Option<String>,
-    /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN.
-    #[arg(
-        long,
-        env = "KMSEAL_KEY",
-        value_name = "KEY",
-        conflicts_with = "public_key"
-    )]
+    /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN. With
+    /// --public-key: the key's ARN, when the file does not name it.
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
     pub key: Option<String>,
     /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call).
     #[arg(long, value_name = "PEM")]
     pub public_key: Option<PathBuf>,
     /// What the values are bound to: strict (namespace and name), namespace, or cluster.
-    #[arg(long, default_value = "strict")]
-    pub scope: Scope,
+    /// Default: strict, or with --merge-into the scope the file's items already share.
+    #[arg(long)]
+    pub scope: Option<Scope>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
     pub output: Format,
@@ -487,8 +484,12 @@ async fn seal_command<K: Kms>(
             )));
         }
         let existing = existing.remove(0);
+        let scope = args
+            .scope
+            .or_else(|| seal::common_scope(&existing))
+            .unwrap_or(Scope::Strict);
         let merged =
-            seal::merge_into(wrapper, existing, secret, args.scope, &mut io.rng, io.now).await?;
+            seal::merge_into(wrapper, existing, secret, scope, &mut io.rng, io.now).await?;
         let format = if text.trim_start().starts_with('{') {
             Format::Json
         } else {
@@ -507,7 +508,8 @@ async fn seal_command<K: Kms>(
     }
     let mut sealed = Vec::with_capacity(secrets.len());
     for secret in &secrets {
-        sealed.push(seal::seal_secret(wrapper, secret, args.scope, &mut io.rng, io.now).await?);
+        let scope = args.scope.unwrap_or(Scope::Strict);
+        sealed.push(seal::seal_secret(wrapper, secret, scope, &mut io.rng, io.now).await?);
     }
     io.stdout.write_all(
         manifest::write(&sealed, args.output)

@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::sha2::Sha256;
+use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, PublicKey};
 use zeroize::Zeroizing;
 
@@ -25,6 +26,8 @@ use crate::envelope::{
 use crate::kms::{DecryptRequest, Kms, KmsError, KmsErrorKind};
 use crate::random::{Random, RandomError};
 
+/// The smallest RSA modulus KMS issues (RSA_2048), in bytes.
+const MIN_RSA_BYTES: usize = 256;
 /// KMS ciphertext blobs are at most 6144 bytes.
 pub const MAX_PLAIN_KMS_CIPHERTEXT: usize = 6144;
 /// The longest base64 text any valid item can have.
@@ -83,6 +86,13 @@ impl OfflineKey {
                     .into(),
             )
         })?;
+        // KMS RSA keys are 2048 bits or more; a smaller one did not come from KMS.
+        if key.size() < MIN_RSA_BYTES {
+            return Err(SealError::PublicKey(format!(
+                "the RSA key has {} bits; KMS keys have at least 2048, export it again with `kmseal pubkey`",
+                key.size() * 8
+            )));
+        }
         Ok(OfflineKey {
             key_arn: key_arn.to_owned(),
             key,
@@ -424,6 +434,20 @@ fn decode_item(value: &str) -> Result<Parsed, OpenError> {
         return Err(OpenError::NotCiphertext { len: bytes.len() });
     }
     Ok(Parsed::Plain(bytes))
+}
+
+/// The scope all envelope items of `es` share, if they share one.
+pub fn common_scope(es: &EncryptedSecret) -> Option<Scope> {
+    let mut scopes = es
+        .spec
+        .encrypted_data
+        .values()
+        .filter_map(|value| match decode_item(value) {
+            Ok(Parsed::Envelope(env)) => Some(env.header.scope),
+            _ => None,
+        });
+    let first = scopes.next()?;
+    scopes.all(|s| s == first).then_some(first)
 }
 
 /// The scope for plain KMS ciphertext items of this EncryptedSecret.

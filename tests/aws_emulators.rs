@@ -29,6 +29,15 @@ fn plain(namespace: &str, name: &str, items: &[(&str, &[u8])]) -> PlainSecret {
     }
 }
 
+/// `kmseal seal` of the one-item Secret prod/db (`k=v`) under `key`.
+fn seal_small(emu: &Emulator, key: &str) -> std::process::Output {
+    kmseal(true)
+        .args(["seal", "--key", key, "--endpoint", &emu.url])
+        .args(["--name", "db", "-n", "prod", "--from-literal", "k=v"])
+        .output()
+        .unwrap()
+}
+
 /// Library round trip and context binding, on both emulators.
 #[tokio::test]
 async fn aws_kms_round_trip_and_context_binding() {
@@ -218,22 +227,7 @@ fn access_denied_names_action_key_and_fix() {
             create_symmetric_key(&admin).await,
         )
     });
-    let sealed = kmseal(true)
-        .args([
-            "seal",
-            "--key",
-            &key,
-            "--endpoint",
-            &emu.url,
-            "--name",
-            "db",
-            "-n",
-            "prod",
-            "--from-literal",
-            "k=v",
-        ])
-        .output()
-        .unwrap();
+    let sealed = seal_small(&emu, &key);
     assert!(sealed.status.success(), "{}", stderr(&sealed));
     let text = stdout(&sealed);
     let es: kmseal::api::EncryptedSecret = serde_saphyr::from_str(&text).unwrap();
@@ -267,22 +261,7 @@ fn disabled_and_pending_deletion_keys_on_localstack() {
     let admin = rt.block_on(admin(&emu.url, REGION));
     for pending_deletion in [false, true] {
         let key = rt.block_on(create_symmetric_key(&admin));
-        let sealed = kmseal(true)
-            .args([
-                "seal",
-                "--key",
-                &key,
-                "--endpoint",
-                &emu.url,
-                "--name",
-                "db",
-                "-n",
-                "prod",
-                "--from-literal",
-                "k=v",
-            ])
-            .output()
-            .unwrap();
+        let sealed = seal_small(&emu, &key);
         assert!(sealed.status.success(), "{}", stderr(&sealed));
         rt.block_on(async {
             if pending_deletion {
@@ -318,22 +297,7 @@ fn disabled_and_pending_deletion_keys_on_localstack() {
             "{report}"
         );
         // Sealing under it fails the same way.
-        let out = kmseal(true)
-            .args([
-                "seal",
-                "--key",
-                &key,
-                "--endpoint",
-                &emu.url,
-                "--name",
-                "db",
-                "-n",
-                "prod",
-                "--from-literal",
-                "k=v",
-            ])
-            .output()
-            .unwrap();
+        let out = seal_small(&emu, &key);
         assert_eq!(out.status.code(), Some(1));
         assert!(stderr(&out).contains("enable-key"), "{}", stderr(&out));
     }

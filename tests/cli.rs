@@ -405,3 +405,110 @@ fn binary_seal_without_key_says_what_to_pass() {
         .code(1)
         .stderr(predicate::str::contains("pass --key"));
 }
+
+#[test]
+fn binary_works_as_a_kubectl_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-kmseal");
+    std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin("kmseal"), &plugin).unwrap();
+    let out = std::process::Command::new(&plugin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Usage: kubectl kmseal"), "{help}");
+}
+
+#[tokio::test]
+async fn merge_keeps_the_scope_of_the_file() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(
+        &kms,
+        &["seal", "--key", &key, "--scope", "namespace"],
+        SECRET,
+    )
+    .await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, &sealed.stdout).unwrap();
+    let merged = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "db",
+            "-n",
+            "prod",
+            "--from-literal",
+            "added=1",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    // Renamed, the whole object still opens: every item, old and new, is namespace-scoped.
+    let renamed = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("name: db", "name: renamed");
+    let verified = run(&kms, &["verify"], &renamed).await;
+    assert!(
+        verified.stdout.contains("3 ok, 0 failed"),
+        "{}",
+        verified.stdout
+    );
+    assert_eq!(
+        verified.stdout.matches("scope namespace").count(),
+        3,
+        "{}",
+        verified.stdout
+    );
+}
+
+#[tokio::test]
+async fn a_bare_pem_needs_the_key_arn_from_the_command_line() {
+    let kms = MemoryKms::new("eu-west-1");
+    let rsa_key = kms.add_rsa_key(rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap());
+    let pem = run(&kms, &["pubkey", "--key", &rsa_key], "").await.stdout;
+    let bare: String = pem
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bare.pem");
+    std::fs::write(&path, bare).unwrap();
+    let without = run(
+        &kms,
+        &["seal", "--public-key", path.to_str().unwrap()],
+        SECRET,
+    )
+    .await;
+    assert_eq!(without.code, EXIT_ERROR);
+    assert!(
+        without.stderr.contains("pass --key ARN"),
+        "{}",
+        without.stderr
+    );
+    let with = run(
+        &kms,
+        &[
+            "seal",
+            "--public-key",
+            path.to_str().unwrap(),
+            "--key",
+            &rsa_key,
+        ],
+        SECRET,
+    )
+    .await;
+    assert_eq!(with.code, EXIT_OK, "{}", with.stderr);
+    let unsealed = run(&kms, &["unseal"], &with.stdout).await;
+    assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+}

@@ -42,6 +42,14 @@ fn secret(items: &[(&str, &[u8])]) -> PlainSecret {
     }
 }
 
+/// Seals `items` as prod/db, strict scope, under `key`.
+async fn seal_strict(kms: &MemoryKms, key: &str, items: &[(&str, &[u8])]) -> EncryptedSecret {
+    let wrapper = Wrapper::Kms { kms, key_id: key };
+    seal::seal_secret(&wrapper, &secret(items), Scope::Strict, &mut Counter(0), 1)
+        .await
+        .unwrap()
+}
+
 async fn open_ok(kms: &impl Kms, es: &EncryptedSecret) -> BTreeMap<String, Vec<u8>> {
     seal::open_all(kms, es, "prod", "db")
         .await
@@ -121,19 +129,7 @@ async fn seal_is_deterministic_given_randomness_and_time() {
 async fn moved_values_fail_through_kms_context_and_aad() {
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
-    let wrapper = Wrapper::Kms {
-        kms: &kms,
-        key_id: &key,
-    };
-    let es = seal::seal_secret(
-        &wrapper,
-        &secret(&[("password", b"x")]),
-        Scope::Strict,
-        &mut Counter(0),
-        1,
-    )
-    .await
-    .unwrap();
+    let es = seal_strict(&kms, &key, &[("password", b"x")]).await;
     for (namespace, name) in [("dev", "db"), ("prod", "other")] {
         let results = seal::open_all(&kms, &es, namespace, name).await;
         let err = results["password"].as_ref().unwrap_err();
@@ -162,15 +158,7 @@ async fn merge_keeps_untouched_ciphertext_byte_for_byte() {
         kms: &kms,
         key_id: &key,
     };
-    let original = seal::seal_secret(
-        &wrapper,
-        &secret(&[("keep", b"old"), ("replace", b"old")]),
-        Scope::Strict,
-        &mut Counter(0),
-        1,
-    )
-    .await
-    .unwrap();
+    let original = seal_strict(&kms, &key, &[("keep", b"old"), ("replace", b"old")]).await;
     let decrypts_before = kms.calls.decrypt.load(Ordering::Relaxed);
     let mut update = secret(&[("replace", b"new"), ("added", b"new")]);
     update.type_ = None;
@@ -220,15 +208,7 @@ async fn merge_refuses_another_object() {
         kms: &kms,
         key_id: &key,
     };
-    let es = seal::seal_secret(
-        &wrapper,
-        &secret(&[("a", b"1")]),
-        Scope::Strict,
-        &mut Counter(0),
-        1,
-    )
-    .await
-    .unwrap();
+    let es = seal_strict(&kms, &key, &[("a", b"1")]).await;
     let mut other = secret(&[("b", b"2")]);
     other.name = "not-db".into();
     let err = seal::merge_into(&wrapper, es, &other, Scope::Strict, &mut Counter(0), 1)
@@ -241,19 +221,7 @@ async fn merge_refuses_another_object() {
 async fn disabled_and_denied_keys_have_categories_and_fixes() {
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
-    let wrapper = Wrapper::Kms {
-        kms: &kms,
-        key_id: &key,
-    };
-    let es = seal::seal_secret(
-        &wrapper,
-        &secret(&[("a", b"1")]),
-        Scope::Strict,
-        &mut Counter(0),
-        1,
-    )
-    .await
-    .unwrap();
+    let es = seal_strict(&kms, &key, &[("a", b"1")]).await;
     kms.set_enabled(&key, false);
     let results = seal::open_all(&kms, &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
@@ -308,18 +276,7 @@ impl Kms for LyingKms<'_> {
 async fn an_answer_from_another_key_is_refused() {
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
-    let es = seal::seal_secret(
-        &Wrapper::Kms {
-            kms: &kms,
-            key_id: &key,
-        },
-        &secret(&[("a", b"1")]),
-        Scope::Strict,
-        &mut Counter(0),
-        1,
-    )
-    .await
-    .unwrap();
+    let es = seal_strict(&kms, &key, &[("a", b"1")]).await;
     let results = seal::open_all(&LyingKms(&kms), &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
     assert_eq!(err.category(), "wrong_key", "{err}");
@@ -423,18 +380,7 @@ async fn plain_kms_ciphertext_uses_the_scope_annotation() {
 async fn hostile_items_fail_alone_and_clearly() {
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
-    let mut es = seal::seal_secret(
-        &Wrapper::Kms {
-            kms: &kms,
-            key_id: &key,
-        },
-        &secret(&[("good", b"1")]),
-        Scope::Strict,
-        &mut Counter(0),
-        1,
-    )
-    .await
-    .unwrap();
+    let mut es = seal_strict(&kms, &key, &[("good", b"1")]).await;
     let data = &mut es.spec.encrypted_data;
     data.insert("not-base64".into(), "***".into());
     data.insert("empty".into(), String::new());
@@ -502,4 +448,15 @@ fn debug_output_never_shows_values() {
         !shown.contains("hunter2") && shown.contains("password"),
         "{shown}"
     );
+}
+
+#[test]
+fn public_keys_smaller_than_kms_issues_are_refused() {
+    use rsa::pkcs8::EncodePublicKey;
+    let small = rsa::PrivateKey::new(&mut getrandom::SysRng, 1024).unwrap();
+    let der = small.to_public_key().to_public_key_der().unwrap();
+    let err = OfflineKey::from_der("arn:aws:kms:eu-west-1:1:key/k", der.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("1024 bits"), "{err}");
+    let err = OfflineKey::from_der("arn:aws:kms:eu-west-1:1:key/k", b"not der").unwrap_err();
+    assert!(err.to_string().contains("not an RSA"), "{err}");
 }
