@@ -85,6 +85,13 @@ pub struct EncryptedSecretStatus {
     /// The KMS keys the items are sealed under.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_arns: Vec<String>,
+    /// Digest of the spec the Secret was last produced from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_fingerprint: Option<String>,
+    /// The Secret's resourceVersion right after kmseal last wrote it; a different one means
+    /// someone else changed the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
 }
 
 /// A status condition, as in `metav1.Condition`.

@@ -11,5 +11,6 @@ pub mod envelope;
 pub mod kms;
 pub mod manifest;
 pub mod random;
+pub mod reconcile;
 pub mod seal;
 pub mod telemetry;
