@@ -2,7 +2,7 @@
 //!
 //! HTTP and AWS SDK internals are capped at INFO whatever `RUST_LOG` says: at DEBUG and TRACE
 //! they may print request and response bodies, and KMS response bodies carry plaintext data
-//! keys.
+//! keys. kube-client is capped at ERROR: it prints unparsable response bodies at WARN.
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -22,8 +22,15 @@ const WIRE_TARGETS: &[&str] = &[
     "tower",
 ];
 
+/// Targets that log whole response bodies even at WARN: kube-client prints the text of a
+/// response it cannot parse, and the response to a Secret apply holds the Secret's data.
+const BODY_AT_WARN_TARGETS: &[&str] = &["kube_client"];
+
 /// Whether an event from `target` at `level` may be logged at all.
 pub fn allowed(target: &str, level: &Level) -> bool {
+    if BODY_AT_WARN_TARGETS.iter().any(|t| target.starts_with(t)) {
+        return *level <= Level::ERROR;
+    }
     let wire = WIRE_TARGETS.iter().any(|t| target.starts_with(t));
     !wire || *level <= Level::INFO
 }
@@ -51,5 +58,8 @@ mod tests {
         assert!(!allowed("hyper_util::client", &Level::TRACE));
         assert!(allowed("aws_smithy_runtime::client::retries", &Level::INFO));
         assert!(allowed("kmseal::cli", &Level::TRACE));
+        assert!(!allowed("kube_client::client", &Level::WARN));
+        assert!(allowed("kube_client::client::builder", &Level::ERROR));
+        assert!(allowed("kube_runtime::watcher", &Level::WARN));
     }
 }

@@ -10,9 +10,13 @@ use crate::binding::EncryptionContext;
 use crate::envelope::{DataKey, WrapAlgorithm};
 
 pub mod aws;
+pub mod cache;
+pub mod limit;
 pub mod memory;
 
 pub use aws::{AwsKms, AwsSettings};
+pub use cache::CachingKms;
+pub use limit::RateLimitedKms;
 pub use memory::MemoryKms;
 
 /// A fresh data key: plaintext for local use, wrapped for storage.

@@ -1,0 +1,234 @@
+//! Prometheus metrics. Every label value comes from a small fixed set (outcomes, operations,
+//! failure categories); object names and error texts never become labels, so cardinality stays
+//! bounded however many objects the controller manages.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::binding::EncryptionContext;
+use crate::kms::{DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, PublicKeyInfo};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `applied`, `up_to_date`, `refused` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A Ready condition reason (see `reconcile::reason`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsLabels {
+    /// `GenerateDataKey`, `Decrypt` or `GetPublicKey`.
+    pub operation: &'static str,
+    /// `ok` or a failure category (`throttled`, `access_denied`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// All of the controller's metrics and the registry that exposes them.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub failures: Family<ReasonLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub kms_requests: Family<KmsLabels, Counter>,
+    pub kms_duration: Family<OperationLabels, Histogram>,
+    pub data_key_cache: Family<CacheLabels, Counter>,
+    pub managed_objects: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kmseal");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of EncryptedSecrets, by result",
+            reconciles.clone(),
+        );
+        let failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles, by Ready condition reason",
+            failures.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one EncryptedSecret",
+            reconcile_duration.clone(),
+        );
+        let kms_requests = Family::<KmsLabels, Counter>::default();
+        registry.register(
+            "kms_requests",
+            "KMS requests, by operation and outcome (after the data-key cache)",
+            kms_requests.clone(),
+        );
+        let kms_duration = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "kms_request_duration_seconds",
+            "KMS request latency, including SDK retries",
+            kms_duration.clone(),
+        );
+        let data_key_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "data_key_cache",
+            "Data-key cache lookups, by result",
+            data_key_cache.clone(),
+        );
+        let managed_objects = Gauge::default();
+        registry.register(
+            "managed_objects",
+            "EncryptedSecrets the controller currently manages",
+            managed_objects.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            failures,
+            reconcile_duration,
+            kms_requests,
+            kms_duration,
+            data_key_cache,
+            managed_objects,
+        }
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn observe_kms<T>(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        result: &Result<T, KmsError>,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.category(),
+        };
+        self.kms_requests
+            .get_or_create(&KmsLabels { operation, outcome })
+            .inc();
+        self.kms_duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Counts and times every call that reaches the wrapped KMS.
+pub struct MeteredKms<K> {
+    inner: K,
+    metrics: Arc<Metrics>,
+}
+
+impl<K> MeteredKms<K> {
+    pub fn new(inner: K, metrics: Arc<Metrics>) -> Self {
+        MeteredKms { inner, metrics }
+    }
+
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+
+    pub fn into_inner(self) -> K {
+        self.inner
+    }
+}
+
+impl<K: Kms> Kms for MeteredKms<K> {
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.generate_data_key(key_id, context).await;
+        self.metrics
+            .observe_kms("GenerateDataKey", started, &result);
+        result
+    }
+
+    async fn decrypt(&self, request: DecryptRequest<'_>) -> Result<Decrypted, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.decrypt(request).await;
+        self.metrics.observe_kms("Decrypt", started, &result);
+        result
+    }
+
+    async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.public_key(key_id).await;
+        self.metrics.observe_kms("GetPublicKey", started, &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::MemoryKms;
+
+    #[tokio::test]
+    async fn kms_calls_are_counted_by_operation_and_outcome() {
+        let metrics = Arc::new(Metrics::new());
+        let memory = MemoryKms::new("eu-west-1");
+        let key = memory.create_key();
+        let kms = MeteredKms::new(memory, metrics.clone());
+        kms.generate_data_key(&key, &EncryptionContext::new())
+            .await
+            .unwrap();
+        kms.generate_data_key("alias/missing", &EncryptionContext::new())
+            .await
+            .unwrap_err();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"kmseal_kms_requests_total{operation="GenerateDataKey",outcome="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kmseal_kms_requests_total{operation="GenerateDataKey",outcome="key_not_found"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("kmseal_kms_request_duration_seconds_count"));
+        assert!(!text.contains("alias/missing"), "no key names in labels");
+    }
+}

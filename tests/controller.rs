@@ -1,0 +1,429 @@
+//! The controller's reconcile loop against an in-memory cluster, with the in-memory KMS
+//! (multi-step scenarios) and with moto (real KMS semantics, counted calls).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kmseal::api::{EncryptedSecret, SecretTemplate, TemplateMetadata};
+use kmseal::binding::Scope;
+use kmseal::controller::fake::InMemoryCluster;
+use kmseal::controller::{Reconciled, Reconciler, Timing};
+use kmseal::kms::{CachingKms, Kms, MemoryKms};
+use kmseal::metrics::{MeteredKms, Metrics};
+use kmseal::random::OsRandom;
+use kmseal::reconcile::{self, reason};
+use kmseal::seal::{self, PlainSecret, Wrapper};
+use zeroize::Zeroizing;
+
+type Stack<K> = CachingKms<MeteredKms<K>>;
+
+fn reconciler<K: Kms>(kms: K, cluster: InMemoryCluster) -> Reconciler<Stack<K>, InMemoryCluster> {
+    let metrics = Arc::new(Metrics::new());
+    let kms = CachingKms::new(
+        MeteredKms::new(kms, metrics.clone()),
+        100,
+        Duration::from_secs(300),
+    );
+    Reconciler::new(kms, cluster, metrics, Timing::default())
+}
+
+fn plain(items: &[(&str, &str)]) -> PlainSecret {
+    PlainSecret {
+        namespace: Some("prod".into()),
+        name: "db".into(),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        labels: BTreeMap::from([("app".into(), "api".into())]),
+        data: items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Zeroizing::new(v.as_bytes().to_vec())))
+            .collect(),
+        ..PlainSecret::default()
+    }
+}
+
+async fn sealed<K: Kms>(kms: &K, key: &str, items: &[(&str, &str)]) -> EncryptedSecret {
+    let mut es = seal::seal_secret(
+        &Wrapper::Kms { kms, key_id: key },
+        &plain(items),
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap();
+    // What the API server adds on create.
+    es.metadata.uid = Some("3f0c2a10-0000-4000-8000-000000000001".into());
+    es.metadata.generation = Some(1);
+    es
+}
+
+fn data(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+/// One reconcile of the object as the API server currently has it (with its status).
+async fn step<K: Kms>(r: &Reconciler<K, InMemoryCluster>, es: &EncryptedSecret) -> Reconciled {
+    let current = r.api.with_status(es);
+    r.reconcile(&current).await.expect("reconcile").0
+}
+
+fn decrypt_calls<K>(r: &Reconciler<Stack<K>, InMemoryCluster>) -> u64
+where
+    K: Kms,
+{
+    r.kms.misses()
+}
+
+#[tokio::test]
+async fn create_update_and_remove_items() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let mut es = sealed(&kms, &key, &[("username", "app"), ("password", "s3cr3t")]).await;
+    let r = reconciler(kms, InMemoryCluster::new());
+
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let secret = r.api.secret("prod", "db").expect("Secret created");
+    assert_eq!(data(&secret)["password"], "s3cr3t");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    let labels = secret.metadata.labels.clone().unwrap();
+    assert_eq!(labels[reconcile::MANAGED_BY_LABEL], "kmseal");
+    assert_eq!(labels["app"], "api");
+    let owner = &secret.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("EncryptedSecret", "db")
+    );
+    assert_eq!(owner.controller, Some(true));
+    let status = r.api.with_status(&es).status.unwrap();
+    assert_eq!(status.conditions[0].status, "True");
+    assert_eq!(status.conditions[0].reason, reason::SYNCED);
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.secret_name.as_deref(), Some("db"));
+    assert_eq!(status.key_arns, vec![key.clone()]);
+
+    // Update: replace one item, drop another, change a label.
+    let update = sealed(r.kms.inner().inner(), &key, &[("password", "rotated")]).await;
+    es.spec = update.spec.clone();
+    es.spec.template = Some(SecretTemplate {
+        type_: Some("kubernetes.io/basic-auth".into()),
+        metadata: Some(TemplateMetadata {
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            ..TemplateMetadata::default()
+        }),
+        immutable: None,
+    });
+    es.metadata.generation = Some(2);
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let secret = r.api.secret("prod", "db").unwrap();
+    assert_eq!(
+        data(&secret),
+        BTreeMap::from([("password".into(), "rotated".into())])
+    );
+    assert_eq!(secret.metadata.labels.unwrap()["app"], "web");
+    assert_eq!(
+        r.api.with_status(&es).status.unwrap().observed_generation,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn unchanged_objects_cost_nothing_even_after_a_restart() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    let r = reconciler(kms, InMemoryCluster::new());
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let kms_calls = decrypt_calls(&r);
+    let writes = r.api.calls.status_applies.load(Ordering::Relaxed);
+    assert_eq!(kms_calls, 1);
+    // Periodic resync: nothing to do, nothing written.
+    for _ in 0..3 {
+        assert_eq!(step(&r, &es).await, Reconciled::UpToDate);
+    }
+    assert_eq!(decrypt_calls(&r), kms_calls);
+    assert_eq!(
+        r.api.calls.status_applies.load(Ordering::Relaxed),
+        writes,
+        "status written only on change"
+    );
+    assert_eq!(r.api.calls.secret_applies.load(Ordering::Relaxed), 1);
+
+    // A restart: new process, empty cache, same cluster state.
+    let Reconciler { kms, api, .. } = r;
+    let memory = kms.into_inner().into_inner();
+    let restarted = reconciler(memory, api);
+    assert_eq!(step(&restarted, &es).await, Reconciled::UpToDate);
+    assert_eq!(
+        decrypt_calls(&restarted),
+        0,
+        "a restart with nothing changed makes no KMS call"
+    );
+    assert_eq!(
+        restarted
+            .kms
+            .inner()
+            .inner()
+            .calls
+            .decrypt
+            .load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired_from_the_cache() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    let r = reconciler(kms, InMemoryCluster::new());
+    step(&r, &es).await;
+    // Someone edits the managed Secret.
+    let mut edited = r.api.secret("prod", "db").unwrap();
+    edited.data = Some(BTreeMap::from([(
+        "password".into(),
+        ByteString(b"hacked".to_vec()),
+    )]));
+    r.api.put_secret(edited);
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    assert_eq!(
+        data(&r.api.secret("prod", "db").unwrap())["password"],
+        "s3cr3t"
+    );
+    // Someone deletes it.
+    r.api.delete_secret("prod", "db");
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    assert_eq!(
+        data(&r.api.secret("prod", "db").unwrap())["password"],
+        "s3cr3t"
+    );
+    assert_eq!(decrypt_calls(&r), 1, "repairs reuse the cached data key");
+    assert!(r.kms.hits() >= 2);
+}
+
+#[tokio::test]
+async fn a_failed_decrypt_leaves_the_secret_exactly_as_it_was() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let mut es = sealed(&kms, &key, &[("password", "s3cr3t"), ("user", "app")]).await;
+    let r = reconciler(kms, InMemoryCluster::new());
+    step(&r, &es).await;
+    let before = r.api.secret("prod", "db").unwrap();
+    // A tampered item: one character of the ciphertext changed.
+    let value = es.spec.encrypted_data.get_mut("password").unwrap();
+    let flipped = if value.ends_with('A') { 'B' } else { 'A' };
+    value.pop();
+    value.pop();
+    value.push(flipped);
+    value.push('=');
+    es.metadata.generation = Some(2);
+    let outcome = step(&r, &es).await;
+    assert!(matches!(outcome, Reconciled::Failed(_)), "{outcome:?}");
+    assert_eq!(
+        r.api.secret("prod", "db").unwrap(),
+        before,
+        "Secret untouched"
+    );
+    let status = r.api.with_status(&es).status.unwrap();
+    let ready = &status.conditions[0];
+    assert_eq!(ready.status, "False");
+    assert!(
+        [reason::DECRYPT_FAILED, reason::INVALID_SPEC].contains(&ready.reason.as_str()),
+        "{}",
+        ready.reason
+    );
+    assert!(ready.message.contains("item password"), "{}", ready.message);
+    assert!(
+        ready.message.contains("left unchanged"),
+        "{}",
+        ready.message
+    );
+    assert!(!ready.message.contains("s3cr3t"));
+    // The warning event is emitted once, not on every retry.
+    step(&r, &es).await;
+    step(&r, &es).await;
+    let warnings: Vec<_> = r
+        .api
+        .events()
+        .into_iter()
+        .filter(|(_, e)| e.warning)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
+
+#[tokio::test]
+async fn kms_failures_keep_the_secret_and_say_why() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    let cluster = InMemoryCluster::new();
+    let r = reconciler(kms, cluster);
+    step(&r, &es).await;
+    let before = r.api.secret("prod", "db").unwrap();
+    // A restart while the key is disabled: the cache is empty, so KMS must be asked.
+    let Reconciler { kms, api, .. } = r;
+    let memory = kms.into_inner().into_inner();
+    memory.set_enabled(&key, false);
+    let r = reconciler(memory, api);
+    let mut changed = es.clone();
+    changed.metadata.generation = Some(2);
+    assert_eq!(
+        step(&r, &changed).await,
+        Reconciled::Failed(reason::KEY_DISABLED)
+    );
+    assert_eq!(r.api.secret("prod", "db").unwrap(), before);
+    let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    assert!(ready.message.contains("enable-key"), "{}", ready.message);
+    r.kms.inner().inner().set_enabled(&key, true);
+    assert_eq!(step(&r, &changed).await, Reconciled::Applied);
+    let events = r.api.events();
+    let last = &events.last().unwrap().1;
+    assert_eq!(
+        (last.warning, last.reason),
+        (false, reason::SYNCED),
+        "recovery is announced"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_refused_until_handed_over() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    let cluster = InMemoryCluster::new();
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("prod".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".into(),
+            ByteString(b"theirs".to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    cluster.put_secret(foreign.clone());
+    let r = reconciler(kms, cluster);
+    assert_eq!(step(&r, &es).await, Reconciled::Refused);
+    let untouched = r.api.secret("prod", "db").unwrap();
+    assert_eq!(data(&untouched)["password"], "theirs");
+    assert_eq!(
+        decrypt_calls(&r),
+        0,
+        "no KMS call for a Secret we will not write"
+    );
+    let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::SECRET_EXISTS)
+    );
+    let events = r.api.events();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].1.warning && events[0].1.note.contains("kmseal.dev/managed=true"));
+    // The owner hands it over with the annotation.
+    let mut annotated = untouched;
+    annotated.metadata.annotations = Some(BTreeMap::from([(
+        reconcile::ADOPT_ANNOTATION.into(),
+        "true".into(),
+    )]));
+    r.api.put_secret(annotated);
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let adopted = r.api.secret("prod", "db").unwrap();
+    assert_eq!(data(&adopted)["password"], "s3cr3t");
+    assert_eq!(adopted.metadata.owner_references.unwrap()[0].name, "db");
+}
+
+#[tokio::test]
+async fn metrics_count_by_result_and_reason_only() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    let r = reconciler(kms, InMemoryCluster::new());
+    step(&r, &es).await;
+    step(&r, &es).await;
+    let text = r.metrics.encode();
+    assert!(
+        text.contains(r#"kmseal_reconciles_total{result="applied"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kmseal_reconciles_total{result="up_to_date"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kmseal_kms_requests_total{operation="Decrypt",outcome="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("kmseal_reconcile_duration_seconds_count 2"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("prod") && !text.contains("\"db\""),
+        "no object names in metrics"
+    );
+}
+
+/// The same flow against moto: a real KMS enforcing encryption contexts, with KMS calls counted.
+#[tokio::test]
+async fn controller_flow_against_moto() {
+    let Some(emu) = common::moto() else { return };
+    let admin = common::admin(&emu.url, "us-east-1").await;
+    let key = common::create_symmetric_key(&admin).await;
+    let aws = kmseal::kms::AwsKms::from_sdk_config(common::sdk_config(&emu.url, "us-east-1").await);
+    let mut es = sealed(&aws, &key, &[("password", "from-moto"), ("user", "app")]).await;
+    let r = reconciler(aws, InMemoryCluster::new());
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    assert_eq!(
+        data(&r.api.secret("prod", "db").unwrap())["password"],
+        "from-moto"
+    );
+    let text = r.metrics.encode();
+    assert!(
+        text.contains(r#"kmseal_kms_requests_total{operation="Decrypt",outcome="ok"} 1"#),
+        "{text}"
+    );
+    // Copied to another namespace, it is refused by KMS's context check; nothing is written.
+    let mut moved = es.clone();
+    moved.metadata.namespace = Some("dev".into());
+    moved.metadata.uid = Some("other-uid".into());
+    assert_eq!(
+        step(&r, &moved).await,
+        Reconciled::Failed(reason::DECRYPT_FAILED)
+    );
+    assert!(r.api.secret("dev", "db").is_none());
+    // Restart with nothing changed: zero KMS requests.
+    let Reconciler { kms, api, .. } = r;
+    let restarted = reconciler(kms.into_inner().into_inner(), api);
+    assert_eq!(step(&restarted, &es).await, Reconciled::UpToDate);
+    assert!(
+        !restarted
+            .metrics
+            .encode()
+            .contains("kmseal_kms_requests_total{"),
+        "no KMS request after restart"
+    );
+    // A changed spec is still caught.
+    es.spec.encrypted_data.remove("user");
+    es.metadata.generation = Some(2);
+    assert_eq!(step(&restarted, &es).await, Reconciled::Applied);
+    assert_eq!(
+        data(&restarted.api.secret("prod", "db").unwrap())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["password"]
+    );
+}
