@@ -25,6 +25,7 @@ use crate::reconcile::{self, EventSpec, ExistingSecret, Outcome, Plan, reason};
 use crate::seal;
 
 pub mod fake;
+pub mod runtime;
 
 /// A failure to talk to the Kubernetes API.
 #[derive(Debug, thiserror::Error)]

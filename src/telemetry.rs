@@ -37,15 +37,28 @@ pub fn allowed(target: &str, level: &Level) -> bool {
 
 /// Logs to stderr with `default_filter` unless `RUST_LOG` is set.
 pub fn init_stderr(default_filter: &str) {
+    init(default_filter, false);
+}
+
+/// Logs to stderr, as text or as one JSON object per line, with `default_filter` unless
+/// `RUST_LOG` is set.
+pub fn init(default_filter: &str, json: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let layer = tracing_subscriber::fmt::layer()
+    let wire = filter_fn(|meta| allowed(meta.target(), meta.level()));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(true)
-        .with_filter(filter)
-        .with_filter(filter_fn(|meta| allowed(meta.target(), meta.level())));
+        .with_target(true);
     // A second initialisation (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+    let _ = if json {
+        tracing_subscriber::registry()
+            .with(fmt.json().with_filter(filter).with_filter(wire))
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(filter).with_filter(wire))
+            .try_init()
+    };
 }
 
 #[cfg(test)]

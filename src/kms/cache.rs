@@ -30,6 +30,7 @@ pub struct CachingKms<K> {
     ttl: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
+    on_lookup: Option<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 impl<K> CachingKms<K> {
@@ -42,6 +43,21 @@ impl<K> CachingKms<K> {
             ttl,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            on_lookup: None,
+        }
+    }
+
+    /// Calls `observe(hit)` on every lookup, e.g. to count hits and misses in metrics.
+    pub fn on_lookup(mut self, observe: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        self.on_lookup = Some(Box::new(observe));
+        self
+    }
+
+    fn observe(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(observe) = &self.on_lookup {
+            observe(hit);
         }
     }
 
@@ -125,14 +141,14 @@ impl<K: Kms> Kms for CachingKms<K> {
             if let Some(entry) = entries.get(&digest)
                 && entry.stored.elapsed() < self.ttl
             {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.observe(true);
                 return Ok(Decrypted {
                     key_arn: entry.key_arn.clone(),
                     plaintext: entry.plaintext.clone(),
                 });
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.observe(false);
         let decrypted = self.inner.decrypt(request).await?;
         self.insert(
             digest,

@@ -89,6 +89,31 @@ pub trait Kms: Send + Sync {
     ) -> impl Future<Output = Result<PublicKeyInfo, KmsError>> + Send;
 }
 
+/// Shared KMS stacks (one cache and one rate limit for several controllers).
+impl<K: Kms> Kms for std::sync::Arc<K> {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> impl Future<Output = Result<GeneratedKey, KmsError>> + Send {
+        (**self).generate_data_key(key_id, context)
+    }
+
+    fn decrypt(
+        &self,
+        request: DecryptRequest<'_>,
+    ) -> impl Future<Output = Result<Decrypted, KmsError>> + Send {
+        (**self).decrypt(request)
+    }
+
+    fn public_key(
+        &self,
+        key_id: &str,
+    ) -> impl Future<Output = Result<PublicKeyInfo, KmsError>> + Send {
+        (**self).public_key(key_id)
+    }
+}
+
 /// A small, fixed set of failure categories: metric labels, condition reasons, exit paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KmsErrorKind {

@@ -1,0 +1,373 @@
+//! Wiring: Kubernetes client, watches, leader election, the ops server and shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PartialObjectMeta;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::controller::{self as kube_controller, Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Config};
+
+use super::{KubeClusterApi, ReconcileError, Reconciler, Timing};
+use crate::api::EncryptedSecret;
+use crate::config::ControllerArgs;
+use crate::kms::{AwsKms, CachingKms, Kms, RateLimitedKms};
+use crate::metrics::{CacheLabels, MeteredKms, Metrics};
+use crate::reconcile::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+
+/// The KMS stack the controller uses: cache, then rate limit, then metrics, then AWS.
+pub type ControllerKms = Arc<CachingKms<RateLimitedKms<MeteredKms<AwsKms>>>>;
+
+type Shutdown = Shared<BoxFuture<'static, ()>>;
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "cannot reach Kubernetes: {0}; check --kubeconfig / KUBECONFIG or the in-cluster service account"
+    )]
+    Kube(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot serve /healthz, /readyz and /metrics on {address}: {source}")]
+    Server {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("leader election failed: {0}")]
+    Lease(String),
+    #[error("lost the leader-election Lease; exiting so a standby takes over")]
+    LostLease,
+    #[error("{0}")]
+    Kms(#[from] crate::kms::KmsError),
+}
+
+/// Builds the controller's KMS stack from its flags.
+pub async fn kms_stack(
+    args: &ControllerArgs,
+    metrics: &Arc<Metrics>,
+) -> Result<ControllerKms, RunError> {
+    let aws = AwsKms::connect(&args.aws.settings()).await?;
+    let cache_metrics = metrics.clone();
+    let kms = CachingKms::new(
+        RateLimitedKms::new(
+            MeteredKms::new(aws, metrics.clone()),
+            args.kms_requests_per_second,
+        ),
+        args.data_key_cache_size,
+        Duration::from_secs(args.data_key_cache_ttl),
+    )
+    .on_lookup(move |hit| {
+        cache_metrics
+            .data_key_cache
+            .get_or_create(&CacheLabels {
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    });
+    Ok(Arc::new(kms))
+}
+
+/// `--check-kms-key`: one GenerateDataKey and one Decrypt under the key, as the controller
+/// would make them. Returns a line to print.
+pub async fn check_kms(args: &ControllerArgs, key: &str) -> Result<String, RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let kms = kms_stack(args, &metrics).await?;
+    let context = crate::binding::Binding::new(
+        crate::binding::Scope::Strict,
+        "kmseal-check",
+        "kmseal-check",
+    )
+    .encryption_context();
+    let generated = kms.generate_data_key(key, &context).await?;
+    let decrypted = kms
+        .decrypt(crate::kms::DecryptRequest {
+            key_id: Some(&generated.key_arn),
+            ciphertext: &generated.wrapped,
+            algorithm: crate::envelope::WrapAlgorithm::KmsSymmetric,
+            context: &context,
+        })
+        .await?;
+    let round_trip = decrypted.plaintext.as_slice() == generated.plaintext.expose();
+    if !round_trip {
+        return Err(RunError::Lease("KMS returned a different data key".into()));
+    }
+    Ok(format!(
+        "KMS access ok: kms:GenerateDataKey and kms:Decrypt on {}",
+        generated.key_arn
+    ))
+}
+
+async fn client(args: &ControllerArgs) -> Result<Client, RunError> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|e| RunError::Kube(Box::new(e)))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| RunError::Kube(Box::new(e)))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| RunError::Kube(Box::new(e)))?,
+    };
+    Client::try_from(config).map_err(|e| RunError::Kube(Box::new(e)))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> Shutdown {
+    async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutting down");
+    }
+    .boxed()
+    .shared()
+}
+
+type Ctx = Reconciler<ControllerKms, KubeClusterApi>;
+
+async fn reconcile(es: Arc<EncryptedSecret>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let (outcome, action) = ctx.reconcile(&es).await?;
+    tracing::debug!(
+        namespace = es.metadata.namespace.as_deref().unwrap_or(""),
+        name = es.metadata.name.as_deref().unwrap_or(""),
+        ?outcome,
+        "reconciled"
+    );
+    Ok(action)
+}
+
+fn error_policy(es: Arc<EncryptedSecret>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(
+        namespace = es.metadata.namespace.as_deref().unwrap_or(""),
+        name = es.metadata.name.as_deref().unwrap_or(""),
+        error = %error,
+        "reconcile failed; retrying with backoff"
+    );
+    Action::requeue(ctx.error_backoff(&es))
+}
+
+/// One controller over one scope (all namespaces, or one namespace).
+struct Scope {
+    controller: Controller<EncryptedSecret>,
+    reconciler: Arc<Ctx>,
+    secrets: Store<PartialObjectMeta<Secret>>,
+    secret_stream: futures::stream::BoxStream<'static, ()>,
+}
+
+fn scope(
+    client: &Client,
+    namespace: Option<&str>,
+    args: &ControllerArgs,
+    kms: &ControllerKms,
+    metrics: &Arc<Metrics>,
+) -> Scope {
+    // `Api<PartialObjectMeta<Secret>>` makes metadata-only requests: no Secret data is ever
+    // listed or watched.
+    let (es_api, secret_api): (Api<EncryptedSecret>, Api<PartialObjectMeta<Secret>>) =
+        match namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    // Metadata only, and only Secrets kmseal manages: memory does not grow with the cluster.
+    let secret_config =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let (secrets, writer) = reflector::store();
+    let secret_events = reflector::reflector(writer, watcher(secret_api, secret_config))
+        .default_backoff()
+        .touched_objects()
+        .boxed();
+    // The store must see every event; the controller gets the owned Secrets as triggers.
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let secret_stream = secret_events
+        .filter_map(move |event| {
+            let tx = trigger_tx.clone();
+            async move {
+                if let Ok(meta) = &event {
+                    let _ = tx.unbounded_send(Ok(meta.clone()));
+                }
+                Some(())
+            }
+        })
+        .boxed();
+    let mut es_config = watcher::Config::default();
+    if let Some(selector) = &args.selector {
+        es_config = es_config.labels(selector);
+    }
+    let api = KubeClusterApi::new(client.clone(), Some(secrets.clone()), args.pod_name.clone());
+    let reconciler = Arc::new(Reconciler::new(
+        kms.clone(),
+        api,
+        metrics.clone(),
+        Timing {
+            resync: Duration::from_secs(args.resync_interval),
+        },
+    ));
+    let controller = Controller::new(es_api, es_config)
+        .owns_stream(trigger_rx)
+        .with_config(kube_controller::Config::default().concurrency(args.concurrency));
+    Scope {
+        controller,
+        reconciler,
+        secrets,
+        secret_stream,
+    }
+}
+
+/// Waits for the Lease; resolves to an error when leadership is lost.
+async fn lead(
+    client: &Client,
+    args: &ControllerArgs,
+) -> Result<BoxFuture<'static, RunError>, RunError> {
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("kmseal-{}", std::process::id()));
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
+            .with_namespace(args.lease_namespace())
+            .with_identity(identity)
+            .with_duration(args.lease_duration)
+            .with_grace((args.lease_duration / 3).max(1))
+            .build()
+            .await
+            .map_err(|e| RunError::Lease(e.to_string()))?;
+    let (mut leader, task) = manager.watch().await;
+    tracing::info!(lease = %args.leader_election_lease, "waiting to become the leader");
+    while !*leader.borrow_and_update() {
+        leader
+            .changed()
+            .await
+            .map_err(|_| RunError::Lease("the lease manager stopped".into()))?;
+    }
+    tracing::info!("became the leader");
+    Ok(async move {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                drop(task);
+                return RunError::LostLease;
+            }
+        }
+    }
+    .boxed())
+}
+
+/// Runs the controller until SIGTERM/SIGINT (Ok) or a fatal error.
+pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal();
+    let server = {
+        let (address, metrics, ready, shutdown) = (
+            args.metrics_address,
+            metrics.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| RunError::Server { address, source })?;
+        tokio::spawn(async move {
+            axum::serve(listener, crate::server::router(metrics, ready))
+                .with_graceful_shutdown(shutdown)
+                .await
+        })
+    };
+    let client = client(&args).await?;
+    let kms = kms_stack(&args, &metrics).await?;
+
+    let lost_lease: BoxFuture<'static, RunError> = if args.leader_election {
+        lead(&client, &args).await?
+    } else {
+        future::pending().boxed()
+    };
+
+    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    let scopes: Vec<Scope> = namespaces
+        .iter()
+        .map(|ns| scope(&client, ns.as_deref(), &args, &kms, &metrics))
+        .collect();
+
+    let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
+    let secret_stores: Vec<_> = scopes.iter().map(|s| s.secrets.clone()).collect();
+    // Ready once every watch has listed: before that a reconcile might GET each Secret.
+    let readiness = {
+        let (ready, metrics, es_stores) = (ready.clone(), metrics.clone(), es_stores.clone());
+        async move {
+            for store in &es_stores {
+                let _ = store.wait_until_ready().await;
+            }
+            for store in &secret_stores {
+                let _ = store.wait_until_ready().await;
+            }
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("initial sync done");
+            loop {
+                let managed: usize = es_stores.iter().map(|s| s.state().len()).sum();
+                metrics.managed_objects.set(managed as i64);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    };
+
+    let mut controllers = Vec::new();
+    let mut watches = Vec::new();
+    for scope in scopes {
+        watches.push(scope.secret_stream.for_each(|()| future::ready(())));
+        controllers.push(
+            scope
+                .controller
+                .graceful_shutdown_on(shutdown.clone())
+                .run(reconcile, error_policy, scope.reconciler)
+                .for_each(|_| future::ready(())),
+        );
+    }
+    tracing::info!(
+        namespaces = ?args.namespaces,
+        selector = args.selector.as_deref().unwrap_or(""),
+        "kmseal-controller started"
+    );
+    let work = future::join(future::join_all(controllers), async {
+        tokio::select! {
+            _ = future::join_all(watches) => {},
+            _ = shutdown.clone() => {},
+        }
+    });
+    let result = tokio::select! {
+        _ = work => Ok(()),
+        _ = readiness => Ok(()),
+        error = lost_lease => Err(error),
+    };
+    ready.store(false, Ordering::Relaxed);
+    let _ = server.await;
+    result
+}

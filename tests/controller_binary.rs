@@ -1,0 +1,82 @@
+//! The `kmseal-controller` binary: its KMS client through IRSA web identity (moto's STS), and
+//! clear failures without credentials or without a cluster.
+
+mod common;
+
+use common::*;
+
+const REGION: &str = "us-east-1";
+
+fn controller() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("kmseal-controller").unwrap();
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "2");
+    cmd
+}
+
+#[test]
+fn controller_kms_client_uses_irsa_web_identity() {
+    let Some(emu) = moto() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let token = temp_file(
+        &dir,
+        "token",
+        b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a21zZWFsIn0.c2ln",
+    );
+    let out = controller()
+        .env(
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::000000000000:role/kmseal-controller",
+        )
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ENDPOINT_URL", &emu.url)
+        .args(["--check-kms-key", &key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "KMS access ok: kms:GenerateDataKey and kms:Decrypt on {key}"
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn controller_without_credentials_says_where_they_come_from() {
+    let Some(emu) = moto() else { return };
+    let out = controller()
+        .env("AWS_REGION", REGION)
+        .args(["--check-kms-key", "alias/any", "--endpoint", &emu.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no usable AWS credentials"), "{err}");
+    assert!(err.contains("AWS_ROLE_ARN"), "{err}");
+}
+
+#[test]
+fn controller_without_a_cluster_fails_clearly() {
+    let out = controller()
+        .args([
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("cannot reach Kubernetes"), "{err}");
+    assert!(err.contains("--kubeconfig"), "{err}");
+}
