@@ -146,9 +146,12 @@ fn shutdown_signal() -> Shutdown {
     .shared()
 }
 
-type Ctx = Reconciler<ControllerKms, KubeClusterApi>;
+type Ctx<K> = Reconciler<K, KubeClusterApi>;
 
-async fn reconcile(es: Arc<EncryptedSecret>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+async fn reconcile<K: Kms>(
+    es: Arc<EncryptedSecret>,
+    ctx: Arc<Ctx<K>>,
+) -> Result<Action, ReconcileError> {
     let (outcome, action) = ctx.reconcile(&es).await?;
     tracing::debug!(
         namespace = es.metadata.namespace.as_deref().unwrap_or(""),
@@ -159,7 +162,11 @@ async fn reconcile(es: Arc<EncryptedSecret>, ctx: Arc<Ctx>) -> Result<Action, Re
     Ok(action)
 }
 
-fn error_policy(es: Arc<EncryptedSecret>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+fn error_policy<K: Kms>(
+    es: Arc<EncryptedSecret>,
+    error: &ReconcileError,
+    ctx: Arc<Ctx<K>>,
+) -> Action {
     tracing::warn!(
         namespace = es.metadata.namespace.as_deref().unwrap_or(""),
         name = es.metadata.name.as_deref().unwrap_or(""),
@@ -170,20 +177,20 @@ fn error_policy(es: Arc<EncryptedSecret>, error: &ReconcileError, ctx: Arc<Ctx>)
 }
 
 /// One controller over one scope (all namespaces, or one namespace).
-struct Scope {
+struct Scope<K> {
     controller: Controller<EncryptedSecret>,
-    reconciler: Arc<Ctx>,
+    reconciler: Arc<Ctx<Arc<K>>>,
     secrets: Store<PartialObjectMeta<Secret>>,
     secret_stream: futures::stream::BoxStream<'static, ()>,
 }
 
-fn scope(
+fn scope<K: Kms>(
     client: &Client,
     namespace: Option<&str>,
     args: &ControllerArgs,
-    kms: &ControllerKms,
+    kms: &Arc<K>,
     metrics: &Arc<Metrics>,
-) -> Scope {
+) -> Scope<K> {
     // `Api<PartialObjectMeta<Secret>>` makes metadata-only requests: no Secret data is ever
     // listed or watched.
     let (es_api, secret_api): (Api<EncryptedSecret>, Api<PartialObjectMeta<Secret>>) =
@@ -221,7 +228,7 @@ fn scope(
     }
     let api = KubeClusterApi::new(client.clone(), Some(secrets.clone()), args.pod_name.clone());
     let reconciler = Arc::new(Reconciler::new(
-        kms.clone(),
+        Arc::clone(kms),
         api,
         metrics.clone(),
         Timing {
@@ -300,9 +307,24 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     };
     let client = client(&args).await?;
     let kms = kms_stack(&args, &metrics).await?;
+    let result = run_with(client, kms, &args, metrics, ready, shutdown.boxed()).await;
+    let _ = server.await;
+    result
+}
 
+/// The controller proper, on a given client and KMS, until `shutdown` resolves (Ok) or a fatal
+/// error. `ready` is set once every watch has listed, and cleared on the way out.
+pub async fn run_with<K: Kms + 'static>(
+    client: Client,
+    kms: Arc<K>,
+    args: &ControllerArgs,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: BoxFuture<'static, ()>,
+) -> Result<(), RunError> {
+    let shutdown = shutdown.shared();
     let lost_lease: BoxFuture<'static, RunError> = if args.leader_election {
-        lead(&client, &args).await?
+        lead(&client, args).await?
     } else {
         future::pending().boxed()
     };
@@ -312,9 +334,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    let scopes: Vec<Scope> = namespaces
+    let scopes: Vec<Scope<K>> = namespaces
         .iter()
-        .map(|ns| scope(&client, ns.as_deref(), &args, &kms, &metrics))
+        .map(|ns| scope(&client, ns.as_deref(), args, &kms, &metrics))
         .collect();
 
     let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
@@ -368,6 +390,5 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);
-    let _ = server.await;
     result
 }

@@ -1,0 +1,456 @@
+//! The controller's runtime wiring (watches, owned-Secret triggers, stores, readiness, status
+//! and events) end to end, against a small in-process fake of the Kubernetes API: list and
+//! watch (streamed), metadata-only requests, server-side apply and the status subresource.
+//! It stands in for the kind suite, which needs Docker.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::channel::mpsc;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+use kmseal::api::EncryptedSecret;
+use kmseal::binding::Scope;
+use kmseal::config::ControllerArgs;
+use kmseal::controller::runtime::run_with;
+use kmseal::kms::{CachingKms, MemoryKms};
+use kmseal::metrics::Metrics;
+use kmseal::random::OsRandom;
+use kmseal::seal::{self, PlainSecret, Wrapper};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+type Key = (String, String);
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    encrypted: BTreeMap<Key, Value>,
+    secrets: BTreeMap<Key, Value>,
+    es_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    secret_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    events: Vec<Value>,
+    secret_applies: u64,
+}
+
+/// The fake API server's state, shared with the test.
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "kmseal");
+
+fn managed(secret: &Value) -> bool {
+    secret["metadata"]["labels"][MANAGED.0] == MANAGED.1
+}
+
+fn partial(secret: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": secret["metadata"]})
+}
+
+fn line(event: &str, object: &Value) -> Bytes {
+    let mut text = serde_json::to_vec(&json!({"type": event, "object": object})).unwrap();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+impl State {
+    fn bump(&mut self) -> String {
+        self.version += 1;
+        self.version.to_string()
+    }
+
+    fn notify_es(&mut self, event: &str, object: &Value) {
+        let bytes = line(event, object);
+        self.es_watchers
+            .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
+    }
+
+    /// Secret watchers see metadata only, and only managed Secrets (label selector).
+    fn notify_secret(&mut self, before: Option<&Value>, after: Option<&Value>) {
+        let event = match (before.filter(|b| managed(b)), after.filter(|a| managed(a))) {
+            (None, Some(a)) => Some(("ADDED", partial(a))),
+            (Some(_), Some(a)) => Some(("MODIFIED", partial(a))),
+            (Some(b), None) => Some(("DELETED", partial(after.unwrap_or(b)))),
+            (None, None) => None,
+        };
+        if let Some((event, object)) = event {
+            let bytes = line(event, &object);
+            self.secret_watchers
+                .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
+        }
+    }
+}
+
+impl Fake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
+    fn add_encrypted(&self, es: &EncryptedSecret) {
+        let mut state = self.lock();
+        let mut value = serde_json::to_value(es).unwrap();
+        value["metadata"]["resourceVersion"] = state.bump().into();
+        value["metadata"]["uid"] = format!("uid-{}", state.version).into();
+        value["metadata"]["generation"] = 1.into();
+        let key = key_of(&value);
+        state.encrypted.insert(key, value.clone());
+        state.notify_es("ADDED", &value);
+    }
+
+    fn secret(&self, ns: &str, name: &str) -> Option<Value> {
+        self.lock().secrets.get(&(ns.into(), name.into())).cloned()
+    }
+
+    fn status(&self, ns: &str, name: &str) -> Value {
+        self.lock().encrypted[&(ns.to_owned(), name.to_owned())]["status"].clone()
+    }
+
+    /// A user edits (Some) or deletes (None) a Secret.
+    fn user_writes_secret(&self, ns: &str, name: &str, new: Option<Value>) {
+        let mut state = self.lock();
+        let key = (ns.to_owned(), name.to_owned());
+        let before = state.secrets.remove(&key);
+        let after = new.map(|mut s| {
+            s["metadata"]["resourceVersion"] = state.bump().into();
+            state.secrets.insert(key.clone(), s.clone());
+            s
+        });
+        state.notify_secret(before.as_ref(), after.as_ref());
+    }
+
+    fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        accept: &str,
+        body: &[u8],
+    ) -> Response<ResponseBody> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let watch = query.contains("watch=true") || query.contains("watch=1");
+        let mut state = self.lock();
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["apis", "kmseal.dev", "v1alpha1", "encryptedsecrets"]) => {
+                if watch {
+                    let (tx, rx) = mpsc::unbounded();
+                    state.es_watchers.push(tx);
+                    return stream(rx);
+                }
+                let items: Vec<Value> = state.encrypted.values().cloned().collect();
+                ok(
+                    json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecretList",
+                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+                )
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                    name,
+                    "status",
+                ],
+            ) => {
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let rv = state.bump();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(object) = state.encrypted.get_mut(&key) else {
+                    return not_found();
+                };
+                object["status"] = patch["status"].clone();
+                object["metadata"]["resourceVersion"] = rv.into();
+                let object = object.clone();
+                state.notify_es("MODIFIED", &object);
+                ok(object)
+            }
+            ("GET", ["api", "v1", "secrets"]) => {
+                assert!(
+                    accept.contains("PartialObjectMetadata"),
+                    "Secrets are only listed as metadata: {accept}"
+                );
+                assert!(
+                    query.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkmseal"),
+                    "{query}"
+                );
+                if watch {
+                    let (tx, rx) = mpsc::unbounded();
+                    state.secret_watchers.push(tx);
+                    return stream(rx);
+                }
+                let items: Vec<Value> = state
+                    .secrets
+                    .values()
+                    .filter(|s| managed(s))
+                    .map(partial)
+                    .collect();
+                ok(
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+                )
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                assert!(
+                    accept.contains("PartialObjectMetadata"),
+                    "a Secret is only read as metadata"
+                );
+                match state.secrets.get(&((*ns).to_owned(), (*name).to_owned())) {
+                    Some(secret) => ok(partial(secret)),
+                    None => not_found(),
+                }
+            }
+            ("PATCH", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                assert!(query.contains("fieldManager=kmseal-controller"), "{query}");
+                state.secret_applies += 1;
+                let applied: Value = serde_json::from_slice(body).unwrap();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let before = state.secrets.get(&key).cloned();
+                let mut next = before.clone().unwrap_or_else(
+                    || json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}),
+                );
+                for field in ["data", "type", "immutable"] {
+                    next[field] = applied[field].clone();
+                }
+                for field in [
+                    "name",
+                    "namespace",
+                    "labels",
+                    "annotations",
+                    "ownerReferences",
+                ] {
+                    next["metadata"][field] = applied["metadata"][field].clone();
+                }
+                let changed = before.as_ref().map(|b| {
+                    let mut b = b.clone();
+                    b["metadata"]["resourceVersion"] = Value::Null;
+                    let mut n = next.clone();
+                    n["metadata"]["resourceVersion"] = Value::Null;
+                    b != n
+                });
+                if changed != Some(false) {
+                    next["metadata"]["resourceVersion"] = state.bump().into();
+                }
+                state.secrets.insert(key, next.clone());
+                state.notify_secret(before.as_ref(), Some(&next));
+                ok(next)
+            }
+            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
+                let event: Value = serde_json::from_slice(body).unwrap();
+                state.events.push(event.clone());
+                ok(event)
+            }
+            _ => panic!("unexpected request: {method} {path}?{query}"),
+        }
+    }
+}
+
+fn key_of(value: &Value) -> Key {
+    (
+        value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        value["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn ok(value: Value) -> Response<ResponseBody> {
+    let bytes = Bytes::from(serde_json::to_vec(&value).unwrap());
+    Response::new(http_body_util::Full::new(bytes).boxed_unsync())
+}
+
+fn not_found() -> Response<ResponseBody> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+    let mut response = ok(body);
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+fn stream(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<ResponseBody> {
+    use futures::StreamExt;
+    let frames = rx.map(|bytes| Ok::<_, Infallible>(http_body::Frame::data(bytes)));
+    Response::new(StreamBody::new(frames).boxed_unsync())
+}
+
+fn client(fake: Fake) -> Client {
+    let service = tower::service_fn(move |request: Request<Body>| {
+        let fake = fake.clone();
+        async move {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or("").to_owned();
+            let accept = request
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .unwrap_or_default();
+            Ok::<_, Infallible>(fake.handle(&method, &path, &query, &accept, &body))
+        }
+    });
+    Client::new(service, "default")
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn data(secret: &Value, item: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][item].as_str().unwrap_or(""))
+        .unwrap()
+}
+
+struct Running {
+    stop: futures::channel::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), kmseal::controller::runtime::RunError>>,
+    ready: Arc<AtomicBool>,
+}
+
+fn start(fake: &Fake, memory: Arc<MemoryKms>) -> Running {
+    let kms = Arc::new(CachingKms::new(memory, 100, Duration::from_secs(300)));
+    let args: ControllerArgs = clap::Parser::parse_from(["kmseal-controller"]);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let client = client(fake.clone());
+    let task = tokio::spawn({
+        let ready = ready.clone();
+        async move {
+            run_with(
+                client,
+                kms,
+                &args,
+                Arc::new(Metrics::new()),
+                ready,
+                stopped.map(|_| ()).boxed(),
+            )
+            .await
+        }
+    });
+    Running { stop, task, ready }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("graceful shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_syncs_repairs_and_restarts_for_free() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let key = memory.create_key();
+    let plain = PlainSecret {
+        namespace: Some("prod".into()),
+        name: "db".into(),
+        data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec()))]),
+        ..PlainSecret::default()
+    };
+    let es = seal::seal_secret(
+        &Wrapper::Kms {
+            kms: memory.as_ref(),
+            key_id: &key,
+        },
+        &plain,
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap();
+    let fake = Fake::default();
+    fake.add_encrypted(&es);
+
+    let running = start(&fake, memory.clone());
+    eventually("the Secret is created", || {
+        fake.secret("prod", "db").is_some()
+    })
+    .await;
+    let secret = fake.secret("prod", "db").unwrap();
+    assert_eq!(data(&secret, "password"), b"s3cr3t");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "EncryptedSecret"
+    );
+    eventually("Ready=True", || {
+        fake.status("prod", "db")["conditions"][0]["status"] == "True"
+    })
+    .await;
+    eventually("/readyz after the initial sync", || {
+        running.ready.load(Ordering::Relaxed)
+    })
+    .await;
+
+    // Drift: a user edits the Secret; the watch brings it back.
+    let mut edited = secret.clone();
+    edited["data"]["password"] = "aGFja2Vk".into();
+    fake.user_writes_secret("prod", "db", Some(edited));
+    eventually("the edit is repaired", || {
+        fake.secret("prod", "db")
+            .is_some_and(|s| data(&s, "password") == b"s3cr3t")
+    })
+    .await;
+    // A user deletes it; it comes back.
+    fake.user_writes_secret("prod", "db", None);
+    eventually("the deleted Secret is recreated", || {
+        fake.secret("prod", "db").is_some()
+    })
+    .await;
+    assert_eq!(
+        memory.calls.decrypt.load(Ordering::Relaxed),
+        1,
+        "repairs use the cached data key"
+    );
+    running.stop().await;
+
+    // Restart with nothing changed: the new process lists, finds everything in place, and
+    // makes no KMS call and no Secret write.
+    let applies = fake.lock().secret_applies;
+    let running = start(&fake, memory.clone());
+    eventually("ready after restart", || {
+        running.ready.load(Ordering::Relaxed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        memory.calls.decrypt.load(Ordering::Relaxed),
+        1,
+        "no KMS call after a restart"
+    );
+    assert_eq!(
+        fake.lock().secret_applies,
+        applies,
+        "no Secret write after a restart"
+    );
+    running.stop().await;
+    let events = fake.lock().events.clone();
+    assert!(events.iter().any(|e| e["reason"] == "Synced"), "{events:?}");
+}
