@@ -31,6 +31,49 @@ fn committed_crd_matches_the_rust_types() {
 }
 
 #[test]
+fn chart_crd_matches_the_rust_types() {
+    let crd = kmseal::cli::crd_yaml().unwrap();
+    check_generated(
+        "charts/kmseal/crds/encryptedsecrets.kmseal.dev.yaml",
+        &crd,
+        "cargo run --bin kmseal -- crd > charts/kmseal/crds/encryptedsecrets.kmseal.dev.yaml",
+    );
+}
+
+/// Without a helm binary here, at least the chart's environment variables must be ones the
+/// controller reads, so a renamed flag cannot silently drop a setting.
+#[test]
+fn chart_sets_only_variables_the_controller_reads() {
+    use clap::CommandFactory;
+    let command = kmseal::config::ControllerArgs::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    let deployment = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/kmseal/templates/deployment.yaml"),
+    )
+    .unwrap();
+    let set: Vec<&str> = deployment
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: "))
+        .filter(|n| n.starts_with("KMSEAL_"))
+        .collect();
+    assert!(set.len() >= 10, "{set:?}");
+    for name in set {
+        assert!(
+            known.iter().any(|k| k == name),
+            "the chart sets {name}, which kmseal-controller does not read"
+        );
+    }
+    assert!(
+        deployment.contains("KMSEAL_LEADER_ELECTION"),
+        "replicas > 1 turns on leader election"
+    );
+    assert!(known.iter().any(|k| k == "POD_NAME"));
+}
+
+#[test]
 fn crd_has_the_documented_shape() {
     let crd: serde_json::Value = serde_saphyr::from_str(&kmseal::cli::crd_yaml().unwrap()).unwrap();
     assert_eq!(crd["spec"]["group"], "kmseal.dev");
