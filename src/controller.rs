@@ -307,12 +307,21 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .remove(&Self::key(es));
     }
 
-    /// Forgets an object that was deleted.
-    pub fn forget(&self, namespace: &str, name: &str) {
+    /// Drops the backoff state of objects for which `exists(namespace, name)` is false
+    /// (deleted EncryptedSecrets are never reconciled again, so nothing else would).
+    pub fn prune_failures(&self, exists: impl Fn(&str, &str) -> bool) {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.to_owned(), name.to_owned()));
+            .retain(|(namespace, name), _| exists(namespace, name));
+    }
+
+    /// Objects currently in backoff.
+    pub fn failing_objects(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The back-off for an object whose reconcile returned an error.
@@ -460,7 +469,15 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Err(e) => Outcome {
                 ready: false,
                 reason: reason::APPLY_FAILED,
-                message: format!("applying Secret {name} failed: {}", e.summary()),
+                message: format!(
+                    "applying Secret {name} failed: {}{}",
+                    e.summary(),
+                    if es.spec.template.as_ref().and_then(|t| t.immutable) == Some(true) {
+                        "; an immutable Secret cannot change: delete it and kmseal recreates it"
+                    } else {
+                        ""
+                    }
+                ),
                 key_arns: vec![],
                 applied: None,
             },

@@ -427,3 +427,48 @@ async fn controller_flow_against_moto() {
         ["password"]
     );
 }
+
+#[tokio::test]
+async fn backoff_state_of_deleted_objects_is_pruned() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    kms.set_enabled(&key, false);
+    let r = reconciler(kms, InMemoryCluster::new());
+    assert!(matches!(step(&r, &es).await, Reconciled::Failed(_)));
+    assert_eq!(r.failing_objects(), 1);
+    r.prune_failures(|_, _| true);
+    assert_eq!(r.failing_objects(), 1, "still exists: kept");
+    r.prune_failures(|_, _| false);
+    assert_eq!(r.failing_objects(), 0, "deleted: forgotten");
+}
+
+#[tokio::test]
+async fn an_immutable_secret_that_cannot_change_says_how_to_proceed() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let mut es = sealed(&kms, &key, &[("password", "one")]).await;
+    es.spec
+        .template
+        .get_or_insert_with(Default::default)
+        .immutable = Some(true);
+    let r = reconciler(kms, InMemoryCluster::new());
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let update = sealed(r.kms.inner().inner(), &key, &[("password", "two")]).await;
+    es.spec.encrypted_data = update.spec.encrypted_data;
+    es.metadata.generation = Some(2);
+    assert_eq!(
+        step(&r, &es).await,
+        Reconciled::Failed(reason::APPLY_FAILED)
+    );
+    let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    assert!(
+        ready.message.contains("delete it and kmseal recreates it"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        data(&r.api.secret("prod", "db").unwrap())["password"],
+        "one"
+    );
+}

@@ -340,6 +340,7 @@ pub async fn run_with<K: Kms + 'static>(
         .collect();
 
     let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
+    let reconcilers: Vec<_> = scopes.iter().map(|s| s.reconciler.clone()).collect();
     let secret_stores: Vec<_> = scopes.iter().map(|s| s.secrets.clone()).collect();
     // Ready once every watch has listed: before that a reconcile might GET each Secret.
     let readiness = {
@@ -356,6 +357,13 @@ pub async fn run_with<K: Kms + 'static>(
             loop {
                 let managed: usize = es_stores.iter().map(|s| s.state().len()).sum();
                 metrics.managed_objects.set(managed as i64);
+                for (store, reconciler) in es_stores.iter().zip(&reconcilers) {
+                    reconciler.prune_failures(|namespace, name| {
+                        store
+                            .get(&reflector::ObjectRef::new(name).within(namespace))
+                            .is_some()
+                    });
+                }
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }
