@@ -8,14 +8,7 @@ use common::*;
 const REGION: &str = "us-east-1";
 
 fn controller() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("kmseal-controller").unwrap();
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_MAX_ATTEMPTS", "2");
-    cmd
+    isolated("kmseal-controller", false)
 }
 
 #[test]

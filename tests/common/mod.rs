@@ -77,17 +77,15 @@ pub async fn create_symmetric_key(admin: &aws_sdk_kms::Client) -> String {
         .unwrap()
 }
 
-/// The real binary, with an environment cut off from this machine's AWS files and metadata
-/// service, and with static test credentials unless `credentials` is false.
-pub fn kmseal(credentials: bool) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("kmseal").unwrap();
+/// One of the crate's binaries, with an environment cut off from this machine's AWS files and
+/// metadata service, and with static test credentials if `credentials`.
+pub fn isolated(binary: &str, credentials: bool) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin(binary).unwrap();
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_CONFIG_FILE", "/nonexistent/kmseal-test/config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/kmseal-test/credentials",
-        )
+        // Empty config files: nothing from this machine's ~/.aws leaks into a test.
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "2");
     if credentials {
@@ -95,6 +93,11 @@ pub fn kmseal(credentials: bool) -> assert_cmd::Command {
             .env("AWS_SECRET_ACCESS_KEY", "test");
     }
     cmd
+}
+
+/// The `kmseal` CLI, isolated (see [`isolated`]).
+pub fn kmseal(credentials: bool) -> assert_cmd::Command {
+    isolated("kmseal", credentials)
 }
 
 pub fn stdout(output: &Output) -> String {
