@@ -39,6 +39,7 @@ struct State {
     secret_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     events: Vec<Value>,
     secret_applies: u64,
+    leases: BTreeMap<Key, Value>,
 }
 
 /// The fake API server's state, shared with the test.
@@ -245,6 +246,82 @@ impl Fake {
                 state.notify_secret(before.as_ref(), Some(&next));
                 ok(next)
             }
+            (
+                "GET",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                    name,
+                ],
+            ) => match state.leases.get(&((*ns).to_owned(), (*name).to_owned())) {
+                Some(lease) => ok(lease.clone()),
+                None => not_found(),
+            },
+            (
+                "POST",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                ],
+            ) => {
+                let mut lease: Value = serde_json::from_slice(body).unwrap();
+                let key = (
+                    (*ns).to_owned(),
+                    lease["metadata"]["name"].as_str().unwrap().to_owned(),
+                );
+                if state.leases.contains_key(&key) {
+                    let mut conflict = not_found();
+                    *conflict.status_mut() = StatusCode::CONFLICT;
+                    return conflict;
+                }
+                lease["metadata"]["namespace"] = (*ns).into();
+                lease["metadata"]["resourceVersion"] = state.bump().into();
+                state.leases.insert(key, lease.clone());
+                ok(lease)
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                    name,
+                ],
+            ) => {
+                // Merge semantics for spec fields (null removes), enough for a lease holder.
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let rv = state.bump();
+                let Some(lease) = state
+                    .leases
+                    .get_mut(&((*ns).to_owned(), (*name).to_owned()))
+                else {
+                    return not_found();
+                };
+                if let Some(fields) = patch["spec"].as_object() {
+                    for (field, value) in fields {
+                        if value.is_null() {
+                            if let Some(spec) = lease["spec"].as_object_mut() {
+                                spec.remove(field);
+                            }
+                        } else {
+                            lease["spec"][field] = value.clone();
+                        }
+                    }
+                }
+                lease["metadata"]["resourceVersion"] = rv.into();
+                ok(lease.clone())
+            }
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
                 let event: Value = serde_json::from_slice(body).unwrap();
                 state.events.push(event.clone());
@@ -283,9 +360,13 @@ fn stream(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<ResponseBody> {
     Response::new(StreamBody::new(frames).boxed_unsync())
 }
 
-fn client(fake: Fake) -> Client {
+/// A client of the fake; `calls` counts its requests other than Lease ones.
+fn client(fake: Fake, calls: Arc<std::sync::atomic::AtomicU64>) -> Client {
     let service = tower::service_fn(move |request: Request<Body>| {
         let fake = fake.clone();
+        if !request.uri().path().contains("/leases") {
+            calls.fetch_add(1, Ordering::Relaxed);
+        }
         async move {
             let method = request.method().clone();
             let path = request.uri().path().to_owned();
@@ -307,8 +388,12 @@ fn client(fake: Fake) -> Client {
     Client::new(service, "default")
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(5), check).await
+}
+
+async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    for _ in 0..(limit.as_millis() / 25) {
         if check() {
             return;
         }
@@ -325,17 +410,24 @@ fn data(secret: &Value, item: &str) -> Vec<u8> {
 }
 
 struct Running {
+    calls: Arc<std::sync::atomic::AtomicU64>,
     stop: futures::channel::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), kmseal::controller::runtime::RunError>>,
     ready: Arc<AtomicBool>,
 }
 
 fn start(fake: &Fake, memory: Arc<MemoryKms>) -> Running {
+    start_with(fake, memory, &[])
+}
+
+fn start_with(fake: &Fake, memory: Arc<MemoryKms>, flags: &[&str]) -> Running {
     let kms = Arc::new(CachingKms::new(memory, 100, Duration::from_secs(300)));
-    let args: ControllerArgs = clap::Parser::parse_from(["kmseal-controller"]);
+    let args: ControllerArgs =
+        clap::Parser::parse_from(std::iter::once("kmseal-controller").chain(flags.iter().copied()));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-    let client = client(fake.clone());
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let client = client(fake.clone(), calls.clone());
     let task = tokio::spawn({
         let ready = ready.clone();
         async move {
@@ -350,7 +442,12 @@ fn start(fake: &Fake, memory: Arc<MemoryKms>) -> Running {
             .await
         }
     });
-    Running { stop, task, ready }
+    Running {
+        calls,
+        stop,
+        task,
+        ready,
+    }
 }
 
 impl Running {
@@ -362,6 +459,128 @@ impl Running {
             .unwrap()
             .unwrap();
     }
+}
+
+/// A fake with one EncryptedSecret prod/db sealed under a key of `memory`.
+async fn fake_with_one_object(memory: &MemoryKms) -> Fake {
+    let key = memory.create_key();
+    let plain = PlainSecret {
+        namespace: Some("prod".into()),
+        name: "db".into(),
+        data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec()))]),
+        ..PlainSecret::default()
+    };
+    let es = seal::seal_secret(
+        &Wrapper::Kms {
+            kms: memory,
+            key_id: &key,
+        },
+        &plain,
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap();
+    let fake = Fake::default();
+    fake.add_encrypted(&es);
+    fake
+}
+
+fn lease_holder(fake: &Fake) -> Option<String> {
+    fake.lock()
+        .leases
+        .get(&("kmseal".to_owned(), "kmseal-controller".to_owned()))
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+}
+
+fn leader_flags(identity: &'static str) -> [&'static str; 7] {
+    [
+        "--leader-election",
+        "--leader-election-namespace",
+        "kmseal",
+        "--lease-duration",
+        "2",
+        "--pod-name",
+        identity,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_a_standby_takes_over() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let a = start_with(&fake, memory.clone(), &leader_flags("pod-a"));
+    eventually("the leader creates the Secret", || {
+        fake.secret("prod", "db").is_some()
+    })
+    .await;
+    assert_eq!(lease_holder(&fake).as_deref(), Some("pod-a"));
+
+    let b = start_with(&fake, memory.clone(), &leader_flags("pod-b"));
+    eventually("a standby is ready (rolling updates need it)", || {
+        b.ready.load(Ordering::Relaxed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        lease_holder(&fake).as_deref(),
+        Some("pod-a"),
+        "the leader keeps renewing"
+    );
+    assert_eq!(
+        b.calls.load(Ordering::Relaxed),
+        0,
+        "a standby neither watches nor writes"
+    );
+
+    // The leader dies without releasing the Lease; the standby takes over after it expires.
+    a.task.abort();
+    fake.user_writes_secret("prod", "db", None);
+    eventually_within(
+        "the standby becomes leader and repairs",
+        Duration::from_secs(15),
+        || lease_holder(&fake).as_deref() == Some("pod-b") && fake.secret("prod", "db").is_some(),
+    )
+    .await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_stops() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let a = start_with(&fake, memory.clone(), &leader_flags("pod-a"));
+    eventually("leader", || lease_holder(&fake).as_deref() == Some("pod-a")).await;
+    // Another instance holds the Lease now (e.g. after a network partition healed).
+    {
+        let mut state = fake.lock();
+        let lease = state
+            .leases
+            .get_mut(&("kmseal".to_owned(), "kmseal-controller".to_owned()))
+            .unwrap();
+        lease["spec"]["holderIdentity"] = "pod-z".into();
+        lease["spec"]["leaseDurationSeconds"] = 3600.into();
+        lease["spec"]["renewTime"] = kmseal::cli::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .replace('Z', ".000000Z")
+        .into();
+    }
+    let result = tokio::time::timeout(Duration::from_secs(15), a.task)
+        .await
+        .expect("the former leader stops")
+        .unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(kmseal::controller::runtime::RunError::LostLease)
+        ),
+        "{result:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

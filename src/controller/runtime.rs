@@ -324,7 +324,20 @@ pub async fn run_with<K: Kms + 'static>(
 ) -> Result<(), RunError> {
     let shutdown = shutdown.shared();
     let lost_lease: BoxFuture<'static, RunError> = if args.leader_election {
-        lead(&client, args).await?
+        // A standby has nothing to sync and is healthy: it must count as ready, or a rolling
+        // update of a Deployment with several replicas would wait for it forever.
+        ready.store(true, Ordering::Relaxed);
+        let standby = tokio::select! {
+            led = lead(&client, args) => Some(led?),
+            _ = shutdown.clone() => None,
+        };
+        let Some(lost) = standby else {
+            ready.store(false, Ordering::Relaxed);
+            return Ok(());
+        };
+        // The new leader is ready again once its watches have listed.
+        ready.store(false, Ordering::Relaxed);
+        lost
     } else {
         future::pending().boxed()
     };
