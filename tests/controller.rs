@@ -426,6 +426,34 @@ async fn controller_flow_against_moto() {
             .collect::<Vec<_>>(),
         ["password"]
     );
+    // A deleted Secret is recreated.
+    restarted.api.delete_secret("prod", "db");
+    assert_eq!(step(&restarted, &es).await, Reconciled::Applied);
+    assert_eq!(
+        data(&restarted.api.secret("prod", "db").unwrap())["password"],
+        "from-moto"
+    );
+    // A foreign Secret of the same name elsewhere is refused and left alone.
+    let mut elsewhere = es.clone();
+    elsewhere.metadata.namespace = Some("staging".into());
+    elsewhere.metadata.uid = Some("uid-staging".into());
+    restarted.api.put_secret(Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("staging".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".into(),
+            ByteString(b"theirs".to_vec()),
+        )])),
+        ..Secret::default()
+    });
+    assert_eq!(step(&restarted, &elsewhere).await, Reconciled::Refused);
+    assert_eq!(
+        data(&restarted.api.secret("staging", "db").unwrap())["password"],
+        "theirs"
+    );
 }
 
 #[tokio::test]
