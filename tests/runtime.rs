@@ -40,6 +40,8 @@ struct State {
     events: Vec<Value>,
     secret_applies: u64,
     leases: BTreeMap<Key, Value>,
+    /// Paths and queries of EncryptedSecret list/watch requests.
+    es_requests: Vec<String>,
 }
 
 /// The fake API server's state, shared with the test.
@@ -139,13 +141,31 @@ impl Fake {
         let watch = query.contains("watch=true") || query.contains("watch=1");
         let mut state = self.lock();
         match (method.as_str(), segments.as_slice()) {
-            ("GET", ["apis", "kmseal.dev", "v1alpha1", "encryptedsecrets"]) => {
+            ("GET", ["apis", "kmseal.dev", "v1alpha1", "encryptedsecrets"])
+            | (
+                "GET",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    _,
+                    "encryptedsecrets",
+                ],
+            ) => {
+                state.es_requests.push(format!("{path}?{query}"));
                 if watch {
                     let (tx, rx) = mpsc::unbounded();
                     state.es_watchers.push(tx);
                     return stream(rx);
                 }
-                let items: Vec<Value> = state.encrypted.values().cloned().collect();
+                let namespace = (segments.len() == 6).then(|| segments[4]);
+                let items: Vec<Value> = state
+                    .encrypted
+                    .iter()
+                    .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+                    .map(|(_, v)| v.clone())
+                    .collect();
                 ok(
                     json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecretList",
                           "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
@@ -176,7 +196,8 @@ impl Fake {
                 state.notify_es("MODIFIED", &object);
                 ok(object)
             }
-            ("GET", ["api", "v1", "secrets"]) => {
+            ("GET", ["api", "v1", "secrets"])
+            | ("GET", ["api", "v1", "namespaces", _, "secrets"]) => {
                 assert!(
                     accept.contains("PartialObjectMetadata"),
                     "Secrets are only listed as metadata: {accept}"
@@ -672,4 +693,45 @@ async fn controller_syncs_repairs_and_restarts_for_free() {
     running.stop().await;
     let events = fake.lock().events.clone();
     assert!(events.iter().any(|e| e["reason"] == "Synced"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_and_selector_scope_the_watches() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let running = start_with(
+        &fake,
+        memory.clone(),
+        &[
+            "--namespace",
+            "prod",
+            "--namespace",
+            "staging",
+            "--selector",
+            "shard=a",
+        ],
+    );
+    eventually("ready", || running.ready.load(Ordering::Relaxed)).await;
+    eventually("the Secret in prod", || fake.secret("prod", "db").is_some()).await;
+    let requests = fake.lock().es_requests.clone();
+    for ns in ["prod", "staging"] {
+        let path = format!("/apis/kmseal.dev/v1alpha1/namespaces/{ns}/encryptedsecrets?");
+        assert!(
+            requests.iter().any(|r| r.starts_with(&path)),
+            "{ns} is watched: {requests:?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("labelSelector=shard%3Da")),
+        "every EncryptedSecret request carries the selector: {requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("/apis/kmseal.dev/v1alpha1/encryptedsecrets")),
+        "no cluster-wide watch: {requests:?}"
+    );
+    running.stop().await;
 }
