@@ -6,7 +6,7 @@
 //! (key, algorithm, encryption context, ciphertext), so a hit is exactly the call KMS would have
 //! answered. Plaintext is zeroized when an entry expires, is evicted, or the cache is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +23,17 @@ struct Entry {
     stored: Instant,
 }
 
+/// Entries, and their keys in insertion order: entries only ever get older, so expiry and
+/// eviction both take from the front, in amortized constant time per insert.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<[u8; 32], Entry>,
+    order: VecDeque<([u8; 32], Instant)>,
+}
+
 pub struct CachingKms<K> {
     inner: K,
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    entries: Mutex<Entries>,
     capacity: usize,
     ttl: Duration,
     hits: AtomicU64,
@@ -38,7 +46,7 @@ impl<K> CachingKms<K> {
     pub fn new(inner: K, capacity: usize, ttl: Duration) -> Self {
         CachingKms {
             inner,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
             ttl,
             hits: AtomicU64::new(0),
@@ -79,33 +87,34 @@ impl<K> CachingKms<K> {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn insert(&self, key: [u8; 32], entry: Entry) {
         let mut entries = self.lock();
         let now = Instant::now();
-        entries.retain(|_, e| now.duration_since(e.stored) < self.ttl);
-        while entries.len() >= self.capacity {
-            // Evict the oldest entry; capacity is small enough for a linear scan.
-            let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, e)| e.stored)
-                .map(|(k, _)| *k)
-            else {
+        let Entries { map, order } = &mut *entries;
+        while let Some((oldest, stored)) = order.front().copied() {
+            let expired = now.duration_since(stored) >= self.ttl;
+            if !expired && map.len() < self.capacity {
                 break;
-            };
-            entries.remove(&oldest);
+            }
+            order.pop_front();
+            // A queue record is stale when its key was stored again later.
+            if map.get(&oldest).is_some_and(|e| e.stored == stored) {
+                map.remove(&oldest);
+            }
         }
-        entries.insert(key, entry);
+        order.push_back((key, entry.stored));
+        map.insert(key, entry);
     }
 }
 
@@ -138,7 +147,7 @@ impl<K: Kms> Kms for CachingKms<K> {
         let digest = request_digest(&request);
         {
             let entries = self.lock();
-            if let Some(entry) = entries.get(&digest)
+            if let Some(entry) = entries.map.get(&digest)
                 && entry.stored.elapsed() < self.ttl
             {
                 self.observe(true);
@@ -230,6 +239,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(cache.len(), 3);
+        assert_eq!(cache.lock().order.len(), 3, "the queue is bounded too");
         let short = CachingKms::new(MemoryKms::new("eu-west-1"), 3, Duration::ZERO);
         let key = short.inner().create_key();
         let w = short
