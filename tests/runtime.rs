@@ -520,8 +520,9 @@ fn leader_flags(identity: &'static str) -> [&'static str; 7] {
         "--leader-election",
         "--leader-election-namespace",
         "kmseal",
+        // Renewals every 4 s with a 2 s margin: robust on a loaded CI machine.
         "--lease-duration",
-        "2",
+        "6",
         "--pod-name",
         identity,
     ]
@@ -543,7 +544,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         b.ready.load(Ordering::Relaxed)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Longer than one lease: the holder must have renewed, and the standby must not take over.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         lease_holder(&fake).as_deref(),
         Some("pod-a"),
@@ -560,7 +562,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     fake.user_writes_secret("prod", "db", None);
     eventually_within(
         "the standby becomes leader and repairs",
-        Duration::from_secs(15),
+        Duration::from_secs(25),
         || lease_holder(&fake).as_deref() == Some("pod-b") && fake.secret("prod", "db").is_some(),
     )
     .await;
@@ -591,7 +593,7 @@ async fn a_leader_that_loses_its_lease_stops() {
         .replace('Z', ".000000Z")
         .into();
     }
-    let result = tokio::time::timeout(Duration::from_secs(15), a.task)
+    let result = tokio::time::timeout(Duration::from_secs(25), a.task)
         .await
         .expect("the former leader stops")
         .unwrap();
