@@ -498,24 +498,9 @@ fn web_identity_credentials_through_sts_on_moto() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
     let dir = tempfile::tempdir().unwrap();
-    let token = temp_file(
-        &dir,
-        "token",
-        b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a21zZWFsIn0.c2ln",
-    );
-    let irsa = |cmd: &mut assert_cmd::Command| {
-        cmd.env(
-            "AWS_ROLE_ARN",
-            "arn:aws:iam::000000000000:role/kmseal-controller",
-        )
-        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
-        .env("AWS_ROLE_SESSION_NAME", "kmseal-irsa-test")
-        .env("AWS_REGION", REGION)
-        // The web-identity provider's STS client reads the endpoint from the environment.
-        .env("AWS_ENDPOINT_URL", &emu.url);
-    };
+    let token = service_account_token(&dir);
     let mut seal_cmd = kmseal(false);
-    irsa(&mut seal_cmd);
+    irsa(&mut seal_cmd, &token, &emu.url, REGION);
     let sealed = seal_cmd
         .args([
             "seal",
@@ -536,7 +521,7 @@ fn web_identity_credentials_through_sts_on_moto() {
         stderr(&sealed)
     );
     let mut unseal_cmd = kmseal(false);
-    irsa(&mut unseal_cmd);
+    irsa(&mut unseal_cmd, &token, &emu.url, REGION);
     let out = unseal_cmd
         .args([
             "unseal",

@@ -17,19 +17,8 @@ fn controller_kms_client_uses_irsa_web_identity() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let key = rt.block_on(async { create_symmetric_key(&admin(&emu.url, REGION).await).await });
     let dir = tempfile::tempdir().unwrap();
-    let token = temp_file(
-        &dir,
-        "token",
-        b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a21zZWFsIn0.c2ln",
-    );
-    let out = controller()
-        .env(
-            "AWS_ROLE_ARN",
-            "arn:aws:iam::000000000000:role/kmseal-controller",
-        )
-        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
-        .env("AWS_REGION", REGION)
-        .env("AWS_ENDPOINT_URL", &emu.url)
+    let token = service_account_token(&dir);
+    let out = irsa(&mut controller(), &token, &emu.url, REGION)
         .args(["--check-kms-key", &key])
         .output()
         .unwrap();

@@ -609,27 +609,7 @@ async fn a_leader_that_loses_its_lease_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_syncs_repairs_and_restarts_for_free() {
     let memory = Arc::new(MemoryKms::new("eu-west-1"));
-    let key = memory.create_key();
-    let plain = PlainSecret {
-        namespace: Some("prod".into()),
-        name: "db".into(),
-        data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec()))]),
-        ..PlainSecret::default()
-    };
-    let es = seal::seal_secret(
-        &Wrapper::Kms {
-            kms: memory.as_ref(),
-            key_id: &key,
-        },
-        &plain,
-        Scope::Strict,
-        &mut OsRandom,
-        1,
-    )
-    .await
-    .unwrap();
-    let fake = Fake::default();
-    fake.add_encrypted(&es);
+    let fake = fake_with_one_object(&memory).await;
 
     let running = start(&fake, memory.clone());
     eventually("the Secret is created", || {

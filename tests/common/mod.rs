@@ -123,3 +123,30 @@ pub fn temp_file(dir: &tempfile::TempDir, name: &str, contents: &[u8]) -> PathBu
     std::fs::write(&path, contents).unwrap();
     path
 }
+
+/// A projected service-account token, as EKS mounts it for IRSA (any token works for moto).
+pub fn service_account_token(dir: &tempfile::TempDir) -> PathBuf {
+    temp_file(
+        dir,
+        "token",
+        b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a21zZWFsIn0.c2ln",
+    )
+}
+
+/// The environment EKS gives a pod under IRSA: a role and a token file, no static keys. The
+/// web-identity provider's STS client reads its endpoint from the environment too.
+pub fn irsa<'a>(
+    cmd: &'a mut assert_cmd::Command,
+    token: &std::path::Path,
+    endpoint: &str,
+    region: &str,
+) -> &'a mut assert_cmd::Command {
+    cmd.env(
+        "AWS_ROLE_ARN",
+        "arn:aws:iam::000000000000:role/kmseal-controller",
+    )
+    .env("AWS_WEB_IDENTITY_TOKEN_FILE", token)
+    .env("AWS_ROLE_SESSION_NAME", "kmseal-irsa-test")
+    .env("AWS_REGION", region)
+    .env("AWS_ENDPOINT_URL", endpoint)
+}
