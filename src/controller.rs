@@ -88,18 +88,6 @@ pub trait ClusterApi: Send + Sync {
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 }
 
-impl From<&PartialObjectMeta<Secret>> for ExistingSecret {
-    fn from(meta: &PartialObjectMeta<Secret>) -> Self {
-        let m = &meta.metadata;
-        ExistingSecret {
-            resource_version: m.resource_version.clone(),
-            labels: m.labels.clone().unwrap_or_default(),
-            annotations: m.annotations.clone().unwrap_or_default(),
-            owner_references: m.owner_references.clone().unwrap_or_default(),
-        }
-    }
-}
-
 /// The status subresource as a server-side apply body: typed, with apiVersion and kind from
 /// the CRD's Rust type.
 #[derive(Debug, Serialize)]
@@ -149,14 +137,13 @@ impl ClusterApi for KubeClusterApi {
         if let Some(store) = &self.managed
             && let Some(meta) = store.get(&ObjectRef::new(name).within(namespace))
         {
-            return Ok(Some(ExistingSecret::from(meta.as_ref())));
+            return Ok(Some(ExistingSecret::from(&meta.metadata)));
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         Ok(api
             .get_metadata_opt(name)
             .await?
-            .as_ref()
-            .map(ExistingSecret::from))
+            .map(|meta| ExistingSecret::from(&meta.metadata)))
     }
 
     async fn apply_secret(&self, secret: &Secret) -> Result<String, ApiError> {
@@ -168,10 +155,6 @@ impl ClusterApi for KubeClusterApi {
         body["kind"] = "Secret".into();
         let params = PatchParams::apply(reconcile::FIELD_MANAGER).force();
         let applied = api.patch(name, &params, &Patch::Apply(&body)).await?;
-        // Overwrite the copy of the plaintext in the request body before dropping it.
-        if let Some(data) = body.get_mut("data").and_then(|d| d.as_object_mut()) {
-            data.values_mut().for_each(|v| *v = serde_json::Value::Null);
-        }
         Ok(applied.metadata.resource_version.unwrap_or_default())
     }
 
@@ -339,40 +322,22 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
-        let label = match &result {
-            Ok((Reconciled::UpToDate, _)) => "up_to_date",
-            Ok((Reconciled::Applied, _)) => "applied",
-            Ok((Reconciled::Refused, _)) => "refused",
-            Ok((Reconciled::Failed(_), _)) | Err(_) => "failed",
+        let (label, failure) = match &result {
+            Ok((Reconciled::UpToDate, _)) => ("up_to_date", None),
+            Ok((Reconciled::Applied, _)) => ("applied", None),
+            Ok((Reconciled::Refused, _)) => ("refused", Some(reason::SECRET_EXISTS)),
+            Ok((Reconciled::Failed(r), _)) => ("failed", Some(*r)),
+            Err(_) => ("failed", Some(reason::APPLY_FAILED)),
         };
         self.metrics
             .reconciles
             .get_or_create(&ResultLabels { result: label })
             .inc();
-        match &result {
-            Ok((Reconciled::Failed(r), _)) => {
-                self.metrics
-                    .failures
-                    .get_or_create(&ReasonLabels { reason: r })
-                    .inc();
-            }
-            Ok((Reconciled::Refused, _)) => {
-                self.metrics
-                    .failures
-                    .get_or_create(&ReasonLabels {
-                        reason: reason::SECRET_EXISTS,
-                    })
-                    .inc();
-            }
-            Err(_) => {
-                self.metrics
-                    .failures
-                    .get_or_create(&ReasonLabels {
-                        reason: reason::APPLY_FAILED,
-                    })
-                    .inc();
-            }
-            _ => {}
+        if let Some(reason) = failure {
+            self.metrics
+                .failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
         }
         result
     }

@@ -82,6 +82,17 @@ pub struct ExistingSecret {
     pub owner_references: Vec<OwnerReference>,
 }
 
+impl From<&ObjectMeta> for ExistingSecret {
+    fn from(m: &ObjectMeta) -> Self {
+        ExistingSecret {
+            resource_version: m.resource_version.clone(),
+            labels: m.labels.clone().unwrap_or_default(),
+            annotations: m.annotations.clone().unwrap_or_default(),
+            owner_references: m.owner_references.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// Who an existing Secret belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {

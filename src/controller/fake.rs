@@ -123,12 +123,7 @@ impl ClusterApi for InMemoryCluster {
             .lock()
             .secrets
             .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|s| ExistingSecret {
-                resource_version: s.metadata.resource_version.clone(),
-                labels: s.metadata.labels.clone().unwrap_or_default(),
-                annotations: s.metadata.annotations.clone().unwrap_or_default(),
-                owner_references: s.metadata.owner_references.clone().unwrap_or_default(),
-            }))
+            .map(|s| ExistingSecret::from(&s.metadata)))
     }
 
     async fn apply_secret(&self, desired: &Secret) -> Result<String, ApiError> {
