@@ -26,7 +26,7 @@ use k8s_openapi::ByteString;
 use kmseal::api::EncryptedSecret;
 use kmseal::binding::Scope;
 use kmseal::controller::fake::InMemoryCluster;
-use kmseal::controller::{Reconciled, Reconciler, Timing};
+use kmseal::controller::{Admission, Reconciled, Reconciler, Timing};
 use kmseal::kms::{CachingKms, MemoryKms};
 use kmseal::metrics::{MeteredKms, Metrics};
 use kmseal::random::OsRandom;
@@ -157,7 +157,13 @@ fn reconciler(memory: MemoryKms, cluster: InMemoryCluster, cache_capacity: usize
         cache_capacity,
         CACHE_TTL,
     );
-    Reconciler::new(kms, cluster, metrics, Timing::default())
+    Reconciler::new(
+        kms,
+        cluster,
+        metrics,
+        Timing::default(),
+        Arc::new(Admission::any_key()),
+    )
 }
 
 /// Cumulative counters, read before and after a phase.
@@ -298,7 +304,7 @@ fn print_table(n: usize, phases: &[Phase]) {
         "hits",
         "misses",
         "Sec GET",
-        "Sec SSA",
+        "Sec write",
         "status",
         "events",
         "applied",
@@ -428,7 +434,7 @@ fn main() {
             "wall ms: whole phase; obj/s: N / wall; Decrypt: calls that reached the (inner) KMS; hits/misses: data-key cache;"
         );
         println!(
-            "Sec GET / Sec SSA / status / events: cluster API calls; applied / up2d (up to date) / other: reconcile results;"
+            "Sec GET / Sec write / status / events: cluster API calls; applied / up2d (up to date) / other: reconcile results;"
         );
         println!(
             "p50/p99/max ms: one reconcile, from its start (once it has a slot) to its end; RSS: VmRSS after the phase."

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kmseal::binding::{Binding, Scope};
-use kmseal::envelope::{self, DataKey, Header, WrapAlgorithm};
+use kmseal::envelope::{self, DataKey, Header, Version, WrapAlgorithm};
 use kmseal::kms::MemoryKms;
 use kmseal::random::OsRandom;
 use kmseal::seal::{self, PlainSecret, Wrapper};
@@ -14,11 +14,13 @@ use zeroize::Zeroizing;
 
 fn header() -> Header {
     Header {
+        version: Version::V2,
         scope: Scope::Strict,
         algorithm: WrapAlgorithm::KmsSymmetric,
-        sealed_at: 1_764_000_000,
+        wrapped_at: 1_764_000_000,
         key_arn: "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
             .into(),
+        key_material_id: Some("0f".repeat(32)),
         wrapped_key: vec![7; 184],
     }
 }
@@ -95,8 +97,20 @@ fn secret_bench(c: &mut Criterion) {
             0,
         ))
         .unwrap();
+    let (policy, aliases) = (
+        kmseal::policy::KeyPolicy::unrestricted(),
+        kmseal::policy::ResolvedAliases::new(),
+    );
+    let rules = kmseal::open::Rules {
+        policy: &policy,
+        aliases: &aliases,
+    };
     group.bench_function("open", |b| {
-        b.iter(|| runtime.block_on(seal::open_all(&kms, &sealed, "prod", "db")))
+        b.iter(|| {
+            runtime.block_on(kmseal::open::open_all(
+                &kms, &sealed, "prod", "db", rules, None,
+            ))
+        })
     });
     group.finish();
 }

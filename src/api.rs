@@ -12,7 +12,8 @@ pub const KIND: &str = "EncryptedSecret";
 pub const API_VERSION: &str = "kmseal.dev/v1alpha1";
 
 /// Annotation on an EncryptedSecret: the scope for items that are plain KMS ciphertext
-/// (`aws kms encrypt` output), which carry no header of their own. `strict` when absent.
+/// (`aws kms encrypt` output), which carry no header of their own. `strict` when absent; an
+/// invalid value makes the whole object invalid.
 pub const PLAIN_SCOPE_ANNOTATION: &str = "kmseal.dev/scope";
 
 /// The sealed items and the shape of the Secret to produce.
@@ -34,15 +35,33 @@ pub const PLAIN_SCOPE_ANNOTATION: &str = "kmseal.dev/scope";
 #[serde(rename_all = "camelCase")]
 pub struct EncryptedSecretSpec {
     /// Item name to sealed value (base64 of a kmseal envelope, or of plain KMS ciphertext).
+    /// At most 256 items.
     #[serde(default)]
+    #[schemars(schema_with = "encrypted_data_schema")]
     pub encrypted_data: BTreeMap<String, String>,
     /// What the produced Secret looks like besides its data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SecretTemplate>,
     /// The KMS key (id, ARN, alias or alias ARN) that items should be sealed under; key
-    /// rotation re-seals items under it.
+    /// rotation re-seals items under it. Plain KMS ciphertext items are decrypted with this key,
+    /// which must be one the namespace may use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub key_id: Option<String>,
+}
+
+/// The limits the controller enforces, stated in the schema too, so the API server refuses an
+/// oversized object before the controller ever sees it.
+fn encrypted_data_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": crate::open::MAX_ITEMS,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": crate::open::MAX_ITEM_BASE64_LEN,
+        },
+        "default": {},
+    })
 }
 
 /// The Secret to produce.

@@ -11,14 +11,29 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Encryption-context key that binds a data key to a namespace.
+/// Encryption-context key that binds a data key (or a plain item) to a namespace.
 pub const CONTEXT_NAMESPACE: &str = "kmseal.dev/namespace";
-/// Encryption-context key that binds a data key to an object name.
+/// Encryption-context key that binds a data key (or a plain item) to an object name.
 pub const CONTEXT_NAME: &str = "kmseal.dev/name";
+/// Encryption-context key that every v2 data key carries, in every scope: it marks the
+/// context as an envelope data key's, which no other path ever sends.
+pub const CONTEXT_VERSION: &str = "kmseal.dev/v";
+/// Encryption-context key that every plain KMS ciphertext item carries, and no envelope data
+/// key ever does: it keeps the plain path (whose plaintext goes into a Secret) apart from
+/// every data key.
+pub const CONTEXT_ITEM: &str = "kmseal.dev/item";
+/// The namespace value of a cluster-scope context. Not a valid namespace name, so it can never
+/// be mistaken for one; a key policy grants cluster scope by naming it.
+pub const ANY_NAMESPACE: &str = "*";
 
-/// Domain separator that starts the binding part of the AAD, so AAD bytes of this format can
+/// The longest namespace, name or item name that can be bound (the Kubernetes limits are 63
+/// and 253). Longer fields are refused, never truncated.
+pub const MAX_BOUND_FIELD_LEN: usize = 253;
+
+/// Domain separators that start the binding part of the AAD, so AAD bytes of this format can
 /// never be confused with AAD of anything else that shares the data key.
-const AAD_LABEL: &[u8] = b"kmseal.dev/v1";
+const AAD_LABEL_V1: &[u8] = b"kmseal.dev/v1";
+const AAD_LABEL_V2: &[u8] = b"kmseal.dev/v2";
 
 /// How tightly a value is bound, as in sealed-secrets.
 #[derive(
@@ -115,11 +130,9 @@ impl<'a> Binding<'a> {
         }
     }
 
-    /// The KMS encryption context for the data key of this binding.
-    ///
-    /// The item name is deliberately absent: one data key serves every item of a Secret, and
-    /// the AAD binds each value to its item.
-    pub fn encryption_context(&self) -> EncryptionContext {
+    /// The KMS encryption context of a v1 data key: the bound namespace and name, nothing
+    /// else (so none at all for cluster scope).
+    pub fn context_v1(&self) -> EncryptionContext {
         let mut context = EncryptionContext::new();
         if let Some(namespace) = self.bound_namespace() {
             context.insert(CONTEXT_NAMESPACE.to_owned(), namespace.to_owned());
@@ -130,30 +143,103 @@ impl<'a> Binding<'a> {
         context
     }
 
-    /// The AES-GCM AAD for one item: the header bytes, then a length-prefixed encoding of the
-    /// bound namespace, bound name and item name (empty where the scope does not bind it).
-    /// Length prefixes make the encoding injective; the scope itself is in the header.
-    pub fn aad(&self, header: &[u8], item: &str) -> Vec<u8> {
-        let namespace = self.bound_namespace().unwrap_or("");
-        let name = self.bound_name().unwrap_or("");
+    /// The KMS encryption context of a v2 data key: always `kmseal.dev/v=2` and a namespace
+    /// (`*` for cluster scope), plus the name for strict scope.
+    ///
+    /// The item name is deliberately absent: one data key serves every item of a Secret, and
+    /// the AAD binds each value to its item.
+    pub fn context_v2(&self) -> EncryptionContext {
+        let mut context = EncryptionContext::new();
+        context.insert(CONTEXT_VERSION.to_owned(), "2".to_owned());
+        context.insert(
+            CONTEXT_NAMESPACE.to_owned(),
+            self.bound_namespace().unwrap_or(ANY_NAMESPACE).to_owned(),
+        );
+        if let Some(name) = self.bound_name() {
+            context.insert(CONTEXT_NAME.to_owned(), name.to_owned());
+        }
+        context
+    }
+
+    /// The KMS encryption context of a plain KMS ciphertext item (`aws kms encrypt` output):
+    /// a namespace (`*` for cluster scope), the name for strict scope, and always the item.
+    /// It never equals a data key's context of any version: v1 contexts have no item, v2
+    /// contexts have `kmseal.dev/v`.
+    pub fn plain_context(&self, item: &str) -> EncryptionContext {
+        let mut context = EncryptionContext::new();
+        context.insert(
+            CONTEXT_NAMESPACE.to_owned(),
+            self.bound_namespace().unwrap_or(ANY_NAMESPACE).to_owned(),
+        );
+        if let Some(name) = self.bound_name() {
+            context.insert(CONTEXT_NAME.to_owned(), name.to_owned());
+        }
+        context.insert(CONTEXT_ITEM.to_owned(), item.to_owned());
+        context
+    }
+
+    fn bound_fields<'i>(&self, item: &'i str) -> Result<[&'i str; 3], BindingError>
+    where
+        'a: 'i,
+    {
+        let fields = [
+            self.bound_namespace().unwrap_or(""),
+            self.bound_name().unwrap_or(""),
+            item,
+        ];
+        for (what, field) in ["namespace", "name", "item name"].into_iter().zip(fields) {
+            if field.len() > MAX_BOUND_FIELD_LEN {
+                return Err(BindingError::FieldTooLong {
+                    what,
+                    len: field.len(),
+                });
+            }
+        }
+        Ok(fields)
+    }
+
+    /// The v1 AES-GCM AAD for one item: the whole header, then a u16-length-prefixed encoding
+    /// of the bound namespace, bound name and item name (empty where the scope does not bind
+    /// it). Length prefixes make the encoding injective; the scope itself is in the header.
+    pub fn aad_v1(&self, header: &[u8], item: &str) -> Result<Vec<u8>, BindingError> {
+        let fields = self.bound_fields(item)?;
         let mut aad = Vec::with_capacity(
-            header.len() + AAD_LABEL.len() + 6 + namespace.len() + name.len() + item.len(),
+            header.len() + AAD_LABEL_V1.len() + 6 + fields.iter().map(|f| f.len()).sum::<usize>(),
         );
         aad.extend_from_slice(header);
-        aad.extend_from_slice(AAD_LABEL);
-        for field in [namespace, name, item] {
-            push_length_prefixed(&mut aad, field.as_bytes());
+        aad.extend_from_slice(AAD_LABEL_V1);
+        for field in fields {
+            // Bounded to 253 bytes above, so the u16 prefix is exact.
+            aad.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            aad.extend_from_slice(field.as_bytes());
         }
-        aad
+        Ok(aad)
+    }
+
+    /// The v2 AES-GCM AAD for one item: the envelope's fixed prefix (magic, version, scope,
+    /// algorithm), then a u32-length-prefixed encoding of the bound namespace, bound name and
+    /// item name. The wrapping (key ARN, wrap time, wrapped data key) is deliberately not in
+    /// it, so that a data key can be re-wrapped without touching the value.
+    pub fn aad_v2(&self, prefix: &[u8], item: &str) -> Result<Vec<u8>, BindingError> {
+        let fields = self.bound_fields(item)?;
+        let mut aad = Vec::with_capacity(
+            prefix.len() + AAD_LABEL_V2.len() + 12 + fields.iter().map(|f| f.len()).sum::<usize>(),
+        );
+        aad.extend_from_slice(prefix);
+        aad.extend_from_slice(AAD_LABEL_V2);
+        for field in fields {
+            aad.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            aad.extend_from_slice(field.as_bytes());
+        }
+        Ok(aad)
     }
 }
 
-fn push_length_prefixed(out: &mut Vec<u8>, field: &[u8]) {
-    // Kubernetes names and Secret keys are at most 253 bytes, so u16 always fits; validation
-    // rejects anything longer before we get here.
-    let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&field[..usize::from(len)]);
+/// A field that cannot be bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    #[error("the {what} is {len} bytes long; at most 253 can be bound (Kubernetes allows no more)")]
+    FieldTooLong { what: &'static str, len: usize },
 }
 
 /// Why a namespace, name or item key is not acceptable to Kubernetes.
@@ -245,48 +331,124 @@ fn printable(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
     #[test]
-    fn context_depends_on_scope() {
-        let strict = Binding::new(Scope::Strict, "prod", "db").encryption_context();
+    fn v1_context_depends_on_scope() {
+        let ns = CONTEXT_NAMESPACE;
         assert_eq!(
-            strict.get(CONTEXT_NAMESPACE).map(String::as_str),
-            Some("prod")
+            Binding::new(Scope::Strict, "prod", "db").context_v1(),
+            ctx(&[(ns, "prod"), (CONTEXT_NAME, "db")])
         );
-        assert_eq!(strict.get(CONTEXT_NAME).map(String::as_str), Some("db"));
-        let ns = Binding::new(Scope::Namespace, "prod", "db").encryption_context();
-        assert_eq!(ns.len(), 1);
-        assert_eq!(ns.get(CONTEXT_NAMESPACE).map(String::as_str), Some("prod"));
+        assert_eq!(
+            Binding::new(Scope::Namespace, "prod", "db").context_v1(),
+            ctx(&[(ns, "prod")])
+        );
         assert!(
             Binding::new(Scope::Cluster, "prod", "db")
-                .encryption_context()
+                .context_v1()
                 .is_empty()
         );
     }
 
     #[test]
+    fn v2_context_always_names_the_version_and_a_namespace() {
+        let (v, ns) = (CONTEXT_VERSION, CONTEXT_NAMESPACE);
+        assert_eq!(
+            Binding::new(Scope::Strict, "prod", "db").context_v2(),
+            ctx(&[(v, "2"), (ns, "prod"), (CONTEXT_NAME, "db")])
+        );
+        assert_eq!(
+            Binding::new(Scope::Namespace, "prod", "db").context_v2(),
+            ctx(&[(v, "2"), (ns, "prod")])
+        );
+        assert_eq!(
+            Binding::new(Scope::Cluster, "prod", "db").context_v2(),
+            ctx(&[(v, "2"), (ns, "*")])
+        );
+    }
+
+    /// The property the plain path's safety rests on: no plain-item context, for any scope,
+    /// namespace, name or item, equals any data key's context of any version.
+    #[test]
+    fn plain_contexts_never_equal_a_data_key_context() {
+        let names = ["prod", "db", "password", "2", "*", ""];
+        for scope in Scope::ALL {
+            for a in names {
+                for b in names {
+                    for item in names {
+                        let plain = Binding::new(scope, a, b).plain_context(item);
+                        assert!(plain.contains_key(CONTEXT_ITEM));
+                        assert!(!plain.contains_key(CONTEXT_VERSION));
+                        for other in Scope::ALL {
+                            for x in names {
+                                for y in names {
+                                    let binding = Binding::new(other, x, y);
+                                    assert_ne!(plain, binding.context_v1());
+                                    assert_ne!(plain, binding.context_v2());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            Binding::new(Scope::Cluster, "prod", "db").plain_context("k"),
+            ctx(&[(CONTEXT_NAMESPACE, "*"), (CONTEXT_ITEM, "k")])
+        );
+    }
+
+    #[test]
     fn aad_binds_each_field_unambiguously() {
-        let header = b"hdr";
-        let base = Binding::new(Scope::Strict, "ab", "c").aad(header, "x");
-        // Moving bytes between fields must change the AAD.
-        assert_ne!(
-            base,
-            Binding::new(Scope::Strict, "a", "bc").aad(header, "x")
-        );
-        assert_ne!(
-            base,
-            Binding::new(Scope::Strict, "ab", "c").aad(header, "y")
-        );
-        assert_ne!(
-            base,
-            Binding::new(Scope::Strict, "ab", "c").aad(b"hdR", "x")
-        );
-        // Unbound fields do not influence the AAD.
-        let a = Binding::new(Scope::Namespace, "prod", "one").aad(header, "x");
-        let b = Binding::new(Scope::Namespace, "prod", "two").aad(header, "x");
-        assert_eq!(a, b);
-        let c = Binding::new(Scope::Cluster, "prod", "one").aad(header, "x");
-        let d = Binding::new(Scope::Cluster, "dev", "two").aad(header, "x");
-        assert_eq!(c, d);
+        for aad in [Binding::aad_v1, Binding::aad_v2] {
+            let header = b"hdr";
+            let base = aad(&Binding::new(Scope::Strict, "ab", "c"), header, "x").unwrap();
+            // Moving bytes between fields must change the AAD.
+            for (ns, name, item, prefix) in [
+                ("a", "bc", "x", &b"hdr"[..]),
+                ("ab", "c", "y", b"hdr"),
+                ("ab", "c", "x", b"hdR"),
+                ("ab", "", "cx", b"hdr"),
+            ] {
+                let other = aad(&Binding::new(Scope::Strict, ns, name), prefix, item).unwrap();
+                assert_ne!(base, other);
+            }
+            // Unbound fields do not influence the AAD.
+            let a = aad(&Binding::new(Scope::Namespace, "prod", "one"), header, "x");
+            let b = aad(&Binding::new(Scope::Namespace, "prod", "two"), header, "x");
+            assert_eq!(a, b);
+            let c = aad(&Binding::new(Scope::Cluster, "prod", "one"), header, "x");
+            let d = aad(&Binding::new(Scope::Cluster, "dev", "two"), header, "x");
+            assert_eq!(c, d);
+        }
+    }
+
+    #[test]
+    fn overlong_fields_are_refused_not_truncated() {
+        let long = "x".repeat(MAX_BOUND_FIELD_LEN + 1);
+        let exact = "x".repeat(MAX_BOUND_FIELD_LEN);
+        for aad in [Binding::aad_v1, Binding::aad_v2] {
+            assert!(aad(&Binding::new(Scope::Strict, "p", &exact), b"h", &exact).is_ok());
+            for (ns, name, item) in [
+                (&long[..], "n", "i"),
+                ("p", &long[..], "i"),
+                ("p", "n", &long[..]),
+            ] {
+                assert!(matches!(
+                    aad(&Binding::new(Scope::Strict, ns, name), b"h", item),
+                    Err(BindingError::FieldTooLong { .. })
+                ));
+            }
+            // A 65,536-byte item would have wrapped to a zero-length u16 prefix in kmseal 0.1.
+            let wrap = "y".repeat(65_536);
+            assert!(aad(&Binding::new(Scope::Cluster, "p", "n"), b"h", &wrap).is_err());
+        }
     }
 
     #[test]

@@ -18,8 +18,10 @@ use crate::binding::Scope;
 use crate::envelope::WrapAlgorithm;
 use crate::kms::{AwsKms, AwsSettings, Kms};
 use crate::manifest::{self, Format};
+use crate::open::{self, ItemFormat, Rules};
+use crate::policy::{KeyPolicy, ResolvedAliases};
 use crate::random::{OsRandom, Random};
-use crate::seal::{self, ItemFormat, OfflineKey, PlainSecret, Wrapper};
+use crate::seal::{self, OfflineKey, PlainSecret, Wrapper};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -486,7 +488,7 @@ async fn seal_command<K: Kms>(
         let existing = existing.remove(0);
         let scope = args
             .scope
-            .or_else(|| seal::common_scope(&existing))
+            .or_else(|| open::common_scope(&existing))
             .unwrap_or(Scope::Strict);
         let merged =
             seal::merge_into(wrapper, existing, secret, scope, &mut io.rng, io.now).await?;
@@ -550,17 +552,19 @@ fn target_of<'a>(es: &'a EncryptedSecret, namespace_flag: Option<&'a str>) -> (&
 fn describe(format: &ItemFormat) -> String {
     match format {
         ItemFormat::Envelope {
+            version,
             scope,
             algorithm,
-            sealed_at,
+            wrapped_at,
+            ..
         } => {
             let wrap = match algorithm {
                 WrapAlgorithm::KmsSymmetric => "kms",
                 WrapAlgorithm::RsaOaepSha256 => "rsa-oaep-sha256",
             };
             format!(
-                "envelope v1, scope {scope}, {wrap}, sealed {}",
-                rfc3339(*sealed_at)
+                "envelope {version}, scope {scope}, {wrap}, wrapped {}",
+                rfc3339(*wrapped_at)
             )
         }
         ItemFormat::PlainKms { scope } => format!("plain KMS ciphertext, scope {scope}"),
@@ -589,6 +593,17 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// The CLI decrypts with its user's own credentials, whose IAM policy decides which keys they
+/// may use: it needs no key policy of its own.
+fn cli_rules() -> Rules<'static> {
+    static UNRESTRICTED: std::sync::LazyLock<(KeyPolicy, ResolvedAliases)> =
+        std::sync::LazyLock::new(|| (KeyPolicy::unrestricted(), ResolvedAliases::new()));
+    Rules {
+        policy: &UNRESTRICTED.0,
+        aliases: &UNRESTRICTED.1,
+    }
+}
+
 async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
     let text = read_input(&args.file, io.stdin)?;
     let objects = manifest::read_encrypted_secrets(&text)?;
@@ -603,7 +618,7 @@ async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i
         if es.spec.encrypted_data.is_empty() {
             writeln!(io.stdout, "empty   {shown}: no items")?;
         }
-        for (item, outcome) in seal::open_all(kms, es, namespace, name).await {
+        for (item, outcome) in open::open_each(kms, es, namespace, name, cli_rules()).await {
             match outcome {
                 Ok(opened) => {
                     ok += 1;
@@ -638,7 +653,7 @@ async fn unseal<K: Kms>(kms: &K, args: &UnsealArgs, io: &mut Io<'_>) -> Result<i
     for es in &objects {
         let (namespace, name) = target_of(es, args.namespace.as_deref());
         let mut data = BTreeMap::new();
-        for (item, outcome) in seal::open_all(kms, es, namespace, name).await {
+        for (item, outcome) in open::open_each(kms, es, namespace, name, cli_rules()).await {
             match outcome {
                 Ok(opened) => {
                     data.insert(item, opened.plaintext);

@@ -15,7 +15,7 @@ pub enum LogFormat {
 }
 
 /// The kmseal controller: turns EncryptedSecrets into Secrets, decrypting with AWS KMS.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "kmseal-controller", version, max_term_width = 100)]
 pub struct ControllerArgs {
     /// Watch only this namespace (repeatable; default: all namespaces).
@@ -34,7 +34,44 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
 
-    /// Client-side limit on KMS requests per second (0: unlimited).
+    /// KMS keys any watched namespace may use: key ARNs, alias ARNs or multi-region key ids
+    /// (mrk-…), comma-separated. With --key-policy, in addition to its rules.
+    #[arg(
+        long,
+        env = "KMSEAL_ALLOWED_KEYS",
+        value_delimiter = ',',
+        value_name = "KEYS"
+    )]
+    pub allowed_keys: Vec<String>,
+
+    /// A key policy file: which namespaces may use which keys (see README: multi-tenant
+    /// clusters). Re-read when it changes.
+    #[arg(long, env = "KMSEAL_KEY_POLICY", value_name = "FILE")]
+    pub key_policy: Option<PathBuf>,
+
+    /// Allow every namespace any key the controller's AWS role may use: for single-tenant
+    /// clusters only.
+    #[arg(long, env = "KMSEAL_ALLOW_ANY_KEY", conflicts_with_all = ["allowed_keys", "key_policy"])]
+    pub allow_any_key: bool,
+
+    /// Allow plain KMS ciphertext items with cluster scope (kmseal.dev/namespace=*): any
+    /// namespace that may use the key can then open any such ciphertext.
+    #[arg(long, env = "KMSEAL_ALLOW_CLUSTER_SCOPE_PLAIN_ITEMS")]
+    pub allow_cluster_scope_plain_items: bool,
+
+    /// Secret types EncryptedSecrets may produce, comma-separated (default: Opaque, basic-auth,
+    /// ssh-auth, tls, dockerconfigjson, dockercfg). kubernetes.io/service-account-token is
+    /// never allowed.
+    #[arg(
+        long,
+        env = "KMSEAL_ALLOWED_SECRET_TYPES",
+        value_delimiter = ',',
+        value_name = "TYPES"
+    )]
+    pub allowed_secret_types: Vec<String>,
+
+    /// Client-side limit on KMS requests per second, shared fairly between namespaces
+    /// (0: unlimited).
     #[arg(long, env = "KMSEAL_KMS_REQUESTS_PER_SECOND", default_value_t = 50.0)]
     pub kms_requests_per_second: f64,
 
@@ -92,7 +129,51 @@ pub struct ControllerArgs {
     pub check_kms_key: Option<String>,
 }
 
+/// Why the controller's flags cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no KMS key is allowed: set --allowed-keys (KMSEAL_ALLOWED_KEYS) to the key ARNs, alias ARNs or mrk- ids the controller may decrypt with, or --key-policy FILE to say which namespaces may use which key; --allow-any-key allows every key, for single-tenant clusters only (see README: multi-tenant clusters)"
+    )]
+    NoKeysAllowed,
+    #[error("--key-policy {path}: {message}")]
+    PolicyFile { path: String, message: String },
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
 impl ControllerArgs {
+    /// The key policy the flags describe (reading the policy file, if any).
+    pub fn key_policy(&self) -> Result<crate::policy::KeyPolicy, ConfigError> {
+        use crate::policy::KeyPolicy;
+        let mut policy = if self.allow_any_key {
+            let mut any = KeyPolicy::unrestricted();
+            any.require_plain_key_id = true;
+            any.allow_cluster_scope_plain_items = false;
+            any
+        } else {
+            let mut rules = KeyPolicy::rules_for_all_namespaces(&self.allowed_keys)?;
+            if let Some(path) = &self.key_policy {
+                rules.extend(read_policy_file(path)?);
+            }
+            if rules.is_empty() && self.key_policy.is_none() {
+                return Err(ConfigError::NoKeysAllowed);
+            }
+            KeyPolicy::from_rules(rules)
+        };
+        policy.allow_cluster_scope_plain_items = self.allow_cluster_scope_plain_items;
+        Ok(policy)
+    }
+
+    /// The Secret types tenants may ask for.
+    pub fn secret_types(&self) -> Result<crate::policy::SecretTypes, ConfigError> {
+        if self.allowed_secret_types.is_empty() {
+            Ok(crate::policy::SecretTypes::default())
+        } else {
+            Ok(crate::policy::SecretTypes::new(&self.allowed_secret_types)?)
+        }
+    }
+
     /// The namespace of the leader-election Lease.
     pub fn lease_namespace(&self) -> String {
         self.leader_election_namespace
@@ -106,6 +187,26 @@ impl ControllerArgs {
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| "default".to_owned())
     }
+}
+
+/// Reads and parses a key policy file.
+pub fn read_policy_file(path: &std::path::Path) -> Result<Vec<crate::policy::Rule>, ConfigError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(crate::policy::MAX_POLICY_LEN as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| ConfigError::PolicyFile {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+    crate::policy::KeyPolicy::parse_rules(&text).map_err(|e| ConfigError::PolicyFile {
+        path: shown,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -131,5 +232,84 @@ mod tests {
         assert_eq!(args.resync_interval, 600);
         assert!(!args.leader_election);
         assert_eq!(args.log_format, LogFormat::Text);
+    }
+
+    fn parse(flags: &[&str]) -> ControllerArgs {
+        ControllerArgs::try_parse_from(
+            std::iter::once("kmseal-controller").chain(flags.iter().copied()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn starting_without_any_allowed_key_says_what_to_set() {
+        let err = parse(&[]).key_policy().unwrap_err().to_string();
+        for flag in ["--allowed-keys", "--key-policy", "--allow-any-key"] {
+            assert!(err.contains(flag), "{err}");
+        }
+        let key = "arn:aws:kms:eu-west-1:111122223333:key/k";
+        let policy = parse(&["--allowed-keys", key]).key_policy().unwrap();
+        assert!(policy.rules().is_some_and(|r| r.len() == 1));
+        assert!(!policy.allow_cluster_scope_plain_items);
+        assert!(policy.require_plain_key_id);
+        let any = parse(&["--allow-any-key"]).key_policy().unwrap();
+        assert!(any.rules().is_none());
+        assert!(any.require_plain_key_id, "plain items still name their key");
+        assert!(
+            ControllerArgs::try_parse_from([
+                "kmseal-controller",
+                "--allow-any-key",
+                "--allowed-keys",
+                key
+            ])
+            .is_err(),
+            "any key and a list contradict each other"
+        );
+        let bad = parse(&["--allowed-keys", "alias/kmseal"])
+            .key_policy()
+            .unwrap_err();
+        assert!(bad.to_string().contains("alias ARN"), "{bad}");
+    }
+
+    #[test]
+    fn a_policy_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("kmseal-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys:\n  - key: mrk-0123456789abcdef0123456789abcdef\n    namespaces: [team-a]\n",
+        )
+        .unwrap();
+        let policy = parse(&["--key-policy", path.to_str().unwrap()])
+            .key_policy()
+            .unwrap();
+        assert_eq!(policy.rules().unwrap().len(), 1);
+        std::fs::write(&path, "keys: [").unwrap();
+        let err = parse(&["--key-policy", path.to_str().unwrap()])
+            .key_policy()
+            .unwrap_err();
+        assert!(err.to_string().contains("--key-policy"), "{err}");
+        let missing = parse(&["--key-policy", "/nonexistent/policy.yaml"]).key_policy();
+        assert!(missing.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secret_types_flag() {
+        assert!(parse(&[]).secret_types().unwrap().check("Opaque").is_ok());
+        assert!(
+            parse(&[
+                "--allowed-secret-types",
+                "kubernetes.io/service-account-token"
+            ])
+            .secret_types()
+            .is_err()
+        );
+        let custom = parse(&["--allowed-secret-types", "Opaque,example.com/x"])
+            .secret_types()
+            .unwrap();
+        assert!(custom.check("example.com/x").is_ok());
+        assert!(custom.check("kubernetes.io/tls").is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The I/O shell around [`crate::reconcile`]: reads what it needs from the cluster, calls KMS,
-//! applies the Secret and the status, publishes events, and decides when to look again.
+//! writes the Secret and the status, publishes events, and decides when to look again.
 //!
 //! Cluster access goes through [`ClusterApi`], implemented for a real API server by
 //! [`KubeClusterApi`] and in memory by [`fake::InMemoryCluster`] for tests and benchmarks.
@@ -9,7 +9,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,13 +18,18 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 
 use crate::api::{EncryptedSecret, EncryptedSecretStatus};
-use crate::kms::Kms;
+use crate::kms::{Kms, KmsErrorKind};
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
-use crate::reconcile::{self, EventSpec, ExistingSecret, Outcome, Plan, reason};
-use crate::seal;
+use crate::open::{self, OpenError};
+use crate::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason};
 
+pub mod admission;
+pub mod body;
 pub mod fake;
 pub mod runtime;
+pub mod watched;
+
+pub use admission::Admission;
 
 /// A failure to talk to the Kubernetes API.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,20 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Why a Secret write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Create: a Secret of that name exists. Replace: the Secret is no longer the version
+    /// whose ownership was checked. Either way nothing was written.
+    #[error("the Secret changed or appeared meanwhile (409 Conflict)")]
+    Conflict,
+    /// Replace: the Secret was deleted meanwhile.
+    #[error("the Secret was deleted meanwhile (404 Not Found)")]
+    Gone,
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
 /// The cluster operations a reconcile needs.
 pub trait ClusterApi: Send + Sync {
     /// Metadata of the Secret `namespace/name`, if it exists.
@@ -67,11 +85,19 @@ pub trait ClusterApi: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<ExistingSecret>, ApiError>> + Send;
 
-    /// Server-side applies the Secret; returns its resourceVersion afterwards.
-    fn apply_secret(
+    /// Creates the Secret; fails with [`WriteError::Conflict`] if one of that name exists.
+    /// Returns its resourceVersion.
+    fn create_secret(
         &self,
-        secret: &Secret,
-    ) -> impl Future<Output = Result<String, ApiError>> + Send;
+        secret: &DesiredSecret,
+    ) -> impl Future<Output = Result<String, WriteError>> + Send;
+
+    /// Replaces the Secret whole, on condition that it still has the resourceVersion in
+    /// `secret.metadata` ([`WriteError::Conflict`] otherwise). Returns the new resourceVersion.
+    fn replace_secret(
+        &self,
+        secret: &DesiredSecret,
+    ) -> impl Future<Output = Result<String, WriteError>> + Send;
 
     /// Server-side applies the status subresource.
     fn apply_status(
@@ -86,6 +112,56 @@ pub trait ClusterApi: Send + Sync {
         es: &EncryptedSecret,
         event: &EventSpec,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Whether `es` is still the object as the cluster has it now (not deleted, not changed in
+    /// anything that decides the Secret). A reconcile of an outdated object stops making KMS
+    /// calls.
+    fn is_current(&self, es: &EncryptedSecret) -> bool;
+}
+
+/// One cluster shared by several reconcilers (tests, benchmarks).
+impl<A: ClusterApi> ClusterApi for Arc<A> {
+    fn secret_meta(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ExistingSecret>, ApiError>> + Send {
+        (**self).secret_meta(namespace, name)
+    }
+
+    fn create_secret(
+        &self,
+        secret: &DesiredSecret,
+    ) -> impl Future<Output = Result<String, WriteError>> + Send {
+        (**self).create_secret(secret)
+    }
+
+    fn replace_secret(
+        &self,
+        secret: &DesiredSecret,
+    ) -> impl Future<Output = Result<String, WriteError>> + Send {
+        (**self).replace_secret(secret)
+    }
+
+    fn apply_status(
+        &self,
+        es: &EncryptedSecret,
+        status: &EncryptedSecretStatus,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        (**self).apply_status(es, status)
+    }
+
+    fn publish_event(
+        &self,
+        es: &EncryptedSecret,
+        event: &EventSpec,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        (**self).publish_event(es, event)
+    }
+
+    fn is_current(&self, es: &EncryptedSecret) -> bool {
+        (**self).is_current(es)
+    }
 }
 
 /// The status subresource as a server-side apply body: typed, with apiVersion and kind from
@@ -98,14 +174,23 @@ struct StatusApply<'a> {
     status: &'a EncryptedSecretStatus,
 }
 
+/// Whether the object the cluster has now is still `es`, as far as the Secret goes.
+pub type CurrentCheck = Arc<dyn Fn(&EncryptedSecret) -> bool + Send + Sync>;
+
 /// [`ClusterApi`] on a real API server.
 pub struct KubeClusterApi {
     client: Client,
     /// Metadata of the Secrets kmseal manages, kept by a label-filtered watch. Secrets not in it
     /// (new ones, foreign ones) are looked up with a GET.
     managed: Option<Store<PartialObjectMeta<Secret>>>,
+    current: Option<CurrentCheck>,
     recorder: Recorder,
 }
+
+/// Asks the API server to answer a write with the object's metadata only, so the response
+/// never carries the Secret's data back.
+const METADATA_ONLY: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
 
 impl KubeClusterApi {
     pub fn new(
@@ -123,7 +208,69 @@ impl KubeClusterApi {
         KubeClusterApi {
             client,
             managed,
+            current: None,
             recorder,
+        }
+    }
+
+    /// Lets reconciles know when their object changed or went away (the runtime passes a
+    /// lookup in its EncryptedSecret store).
+    pub fn with_current_check(mut self, current: CurrentCheck) -> Self {
+        self.current = Some(current);
+        self
+    }
+
+    /// POST (create) or PUT (replace) of a Secret, with a zeroizing body and a metadata-only
+    /// response.
+    async fn write_secret(
+        &self,
+        secret: &DesiredSecret,
+        create: bool,
+    ) -> Result<String, WriteError> {
+        let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let body = body::secret_body(secret).map_err(|e| ApiError::Other(e.to_string()))?;
+        let collection = format!("/api/v1/namespaces/{namespace}/secrets");
+        let query = format!("fieldManager={}", reconcile::FIELD_MANAGER);
+        let (method, uri) = if create {
+            (http::Method::POST, format!("{collection}?{query}"))
+        } else {
+            (http::Method::PUT, format!("{collection}/{name}?{query}"))
+        };
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, METADATA_ONLY)
+            // The buffer is wiped when the HTTP stack lets go of the body.
+            .body(kube::client::Body::from(bytes::Bytes::from_owner(body)))
+            .map_err(|e| ApiError::Other(e.to_string()))?;
+        let response = self.client.send(request).await.map_err(ApiError::from)?;
+        let status = response.status();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|e| ApiError::Other(format!("reading the API server's answer: {e}")))?
+            .to_bytes();
+        match status.as_u16() {
+            200..=299 => {
+                let meta: PartialObjectMeta<Secret> =
+                    serde_json::from_slice(&bytes).map_err(|_| {
+                        ApiError::Other("the API server's answer is not object metadata".into())
+                    })?;
+                Ok(meta.metadata.resource_version.unwrap_or_default())
+            }
+            409 => Err(WriteError::Conflict),
+            404 if !create => Err(WriteError::Gone),
+            code => {
+                // A Status object; its message says what the API server refused, never data.
+                let message = serde_json::from_slice::<kube::core::Status>(&bytes)
+                    .map(|s| s.message)
+                    .unwrap_or_else(|_| "no explanation".into());
+                Err(WriteError::Api(ApiError::Other(format!(
+                    "{} ({code})",
+                    truncate(&message, 300)
+                ))))
+            }
         }
     }
 }
@@ -146,16 +293,12 @@ impl ClusterApi for KubeClusterApi {
             .map(|meta| ExistingSecret::from(&meta.metadata)))
     }
 
-    async fn apply_secret(&self, secret: &Secret) -> Result<String, ApiError> {
-        let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
-        let name = secret.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let mut body = serde_json::to_value(secret).map_err(|e| ApiError::Other(e.to_string()))?;
-        body["apiVersion"] = "v1".into();
-        body["kind"] = "Secret".into();
-        let params = PatchParams::apply(reconcile::FIELD_MANAGER).force();
-        let applied = api.patch(name, &params, &Patch::Apply(&body)).await?;
-        Ok(applied.metadata.resource_version.unwrap_or_default())
+    async fn create_secret(&self, secret: &DesiredSecret) -> Result<String, WriteError> {
+        self.write_secret(secret, true).await
+    }
+
+    async fn replace_secret(&self, secret: &DesiredSecret) -> Result<String, WriteError> {
+        self.write_secret(secret, false).await
     }
 
     async fn apply_status(
@@ -194,6 +337,10 @@ impl ClusterApi for KubeClusterApi {
             .await
             .map_err(ApiError::from)
     }
+
+    fn is_current(&self, es: &EncryptedSecret) -> bool {
+        self.current.as_ref().is_none_or(|current| current(es))
+    }
 }
 
 /// What one reconcile did.
@@ -201,13 +348,22 @@ impl ClusterApi for KubeClusterApi {
 pub enum Reconciled {
     /// Nothing to do: no KMS call, no write.
     UpToDate,
-    /// The Secret was applied.
+    /// The Secret was written.
     Applied,
     /// A foreign Secret is in the way.
     Refused,
-    /// Decrypting or applying failed; the Secret was left as it was.
+    /// Deciding, decrypting or writing failed; the Secret was left as it was.
     Failed(&'static str),
+    /// The object changed or was deleted while it was being reconciled: nothing more was done
+    /// (no further KMS call, no write); the change itself triggers the next reconcile.
+    Cancelled,
+    /// Its namespace already has its share of KMS requests waiting: tried again shortly, with
+    /// nothing reported.
+    Deferred,
 }
+
+/// How soon a deferred object is tried again (plus up to the same again as jitter).
+pub const DEFERRED_RETRY: Duration = Duration::from_secs(1);
 
 /// Timing knobs.
 #[derive(Debug, Clone)]
@@ -230,6 +386,8 @@ pub struct Reconciler<K, A> {
     pub api: A,
     pub metrics: Arc<Metrics>,
     pub timing: Timing,
+    /// What tenants may ask for: keys per namespace, Secret types.
+    pub admission: Arc<Admission>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
 }
@@ -258,13 +416,30 @@ fn jitter() -> f64 {
     f64::from(byte[0]) / 255.0
 }
 
+fn failed(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        ready: false,
+        reason,
+        message,
+        key_arns: vec![],
+        applied: None,
+    }
+}
+
 impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
-    pub fn new(kms: K, api: A, metrics: Arc<Metrics>, timing: Timing) -> Self {
+    pub fn new(
+        kms: K,
+        api: A,
+        metrics: Arc<Metrics>,
+        timing: Timing,
+        admission: Arc<Admission>,
+    ) -> Self {
         Reconciler {
             kms,
             api,
             metrics,
             timing,
+            admission,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -327,6 +502,8 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Ok((Reconciled::Applied, _)) => ("applied", None),
             Ok((Reconciled::Refused, _)) => ("refused", Some(reason::SECRET_EXISTS)),
             Ok((Reconciled::Failed(r), _)) => ("failed", Some(*r)),
+            Ok((Reconciled::Cancelled, _)) => ("cancelled", None),
+            Ok((Reconciled::Deferred, _)) => ("deferred", None),
             Err(_) => ("failed", Some(reason::APPLY_FAILED)),
         };
         self.metrics
@@ -353,28 +530,54 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .ok_or(ReconcileError::Unnamed)?;
         let name = es.metadata.name.as_deref().ok_or(ReconcileError::Unnamed)?;
         let existing = self.api.secret_meta(namespace, name).await?;
-        match reconcile::plan(es, existing.as_ref()) {
+        let admitted = self.admission.check(es);
+        match reconcile::plan(es, existing.as_ref(), admitted) {
             Plan::UpToDate => {
                 self.record_success(es);
                 Ok((Reconciled::UpToDate, Action::requeue(self.timing.resync)))
             }
+            Plan::Reject { reason, message } => self.fail(es, failed(reason, message), None).await,
             Plan::Refuse { message } => {
-                let outcome = Outcome {
-                    ready: false,
-                    reason: reason::SECRET_EXISTS,
-                    message,
-                    key_arns: vec![],
-                    applied: None,
-                };
-                self.report(es, &outcome).await?;
+                self.report(es, &failed(reason::SECRET_EXISTS, message))
+                    .await?;
                 // The Secret watch only sees managed Secrets, so look again for a hand-over.
                 Ok((
                     Reconciled::Refused,
                     Action::requeue(self.record_failure(es)),
                 ))
             }
-            Plan::Apply => self.apply(es, namespace, name).await,
+            Plan::Create => self.apply(es, namespace, name, None).await,
+            Plan::Replace { resource_version } => {
+                let existing = existing.unwrap_or_default();
+                self.apply(es, namespace, name, Some((&resource_version, &existing)))
+                    .await
+            }
         }
+    }
+
+    /// Reports a failure (status, and an event and a log line when the condition changes) and
+    /// backs off. `detail` is the operator's view (KMS's own words, the role), for the log only.
+    async fn fail(
+        &self,
+        es: &EncryptedSecret,
+        outcome: Outcome,
+        detail: Option<&str>,
+    ) -> Result<(Reconciled, Action), ReconcileError> {
+        if reconcile::transition_event(es, &outcome).is_some() {
+            tracing::warn!(
+                namespace = es.metadata.namespace.as_deref().unwrap_or(""),
+                name = es.metadata.name.as_deref().unwrap_or(""),
+                reason = outcome.reason,
+                message = %outcome.message,
+                detail = detail.unwrap_or(""),
+                "EncryptedSecret not ready"
+            );
+        }
+        self.report(es, &outcome).await?;
+        Ok((
+            Reconciled::Failed(outcome.reason),
+            Action::requeue(self.record_failure(es)),
+        ))
     }
 
     async fn apply(
@@ -382,45 +585,64 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         es: &EncryptedSecret,
         namespace: &str,
         name: &str,
+        replacing: Option<(&str, &ExistingSecret)>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
-        let opened = seal::open_all(&self.kms, es, namespace, name).await;
-        let failed: Vec<(&String, &seal::OpenError)> = opened
-            .iter()
-            .filter_map(|(item, r)| r.as_ref().err().map(|e| (item, e)))
-            .collect();
-        if let Some((item, first)) = failed.first() {
-            let more = if failed.len() > 1 {
-                format!(" ({} more items failed too)", failed.len() - 1)
-            } else {
-                String::new()
-            };
-            let outcome = Outcome {
-                ready: false,
-                reason: reconcile::reason_for_category(first.category()),
-                message: format!(
-                    "item {item}: {first}{more}; the existing Secret, if any, was left unchanged"
-                ),
-                key_arns: vec![],
-                applied: None,
-            };
-            self.report(es, &outcome).await?;
-            return Ok((
-                Reconciled::Failed(outcome.reason),
-                Action::requeue(self.record_failure(es)),
-            ));
-        }
+        let snapshot = self.admission.snapshot();
+        let proceed = || self.api.is_current(es);
+        let opened = open::open_all(
+            &self.kms,
+            es,
+            namespace,
+            name,
+            snapshot.rules(),
+            Some(&proceed),
+        )
+        .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(failure) => {
+                match &failure.error {
+                    OpenError::Kms(e) if e.kind == KmsErrorKind::Cancelled => {
+                        tracing::debug!(
+                            namespace,
+                            name,
+                            "object changed or deleted; reconcile stopped"
+                        );
+                        return Ok((Reconciled::Cancelled, Action::requeue(self.timing.resync)));
+                    }
+                    OpenError::Kms(e) if e.kind == KmsErrorKind::Deferred => {
+                        let delay = DEFERRED_RETRY.mul_f64(1.0 + jitter());
+                        return Ok((Reconciled::Deferred, Action::requeue(delay)));
+                    }
+                    _ => {}
+                }
+                let item = failure
+                    .item
+                    .as_deref()
+                    .map(|i| format!("item {i}: "))
+                    .unwrap_or_default();
+                let reason = reconcile::reason_for_category(failure.error.category());
+                let message = format!(
+                    "{item}{}; the existing Secret, if any, was left unchanged",
+                    failure.error.tenant_message()
+                );
+                let detail = failure.error.to_string();
+                return self.fail(es, failed(reason, message), Some(&detail)).await;
+            }
+        };
         let mut key_arns = BTreeSet::new();
         let mut data = BTreeMap::new();
-        for (item, result) in opened {
-            if let Ok(o) = result {
-                key_arns.insert(o.key_arn);
-                data.insert(item, ByteString(o.plaintext.to_vec()));
-            }
+        for (item, o) in opened {
+            key_arns.insert(o.key_arn);
+            data.insert(item, o.plaintext);
         }
-        let secret = reconcile::desired_secret(es, data);
-        let applied = self.api.apply_secret(&secret).await;
+        let secret = reconcile::desired_secret(es, data, replacing);
+        let written = match replacing {
+            None => self.api.create_secret(&secret).await,
+            Some(_) => self.api.replace_secret(&secret).await,
+        };
         drop(secret);
-        let outcome = match applied {
+        let outcome = match written {
             Ok(resource_version) => Outcome {
                 ready: true,
                 reason: reason::SYNCED,
@@ -431,31 +653,47 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 key_arns: key_arns.into_iter().collect(),
                 applied: Some((reconcile::fingerprint(es), resource_version)),
             },
-            Err(e) => Outcome {
-                ready: false,
-                reason: reason::APPLY_FAILED,
-                message: format!(
-                    "applying Secret {name} failed: {}{}",
+            Err(WriteError::Conflict) if replacing.is_none() => failed(
+                reason::SECRET_EXISTS,
+                format!(
+                    "a Secret named {name} appeared while kmseal was creating it; kmseal will not overwrite it. To hand it over, annotate it: kubectl annotate secret {name} {}=true",
+                    reconcile::ADOPT_ANNOTATION
+                ),
+            ),
+            Err(WriteError::Conflict | WriteError::Gone) => {
+                // Changed or deleted since its ownership was checked: look again, soon, with
+                // fresh metadata (a watch event is on its way too). Nothing was written.
+                tracing::debug!(namespace, name, "Secret changed meanwhile; planning again");
+                return Ok((
+                    Reconciled::Cancelled,
+                    Action::requeue(self.record_failure(es)),
+                ));
+            }
+            Err(WriteError::Api(e)) => failed(
+                reason::APPLY_FAILED,
+                format!(
+                    "writing Secret {name} failed: {}{}",
                     e.summary(),
                     if es.spec.template.as_ref().and_then(|t| t.immutable) == Some(true) {
                         "; an immutable Secret cannot change: delete it and kmseal recreates it"
                     } else {
-                        ""
+                        "; a Secret's type cannot change either: delete it and kmseal recreates it"
                     }
                 ),
-                key_arns: vec![],
-                applied: None,
-            },
+            ),
         };
-        self.report(es, &outcome).await?;
         if outcome.ready {
+            self.report(es, &outcome).await?;
             self.record_success(es);
             Ok((Reconciled::Applied, Action::requeue(self.timing.resync)))
-        } else {
+        } else if outcome.reason == reason::SECRET_EXISTS {
+            self.report(es, &outcome).await?;
             Ok((
-                Reconciled::Failed(outcome.reason),
+                Reconciled::Refused,
                 Action::requeue(self.record_failure(es)),
             ))
+        } else {
+            self.fail(es, outcome, None).await
         }
     }
 

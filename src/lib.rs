@@ -13,6 +13,8 @@ pub mod envelope;
 pub mod kms;
 pub mod manifest;
 pub mod metrics;
+pub mod open;
+pub mod policy;
 pub mod random;
 pub mod reconcile;
 pub mod seal;

@@ -13,7 +13,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::binding::EncryptionContext;
-use crate::kms::{DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, PublicKeyInfo};
+use crate::kms::{
+    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, PublicKeyInfo,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -29,7 +31,7 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KmsLabels {
-    /// `GenerateDataKey`, `Decrypt` or `GetPublicKey`.
+    /// `GenerateDataKey`, `Decrypt`, `GetPublicKey` or `DescribeKey`.
     pub operation: &'static str,
     /// `ok` or a failure category (`throttled`, `access_denied`, ...).
     pub outcome: &'static str,
@@ -194,6 +196,13 @@ impl<K: Kms> Kms for MeteredKms<K> {
         let started = Instant::now();
         let result = self.inner.public_key(key_id).await;
         self.metrics.observe_kms("GetPublicKey", started, &result);
+        result
+    }
+
+    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.describe_key(key_id).await;
+        self.metrics.observe_kms("DescribeKey", started, &result);
         result
     }
 }

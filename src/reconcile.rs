@@ -3,28 +3,30 @@
 //! controller supplies all of those, so every decision here is unit-tested directly.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::api::{Condition, EncryptedSecret, EncryptedSecretStatus};
 
 /// Label on every Secret kmseal manages; the controller's Secret watch filters on it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "kmseal";
-/// Annotation a user puts on an existing Secret to let kmseal take it over.
+/// Annotation a user puts on an existing Secret to let kmseal take it over: only a Secret no
+/// other controller owns, and kmseal then replaces it whole (this annotation included, unless
+/// the template sets it).
 pub const ADOPT_ANNOTATION: &str = "kmseal.dev/managed";
-/// The server-side apply field manager for Secrets and status.
+/// The field manager of kmseal's Secret writes and status applies.
 pub const FIELD_MANAGER: &str = "kmseal-controller";
 pub const READY: &str = "Ready";
 
 /// Bumped whenever the Secret kmseal produces from the same spec changes shape, so an upgraded
 /// controller re-applies once instead of trusting fingerprints from an older one.
-const SECRET_SHAPE_VERSION: &str = "kmseal-secret-v1";
+const SECRET_SHAPE_VERSION: &str = "kmseal-secret-v2";
 
 /// Ready condition reasons: a small fixed set, also used as event reasons.
 pub mod reason {
@@ -39,8 +41,10 @@ pub mod reason {
     pub const THROTTLED: &str = "Throttled";
     pub const KMS_UNAVAILABLE: &str = "KmsUnavailable";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const KEY_NOT_ALLOWED: &str = "KeyNotAllowed";
+    pub const TYPE_NOT_ALLOWED: &str = "SecretTypeNotAllowed";
 
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         SYNCED,
         SECRET_EXISTS,
         INVALID_SPEC,
@@ -52,6 +56,8 @@ pub mod reason {
         THROTTLED,
         KMS_UNAVAILABLE,
         APPLY_FAILED,
+        KEY_NOT_ALLOWED,
+        TYPE_NOT_ALLOWED,
     ];
 }
 
@@ -69,6 +75,8 @@ pub fn reason_for_category(category: &str) -> &'static str {
         "malformed" | "too_large" | "unsupported_version" | "invalid_input" | "invalid_request" => {
             reason::INVALID_SPEC
         }
+        "key_not_allowed" => reason::KEY_NOT_ALLOWED,
+        "type_not_allowed" => reason::TYPE_NOT_ALLOWED,
         _ => reason::APPLY_FAILED,
     }
 }
@@ -80,6 +88,8 @@ pub struct ExistingSecret {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub owner_references: Vec<OwnerReference>,
+    /// Kept when kmseal replaces the Secret: they belong to whoever added them.
+    pub finalizers: Vec<String>,
 }
 
 impl From<&ObjectMeta> for ExistingSecret {
@@ -89,6 +99,7 @@ impl From<&ObjectMeta> for ExistingSecret {
             labels: m.labels.clone().unwrap_or_default(),
             annotations: m.annotations.clone().unwrap_or_default(),
             owner_references: m.owner_references.clone().unwrap_or_default(),
+            finalizers: m.finalizers.clone().unwrap_or_default(),
         }
     }
 }
@@ -110,18 +121,31 @@ pub fn ownership(es: &EncryptedSecret, existing: &ExistingSecret) -> Ownership {
         .owner_references
         .iter()
         .find(|r| r.controller == Some(true));
+    let adoptable = existing
+        .annotations
+        .get(ADOPT_ANNOTATION)
+        .map(String::as_str)
+        == Some("true");
     match controller {
         Some(owner) if !uid.is_empty() && owner.uid == uid => Ownership::Owned,
-        _ if existing
-            .annotations
-            .get(ADOPT_ANNOTATION)
-            .map(String::as_str)
-            == Some("true") =>
-        {
-            Ownership::Adoptable
-        }
-        Some(owner) => Ownership::Foreign(format!("controlled by {} {}", owner.kind, owner.name)),
+        // Another controller's Secret is never taken, whatever its annotations say.
+        Some(owner) => Ownership::Foreign(format!(
+            "controlled by {} {}",
+            truncate(&owner.kind, 63),
+            truncate(&owner.name, 253)
+        )),
+        None if adoptable => Ownership::Adoptable,
         None => Ownership::Foreign("not created by kmseal".to_owned()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
     }
 }
 
@@ -130,10 +154,27 @@ pub fn ownership(es: &EncryptedSecret, existing: &ExistingSecret) -> Ownership {
 pub enum Plan {
     /// The Secret is exactly what was last applied from this spec: no KMS call, no write.
     UpToDate,
-    /// Decrypt and apply the Secret.
-    Apply,
+    /// Decrypt, then create the Secret; if one appeared meanwhile, the create fails and the
+    /// object is refused (nothing that is not ours is ever overwritten).
+    Create,
+    /// Decrypt, then replace the Secret whole, on condition that it still has this
+    /// resourceVersion: the one whose ownership was checked.
+    Replace { resource_version: String },
     /// A Secret we do not own is in the way; leave it untouched.
     Refuse { message: String },
+    /// The object asks for what the controller may not do (a key its namespace may not use,
+    /// a forbidden Secret type, a malformed item): no KMS call, no write.
+    Reject {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// A refusal decided before any KMS call (by the key policy, the Secret types, the limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// A stable digest of everything the produced Secret depends on.
@@ -162,9 +203,22 @@ pub fn ready_condition(status: Option<&EncryptedSecretStatus>) -> Option<&Condit
     status?.conditions.iter().find(|c| c.type_ == READY)
 }
 
-pub fn plan(es: &EncryptedSecret, existing: Option<&ExistingSecret>) -> Plan {
+/// `admitted` is the verdict of the checks that need no KMS (key policy, Secret type, limits),
+/// made on every reconcile: a key the policy stops allowing turns the object not ready even
+/// when nothing else changed (the Secret is kept).
+pub fn plan(
+    es: &EncryptedSecret,
+    existing: Option<&ExistingSecret>,
+    admitted: Result<(), Rejection>,
+) -> Plan {
+    if let Err(Rejection { reason, message }) = admitted {
+        return Plan::Reject { reason, message };
+    }
     let Some(existing) = existing else {
-        return Plan::Apply;
+        return Plan::Create;
+    };
+    let replace = Plan::Replace {
+        resource_version: existing.resource_version.clone().unwrap_or_default(),
     };
     match ownership(es, existing) {
         Ownership::Foreign(owner) => {
@@ -175,7 +229,7 @@ pub fn plan(es: &EncryptedSecret, existing: Option<&ExistingSecret>) -> Plan {
                 ),
             };
         }
-        Ownership::Adoptable => return Plan::Apply,
+        Ownership::Adoptable => return replace,
         Ownership::Owned => {}
     }
     let status = es.status.as_ref();
@@ -189,31 +243,73 @@ pub fn plan(es: &EncryptedSecret, existing: Option<&ExistingSecret>) -> Plan {
     if ready && unchanged {
         Plan::UpToDate
     } else {
-        Plan::Apply
+        replace
     }
 }
 
-/// The Secret to server-side apply. Every field kmseal sets is listed, so fields it stops
-/// setting (a removed item, label or annotation) are removed by the API server.
-pub fn desired_secret(es: &EncryptedSecret, data: BTreeMap<String, ByteString>) -> Secret {
+/// The Secret type an EncryptedSecret asks for (`Opaque` when its template names none).
+pub fn secret_type(es: &EncryptedSecret) -> &str {
+    es.spec
+        .template
+        .as_ref()
+        .and_then(|t| t.type_.as_deref())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("Opaque")
+}
+
+/// The whole Secret kmseal writes: it creates it, or replaces it (never merges), so the Secret
+/// is exactly this, and a removed item, label or annotation is gone. The values stay in
+/// zeroizing buffers until the request body is written.
+pub struct DesiredSecret {
+    /// Name, namespace, labels, annotations, owner reference; for a replace, the
+    /// resourceVersion precondition and the finalizers someone else added.
+    pub metadata: ObjectMeta,
+    pub type_: String,
+    pub immutable: Option<bool>,
+    pub data: BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+impl fmt::Debug for DesiredSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DesiredSecret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.type_)
+            .field("items", &self.data.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn desired_secret(
+    es: &EncryptedSecret,
+    data: BTreeMap<String, Zeroizing<Vec<u8>>>,
+    replacing: Option<(&str, &ExistingSecret)>,
+) -> DesiredSecret {
     let template = es.spec.template.clone().unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
     let owner = es.controller_owner_ref(&());
-    Secret {
+    let (resource_version, finalizers) = match replacing {
+        Some((rv, existing)) => (
+            Some(rv.to_owned()),
+            (!existing.finalizers.is_empty()).then(|| existing.finalizers.clone()),
+        ),
+        None => (None, None),
+    };
+    DesiredSecret {
         metadata: ObjectMeta {
             name: es.metadata.name.clone(),
             namespace: es.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: (!meta.annotations.is_empty()).then_some(meta.annotations),
             owner_references: owner.map(|o| vec![o]),
+            resource_version,
+            finalizers,
             ..ObjectMeta::default()
         },
-        type_: Some(template.type_.unwrap_or_else(|| "Opaque".to_owned())),
+        type_: secret_type(es).to_owned(),
         immutable: template.immutable,
-        data: Some(data),
-        ..Secret::default()
+        data,
     }
 }
 
@@ -363,28 +459,33 @@ mod tests {
 
     #[test]
     fn new_object_is_applied() {
-        assert_eq!(plan(&es(1), None), Plan::Apply);
+        assert_eq!(plan(&es(1), None, Ok(())), Plan::Create);
     }
 
     #[test]
     fn unchanged_object_is_up_to_date() {
         let mut es = es(1);
         synced(&mut es, "100");
-        assert_eq!(plan(&es, Some(&owned(&es, "100"))), Plan::UpToDate);
+        assert_eq!(plan(&es, Some(&owned(&es, "100")), Ok(())), Plan::UpToDate);
     }
 
     #[test]
     fn edited_secret_is_repaired() {
         let mut es = es(1);
         synced(&mut es, "100");
-        assert_eq!(plan(&es, Some(&owned(&es, "101"))), Plan::Apply);
+        assert_eq!(
+            plan(&es, Some(&owned(&es, "101")), Ok(())),
+            Plan::Replace {
+                resource_version: "101".into()
+            }
+        );
     }
 
     #[test]
     fn deleted_secret_is_recreated() {
         let mut es = es(1);
         synced(&mut es, "100");
-        assert_eq!(plan(&es, None), Plan::Apply);
+        assert_eq!(plan(&es, None, Ok(())), Plan::Create);
     }
 
     #[test]
@@ -396,11 +497,21 @@ mod tests {
             .encrypted_data
             .insert("new".into(), "a21zZWFs".into());
         es.metadata.generation = Some(2);
-        assert_eq!(plan(&es, Some(&existing)), Plan::Apply);
+        assert_eq!(
+            plan(&es, Some(&existing), Ok(())),
+            Plan::Replace {
+                resource_version: "100".into()
+            }
+        );
         // A spec change without a generation bump (it cannot happen, but be safe) is caught
         // by the fingerprint.
         es.metadata.generation = Some(1);
-        assert_eq!(plan(&es, Some(&existing)), Plan::Apply);
+        assert_eq!(
+            plan(&es, Some(&existing), Ok(())),
+            Plan::Replace {
+                resource_version: "100".into()
+            }
+        );
     }
 
     #[test]
@@ -415,7 +526,12 @@ mod tests {
             applied: None,
         };
         es.status = Some(next_status(&es, &failure, "2026-11-24T00:01:00Z"));
-        assert_eq!(plan(&es, Some(&owned(&es, "100"))), Plan::Apply);
+        assert_eq!(
+            plan(&es, Some(&owned(&es, "100")), Ok(())),
+            Plan::Replace {
+                resource_version: "100".into()
+            }
+        );
     }
 
     #[test]
@@ -425,7 +541,7 @@ mod tests {
             resource_version: Some("5".into()),
             ..ExistingSecret::default()
         };
-        match plan(&es, Some(&foreign)) {
+        match plan(&es, Some(&foreign), Ok(())) {
             Plan::Refuse { message } => {
                 assert!(message.contains("kmseal.dev/managed=true"), "{message}");
                 assert!(message.contains("not created by kmseal"), "{message}");
@@ -436,7 +552,10 @@ mod tests {
         let mut other = es.clone();
         other.metadata.uid = Some("uid-2".into());
         let theirs = owned(&other, "5");
-        assert!(matches!(plan(&es, Some(&theirs)), Plan::Refuse { .. }));
+        assert!(matches!(
+            plan(&es, Some(&theirs), Ok(())),
+            Plan::Refuse { .. }
+        ));
     }
 
     #[test]
@@ -448,24 +567,103 @@ mod tests {
             ..ExistingSecret::default()
         };
         assert_eq!(ownership(&es, &adoptable), Ownership::Adoptable);
-        assert_eq!(plan(&es, Some(&adoptable)), Plan::Apply);
+        assert_eq!(
+            plan(&es, Some(&adoptable), Ok(())),
+            Plan::Replace {
+                resource_version: "5".into()
+            }
+        );
+    }
+
+    #[test]
+    fn another_controllers_secret_is_never_adopted() {
+        let es = es(1);
+        let theirs = ExistingSecret {
+            resource_version: Some("5".into()),
+            annotations: BTreeMap::from([(ADOPT_ANNOTATION.into(), "true".into())]),
+            owner_references: vec![OwnerReference {
+                api_version: "cert-manager.io/v1".into(),
+                kind: "Certificate".into(),
+                name: "web".into(),
+                uid: "cert-uid".into(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }],
+            ..ExistingSecret::default()
+        };
+        match plan(&es, Some(&theirs), Ok(())) {
+            Plan::Refuse { message } => {
+                assert!(
+                    message.contains("controlled by Certificate web"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rejection_comes_first_and_keeps_everything() {
+        let mut es = es(1);
+        synced(&mut es, "100");
+        let rejection = Rejection {
+            reason: reason::KEY_NOT_ALLOWED,
+            message: "no".into(),
+        };
+        assert_eq!(
+            plan(&es, Some(&owned(&es, "100")), Err(rejection.clone())),
+            Plan::Reject {
+                reason: reason::KEY_NOT_ALLOWED,
+                message: "no".into()
+            }
+        );
+        assert!(matches!(
+            plan(&es, None, Err(rejection)),
+            Plan::Reject { .. }
+        ));
     }
 
     #[test]
     fn desired_secret_carries_template_label_and_owner() {
         let es = es(1);
-        let data = BTreeMap::from([("password".into(), ByteString(b"x".to_vec()))]);
-        let secret = desired_secret(&es, data);
+        let data = BTreeMap::from([("password".into(), Zeroizing::new(b"s3cr3t-value".to_vec()))]);
+        let existing = ExistingSecret {
+            finalizers: vec!["backup.example.com/keep".into()],
+            annotations: BTreeMap::from([(ADOPT_ANNOTATION.into(), "true".into())]),
+            ..ExistingSecret::default()
+        };
+        let created = desired_secret(&es, BTreeMap::new(), None);
+        assert_eq!(created.metadata.resource_version, None);
+        assert_eq!(created.metadata.finalizers, None);
+        let secret = desired_secret(&es, data, Some(("7", &existing)));
+        assert_eq!(secret.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            secret.metadata.finalizers,
+            Some(vec!["backup.example.com/keep".to_owned()])
+        );
+        assert!(
+            !secret
+                .metadata
+                .annotations
+                .clone()
+                .unwrap()
+                .contains_key(ADOPT_ANNOTATION),
+            "an adopted Secret becomes exactly the desired one"
+        );
+        assert!(
+            !format!("{secret:?}").contains("s3cr3t"),
+            "values are not printed"
+        );
         let labels = secret.metadata.labels.unwrap();
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
         assert_eq!(labels["app"], "api");
         assert_eq!(secret.metadata.annotations.unwrap()["note"], "x");
-        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(secret.type_, "kubernetes.io/basic-auth");
         let owner = &secret.metadata.owner_references.unwrap()[0];
         assert_eq!(owner.uid, "uid-1");
         assert_eq!(owner.kind, "EncryptedSecret");
         assert_eq!(owner.controller, Some(true));
-        assert_eq!(secret.data.unwrap().len(), 1, "only the items of the spec");
+        assert_eq!(secret.data.len(), 1, "only the items of the spec");
     }
 
     #[test]

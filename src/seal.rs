@@ -1,10 +1,9 @@
-//! Secret → EncryptedSecret and back: the envelope and the KMS put together.
+//! Secret → EncryptedSecret: the envelope and the KMS put together (opening is `crate::open`).
 //!
 //! Sealing makes one `GenerateDataKey` call (or none, with a public key) per Secret and uses
-//! that data key for every item, each with a fresh nonce. Opening makes one `Decrypt` call per
-//! distinct wrapped data key.
+//! that data key for every item, each with a fresh nonce. It always writes envelope v2.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
@@ -15,23 +14,18 @@ use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, PublicKey};
 use zeroize::Zeroizing;
 
-use crate::api::{
-    EncryptedSecret, EncryptedSecretSpec, PLAIN_SCOPE_ANNOTATION, SecretTemplate, TemplateMetadata,
-};
+use crate::api::{EncryptedSecret, EncryptedSecretSpec, SecretTemplate, TemplateMetadata};
 use crate::arn;
-use crate::binding::{self, Binding, EncryptionContext, NameError, Scope};
+use crate::binding::{self, Binding, NameError, Scope};
 use crate::envelope::{
-    self, DATA_KEY_LEN, DataKey, EnvelopeError, Header, NONCE_LEN, WrapAlgorithm,
+    self, DATA_KEY_LEN, DataKey, EnvelopeError, Header, NONCE_LEN, Version, WrapAlgorithm,
 };
-use crate::kms::{DecryptRequest, Kms, KmsError, KmsErrorKind};
+use crate::kms::{Kms, KmsError};
+use crate::open::MAX_ITEMS;
 use crate::random::{Random, RandomError};
 
 /// The smallest RSA modulus KMS issues (RSA_2048), in bytes.
 const MIN_RSA_BYTES: usize = 256;
-/// KMS ciphertext blobs are at most 6144 bytes.
-pub const MAX_PLAIN_KMS_CIPHERTEXT: usize = 6144;
-/// The longest base64 text any valid item can have.
-pub const MAX_ITEM_BASE64_LEN: usize = envelope::MAX_SEALED_LEN.div_ceil(3) * 4;
 
 /// A Secret in plaintext, on its way to being sealed. Values are zeroized on drop and never
 /// printed by `Debug`.
@@ -163,8 +157,8 @@ fn target<'a>(
     }
 }
 
-/// Seals `items` for `namespace`/`name` under one fresh data key. Returns the key ARN and the
-/// sealed values (base64).
+/// Seals `items` for `namespace`/`name` under one fresh data key, as envelope v2. Returns the
+/// key ARN and the sealed values (base64).
 #[allow(clippy::too_many_arguments)]
 pub async fn seal_items<K: Kms, R: Random>(
     wrapper: &Wrapper<'_, K>,
@@ -173,9 +167,15 @@ pub async fn seal_items<K: Kms, R: Random>(
     name: &str,
     items: &BTreeMap<String, Zeroizing<Vec<u8>>>,
     rng: &mut R,
-    sealed_at: u64,
+    wrapped_at: u64,
 ) -> Result<(String, BTreeMap<String, String>), SealError> {
     let namespace = target(scope, namespace, name)?;
+    if items.len() > MAX_ITEMS {
+        return Err(SealError::Input(format!(
+            "the Secret has {} items; an EncryptedSecret holds at most {MAX_ITEMS}: split it",
+            items.len()
+        )));
+    }
     for (item, value) in items {
         binding::validate_item_key(item)?;
         if value.len() > envelope::MAX_PLAINTEXT_LEN {
@@ -189,13 +189,12 @@ pub async fn seal_items<K: Kms, R: Random>(
         }
     }
     let binding = Binding::new(scope, namespace, name);
-    let (key_arn, algorithm, data_key, wrapped_key) = match wrapper {
+    let (key_arn, key_material_id, algorithm, data_key, wrapped_key) = match wrapper {
         Wrapper::Kms { kms, key_id } => {
-            let generated = kms
-                .generate_data_key(key_id, &binding.encryption_context())
-                .await?;
+            let generated = kms.generate_data_key(key_id, &binding.context_v2()).await?;
             (
                 generated.key_arn,
+                generated.key_material_id,
                 WrapAlgorithm::KmsSymmetric,
                 generated.plaintext,
                 generated.wrapped,
@@ -211,17 +210,24 @@ pub async fn seal_items<K: Kms, R: Random>(
             let wrapped = offline.wrap(&data_key)?;
             (
                 offline.key_arn.clone(),
+                None,
                 WrapAlgorithm::RsaOaepSha256,
                 data_key,
                 wrapped,
             )
         }
     };
+    // A material id that does not fit the format is a hint lost, not a reason to fail.
+    let key_material_id = key_material_id.filter(|id| {
+        id.len() <= envelope::MAX_KEY_MATERIAL_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+    });
     let header = Header {
+        version: Version::V2,
         scope,
         algorithm,
-        sealed_at,
+        wrapped_at,
         key_arn: key_arn.clone(),
+        key_material_id,
         wrapped_key,
     };
     let mut sealed = BTreeMap::new();
@@ -260,7 +266,7 @@ pub async fn seal_secret<K: Kms, R: Random>(
     secret: &PlainSecret,
     scope: Scope,
     rng: &mut R,
-    sealed_at: u64,
+    wrapped_at: u64,
 ) -> Result<EncryptedSecret, SealError> {
     let (key_arn, encrypted_data) = seal_items(
         wrapper,
@@ -269,7 +275,7 @@ pub async fn seal_secret<K: Kms, R: Random>(
         &secret.name,
         &secret.data,
         rng,
-        sealed_at,
+        wrapped_at,
     )
     .await?;
     let key_id = match wrapper {
@@ -296,7 +302,7 @@ pub async fn merge_into<K: Kms, R: Random>(
     secret: &PlainSecret,
     scope: Scope,
     rng: &mut R,
-    sealed_at: u64,
+    wrapped_at: u64,
 ) -> Result<EncryptedSecret, SealError> {
     let name = existing.metadata.name.clone().unwrap_or_default();
     let namespace = existing.metadata.namespace.clone();
@@ -320,10 +326,16 @@ pub async fn merge_into<K: Kms, R: Random>(
         &name,
         &secret.data,
         rng,
-        sealed_at,
+        wrapped_at,
     )
     .await?;
     existing.spec.encrypted_data.extend(sealed);
+    if existing.spec.encrypted_data.len() > MAX_ITEMS {
+        return Err(SealError::Input(format!(
+            "the merged EncryptedSecret would hold {} items; at most {MAX_ITEMS}: split it",
+            existing.spec.encrypted_data.len()
+        )));
+    }
     if let Some(update) = template_of(secret) {
         let template = existing.spec.template.get_or_insert_with(Default::default);
         if update.type_.is_some() {
@@ -344,253 +356,4 @@ pub async fn merge_into<K: Kms, R: Random>(
         existing.spec.key_id = Some((*key_id).to_owned());
     }
     Ok(existing)
-}
-
-/// How an item was sealed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ItemFormat {
-    /// A kmseal envelope (format v1).
-    Envelope {
-        scope: Scope,
-        algorithm: WrapAlgorithm,
-        sealed_at: u64,
-    },
-    /// Plain KMS ciphertext (`aws kms encrypt`), bound by the encryption context only.
-    PlainKms { scope: Scope },
-}
-
-/// A decrypted item.
-pub struct Opened {
-    pub key_arn: String,
-    pub format: ItemFormat,
-    pub plaintext: Zeroizing<Vec<u8>>,
-}
-
-impl fmt::Debug for Opened {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Opened")
-            .field("key_arn", &self.key_arn)
-            .field("format", &self.format)
-            .field("plaintext", &"[redacted]")
-            .finish()
-    }
-}
-
-/// Why one item could not be opened. Never holds plaintext.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    #[error("the value is not valid base64; it was damaged, copy it again from the sealed file")]
-    Base64,
-    #[error("the value is {len} bytes of base64, over the limit of {max}")]
-    TooLarge { len: usize, max: usize },
-    #[error(
-        "the value is neither a kmseal envelope nor plain KMS ciphertext ({len} bytes; KMS ciphertext is at most {MAX_PLAIN_KMS_CIPHERTEXT})"
-    )]
-    NotCiphertext { len: usize },
-    #[error(
-        "the EncryptedSecret has no {0}, but the value is bound to one; set metadata.{0} (or pass --namespace)"
-    )]
-    MissingTarget(&'static str),
-    #[error(transparent)]
-    Envelope(#[from] EnvelopeError),
-    #[error(transparent)]
-    Kms(#[from] KmsError),
-    #[error(
-        "the {PLAIN_SCOPE_ANNOTATION} annotation has an unknown value {0:?}: use strict, namespace or cluster"
-    )]
-    BadScopeAnnotation(String),
-}
-
-impl OpenError {
-    pub fn category(&self) -> &'static str {
-        match self {
-            OpenError::Base64 | OpenError::NotCiphertext { .. } => "malformed",
-            OpenError::TooLarge { .. } => "too_large",
-            OpenError::MissingTarget(_) | OpenError::BadScopeAnnotation(_) => "invalid_input",
-            OpenError::Envelope(e) => e.category(),
-            OpenError::Kms(e) => e.category(),
-        }
-    }
-}
-
-enum Parsed {
-    Envelope(envelope::Envelope),
-    Plain(Vec<u8>),
-}
-
-fn decode_item(value: &str) -> Result<Parsed, OpenError> {
-    let trimmed = value.trim();
-    if trimmed.len() > MAX_ITEM_BASE64_LEN {
-        return Err(OpenError::TooLarge {
-            len: trimmed.len(),
-            max: MAX_ITEM_BASE64_LEN,
-        });
-    }
-    let bytes = BASE64.decode(trimmed).map_err(|_| OpenError::Base64)?;
-    if envelope::is_envelope(&bytes) {
-        return Ok(Parsed::Envelope(envelope::parse(&bytes)?));
-    }
-    if bytes.is_empty() || bytes.len() > MAX_PLAIN_KMS_CIPHERTEXT {
-        return Err(OpenError::NotCiphertext { len: bytes.len() });
-    }
-    Ok(Parsed::Plain(bytes))
-}
-
-/// The scope all envelope items of `es` share, if they share one.
-pub fn common_scope(es: &EncryptedSecret) -> Option<Scope> {
-    let mut scopes = es
-        .spec
-        .encrypted_data
-        .values()
-        .filter_map(|value| match decode_item(value) {
-            Ok(Parsed::Envelope(env)) => Some(env.header.scope),
-            _ => None,
-        });
-    let first = scopes.next()?;
-    scopes.all(|s| s == first).then_some(first)
-}
-
-/// The scope for plain KMS ciphertext items of this EncryptedSecret.
-pub fn plain_scope(es: &EncryptedSecret) -> Result<Scope, OpenError> {
-    match es
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PLAIN_SCOPE_ANNOTATION))
-    {
-        None => Ok(Scope::Strict),
-        Some(value) => value
-            .parse()
-            .map_err(|_| OpenError::BadScopeAnnotation(value.chars().take(40).collect())),
-    }
-}
-
-fn require_target(binding: &Binding<'_>) -> Result<(), OpenError> {
-    if binding.bound_namespace().is_some_and(str::is_empty) {
-        return Err(OpenError::MissingTarget("namespace"));
-    }
-    if binding.bound_name().is_some_and(str::is_empty) {
-        return Err(OpenError::MissingTarget("name"));
-    }
-    Ok(())
-}
-
-/// Decrypts every item of `es` as the Secret `namespace`/`name` (normally the EncryptedSecret's
-/// own). Items fail independently; the result has one entry per item, in item order.
-pub async fn open_all<K: Kms>(
-    kms: &K,
-    es: &EncryptedSecret,
-    namespace: &str,
-    name: &str,
-) -> BTreeMap<String, Result<Opened, OpenError>> {
-    type GroupKey = (WrapAlgorithm, String, Vec<u8>, Scope);
-    let mut results = BTreeMap::new();
-    let mut envelopes = Vec::new();
-    for (item, value) in &es.spec.encrypted_data {
-        match decode_item(value) {
-            Ok(Parsed::Envelope(env)) => envelopes.push((item.clone(), env)),
-            Ok(Parsed::Plain(blob)) => {
-                let outcome = open_plain(kms, es, namespace, name, &blob).await;
-                results.insert(item.clone(), outcome);
-            }
-            Err(e) => {
-                results.insert(item.clone(), Err(e));
-            }
-        }
-    }
-    // One Decrypt per distinct wrapped key (and binding, which the context depends on).
-    let mut unwrapped: HashMap<GroupKey, Result<(String, DataKey), OpenError>> = HashMap::new();
-    for (item, env) in envelopes {
-        let binding = env.binding_for(namespace, name);
-        let outcome = match require_target(&binding) {
-            Err(e) => Err(e),
-            Ok(()) => {
-                let group: GroupKey = (
-                    env.header.algorithm,
-                    env.header.key_arn.clone(),
-                    env.header.wrapped_key.clone(),
-                    env.header.scope,
-                );
-                if !unwrapped.contains_key(&group) {
-                    let key = unwrap_data_key(kms, &env, &binding).await;
-                    unwrapped.insert(group.clone(), key);
-                }
-                match &unwrapped[&group] {
-                    Err(e) => Err(e.clone()),
-                    Ok((answered, data_key)) => env
-                        .open(data_key, &binding, &item)
-                        .map(|plaintext| Opened {
-                            key_arn: answered.clone(),
-                            format: ItemFormat::Envelope {
-                                scope: env.header.scope,
-                                algorithm: env.header.algorithm,
-                                sealed_at: env.header.sealed_at,
-                            },
-                            plaintext,
-                        })
-                        .map_err(OpenError::from),
-                }
-            }
-        };
-        results.insert(item, outcome);
-    }
-    results
-}
-
-async fn unwrap_data_key<K: Kms>(
-    kms: &K,
-    env: &envelope::Envelope,
-    binding: &Binding<'_>,
-) -> Result<(String, DataKey), OpenError> {
-    let context = if env.header.algorithm.uses_encryption_context() {
-        binding.encryption_context()
-    } else {
-        EncryptionContext::new()
-    };
-    let decrypted = kms
-        .decrypt(DecryptRequest {
-            key_id: Some(&env.header.key_arn),
-            ciphertext: &env.header.wrapped_key,
-            algorithm: env.header.algorithm,
-            context: &context,
-        })
-        .await?;
-    if !arn::same_key(&env.header.key_arn, &decrypted.key_arn) {
-        return Err(OpenError::Kms(KmsError::new(
-            KmsErrorKind::WrongKey,
-            "kms:Decrypt",
-            Some(&env.header.key_arn),
-            decrypted.key_arn.clone(),
-        )));
-    }
-    let data_key = DataKey::from_slice(&decrypted.plaintext)?;
-    Ok((decrypted.key_arn, data_key))
-}
-
-async fn open_plain<K: Kms>(
-    kms: &K,
-    es: &EncryptedSecret,
-    namespace: &str,
-    name: &str,
-    blob: &[u8],
-) -> Result<Opened, OpenError> {
-    let scope = plain_scope(es)?;
-    let binding = Binding::new(scope, namespace, name);
-    require_target(&binding)?;
-    let context = binding.encryption_context();
-    let decrypted = kms
-        .decrypt(DecryptRequest {
-            // A symmetric blob names its key. `spec.keyId` is the rotation target and comes
-            // from the same hands as the value, so passing it would add no protection.
-            key_id: None,
-            ciphertext: blob,
-            algorithm: WrapAlgorithm::KmsSymmetric,
-            context: &context,
-        })
-        .await?;
-    Ok(Opened {
-        key_arn: decrypted.key_arn,
-        format: ItemFormat::PlainKms { scope },
-        plaintext: decrypted.plaintext,
-    })
 }

@@ -16,6 +16,8 @@ const WIRE_TARGETS: &[&str] = &[
     "aws_config",
     "aws_runtime",
     "aws_credential_types",
+    // Logs canonical requests (with their body hashes and headers) at TRACE.
+    "aws_sigv4",
     "hyper",
     "h2",
     "rustls",
@@ -69,6 +71,7 @@ mod tests {
     fn wire_logs_are_capped_at_info() {
         assert!(!allowed("aws_smithy_runtime::client::http", &Level::DEBUG));
         assert!(!allowed("hyper_util::client", &Level::TRACE));
+        assert!(!allowed("aws_sigv4::http_request::sign", &Level::TRACE));
         assert!(allowed("aws_smithy_runtime::client::retries", &Level::INFO));
         assert!(allowed("kmseal::cli", &Level::TRACE));
         assert!(!allowed("kube_client::client", &Level::WARN));

@@ -29,6 +29,24 @@ fn plain(namespace: &str, name: &str, items: &[(&str, &[u8])]) -> PlainSecret {
     }
 }
 
+/// Every item opened on its own, as the CLI does (no key policy: the caller's IAM decides).
+async fn open_each(
+    kms: &AwsKms,
+    es: &kmseal::api::EncryptedSecret,
+    namespace: &str,
+    name: &str,
+) -> BTreeMap<String, Result<kmseal::open::Opened, kmseal::open::OpenError>> {
+    let (policy, aliases) = (
+        kmseal::policy::KeyPolicy::unrestricted(),
+        kmseal::policy::ResolvedAliases::new(),
+    );
+    let rules = kmseal::open::Rules {
+        policy: &policy,
+        aliases: &aliases,
+    };
+    kmseal::open::open_each(kms, es, namespace, name, rules).await
+}
+
 /// `kmseal seal` of the one-item Secret prod/db (`k=v`) under `key`.
 fn seal_small(emu: &Emulator, key: &str) -> std::process::Output {
     kmseal(true)
@@ -58,7 +76,7 @@ async fn aws_kms_round_trip_and_context_binding() {
         )
         .await
         .unwrap_or_else(|e| panic!("{}: seal: {e}", emu.name));
-        let opened = seal::open_all(&kms, &es, "prod", "db").await;
+        let opened = open_each(&kms, &es, "prod", "db").await;
         for (item, expected) in [("password", &b"s3cr3t"[..]), ("user", b"app")] {
             let o = opened[item]
                 .as_ref()
@@ -68,7 +86,7 @@ async fn aws_kms_round_trip_and_context_binding() {
         }
         // The emulator's KMS enforces the encryption context: a moved value never reaches AES.
         for (namespace, name) in [("dev", "db"), ("prod", "other")] {
-            let moved = seal::open_all(&kms, &es, namespace, name).await;
+            let moved = open_each(&kms, &es, namespace, name).await;
             let err = moved["password"].as_ref().unwrap_err();
             assert_eq!(err.category(), "invalid_ciphertext", "{}: {err}", emu.name);
             assert!(err.to_string().contains("re-seal"), "{err}");
@@ -305,7 +323,7 @@ fn disabled_and_pending_deletion_keys_on_localstack() {
 
 /// The everyday KMS CLI workflow: `aws kms encrypt` output is accepted as an item.
 #[test]
-fn aws_cli_ciphertext_is_accepted_for_its_namespace_and_name() {
+fn aws_cli_ciphertext_is_accepted_for_its_namespace_name_and_item() {
     let Some(emu) = moto() else { return };
     let Ok(aws) = std::env::var("KMSEAL_TEST_AWS_CLI") else {
         assert!(
@@ -326,7 +344,7 @@ fn aws_cli_ciphertext_is_accepted_for_its_namespace_and_name() {
         .arg(format!("fileb://{}", plaintext.display()))
         .args([
             "--encryption-context",
-            "kmseal.dev/namespace=prod,kmseal.dev/name=api",
+            "kmseal.dev/namespace=prod,kmseal.dev/name=api,kmseal.dev/item=token",
         ])
         .args(["--output", "text", "--query", "CiphertextBlob"])
         .args(["--endpoint-url", &emu.url, "--region", REGION])
@@ -337,7 +355,7 @@ fn aws_cli_ciphertext_is_accepted_for_its_namespace_and_name() {
     assert!(encrypted.status.success(), "{}", stderr(&encrypted));
     let blob = stdout(&encrypted).trim().to_owned();
     let manifest = format!(
-        "apiVersion: kmseal.dev/v1alpha1\nkind: EncryptedSecret\nmetadata:\n  name: api\n  namespace: prod\nspec:\n  encryptedData:\n    token: {blob}\n"
+        "apiVersion: kmseal.dev/v1alpha1\nkind: EncryptedSecret\nmetadata:\n  name: api\n  namespace: prod\nspec:\n  keyId: {key}\n  encryptedData:\n    token: {blob}\n"
     );
     let out = kmseal(true)
         .args([
@@ -355,18 +373,23 @@ fn aws_cli_ciphertext_is_accepted_for_its_namespace_and_name() {
     assert!(out.status.success(), "{}", stderr(&out));
     let secret: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(secret["data"]["token"], BASE64.encode("from-aws-cli"));
-    // Bound to prod/api: the same value under another name is refused by KMS.
-    let out = kmseal(true)
-        .args(["verify", "--endpoint", &emu.url, "--region", REGION])
-        .write_stdin(manifest.replace("name: api", "name: web"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stdout(&out).contains("[invalid_ciphertext]"),
-        "{}",
-        stdout(&out)
-    );
+    // Bound to prod/api/token: the same value under another name or item is refused by KMS.
+    for moved in [
+        manifest.replace("name: api", "name: web"),
+        manifest.replace("token:", "other:"),
+    ] {
+        let out = kmseal(true)
+            .args(["verify", "--endpoint", &emu.url, "--region", REGION])
+            .write_stdin(moved)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert!(
+            stdout(&out).contains("[invalid_ciphertext]"),
+            "{}",
+            stdout(&out)
+        );
+    }
 }
 
 /// Offline sealing with the public key of a real RSA key; decryption through LocalStack.

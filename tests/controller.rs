@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kmseal::api::{EncryptedSecret, SecretTemplate, TemplateMetadata};
 use kmseal::binding::Scope;
 use kmseal::controller::fake::InMemoryCluster;
-use kmseal::controller::{Reconciled, Reconciler, Timing};
+use kmseal::controller::{Admission, Reconciled, Reconciler, Timing};
 use kmseal::kms::{CachingKms, Kms, MemoryKms};
 use kmseal::metrics::{MeteredKms, Metrics};
 use kmseal::random::OsRandom;
@@ -31,7 +31,13 @@ fn reconciler<K: Kms>(kms: K, cluster: InMemoryCluster) -> Reconciler<Stack<K>, 
         100,
         Duration::from_secs(300),
     );
-    Reconciler::new(kms, cluster, metrics, Timing::default())
+    Reconciler::new(
+        kms,
+        cluster,
+        metrics,
+        Timing::default(),
+        Arc::new(Admission::any_key()),
+    )
 }
 
 fn plain(items: &[(&str, &str)]) -> PlainSecret {
@@ -285,7 +291,12 @@ async fn kms_failures_keep_the_secret_and_say_why() {
     );
     assert_eq!(r.api.secret("prod", "db").unwrap(), before);
     let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
-    assert!(ready.message.contains("enable-key"), "{}", ready.message);
+    assert!(ready.message.contains("enable it"), "{}", ready.message);
+    assert!(
+        !ready.message.contains("KMS said"),
+        "tenants get a reason and a fix, not KMS's words: {}",
+        ready.message
+    );
     r.kms.inner().inner().set_enabled(&key, true);
     assert_eq!(step(&r, &changed).await, Reconciled::Applied);
     let events = r.api.events();
@@ -307,12 +318,14 @@ async fn a_foreign_secret_is_refused_until_handed_over() {
         metadata: ObjectMeta {
             name: Some("db".into()),
             namespace: Some("prod".into()),
+            labels: Some(BTreeMap::from([("theirs".into(), "x".into())])),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([(
-            "password".into(),
-            ByteString(b"theirs".to_vec()),
-        )])),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        data: Some(BTreeMap::from([
+            ("password".into(), ByteString(b"theirs".to_vec())),
+            ("theirs-only".into(), ByteString(b"x".to_vec())),
+        ])),
         ..Secret::default()
     };
     cluster.put_secret(foreign.clone());
@@ -342,8 +355,18 @@ async fn a_foreign_secret_is_refused_until_handed_over() {
     r.api.put_secret(annotated);
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     let adopted = r.api.secret("prod", "db").unwrap();
-    assert_eq!(data(&adopted)["password"], "s3cr3t");
+    // Adopted means replaced whole: exactly the desired Secret, nothing of the old one left.
+    assert_eq!(
+        data(&adopted),
+        BTreeMap::from([("password".into(), "s3cr3t".into())])
+    );
     assert_eq!(adopted.metadata.owner_references.unwrap()[0].name, "db");
+    let annotations = adopted.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key(reconcile::ADOPT_ANNOTATION),
+        "{annotations:?}"
+    );
+    assert!(!adopted.metadata.labels.unwrap().contains_key("theirs"));
 }
 
 #[tokio::test]
@@ -499,4 +522,49 @@ async fn an_immutable_secret_that_cannot_change_says_how_to_proceed() {
         data(&r.api.secret("prod", "db").unwrap())["password"],
         "one"
     );
+}
+
+/// Values sealed by kmseal 0.1 (envelope v1, v1 encryption context) still open in the
+/// controller, under the same key policy as v2 values.
+#[tokio::test]
+async fn v1_values_from_kmseal_0_1_still_open() {
+    use kmseal::binding::Binding;
+    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let mut es = sealed(&kms, &key, &[("password", "v2-value")]).await;
+    let binding = Binding::new(Scope::Strict, "prod", "db");
+    let generated = kms
+        .generate_data_key(&key, &binding.context_v1())
+        .await
+        .unwrap();
+    let header = Header {
+        version: Version::V1,
+        scope: Scope::Strict,
+        algorithm: WrapAlgorithm::KmsSymmetric,
+        wrapped_at: 1_700_000_000,
+        key_arn: generated.key_arn.clone(),
+        key_material_id: None,
+        wrapped_key: generated.wrapped.clone(),
+    };
+    let v1 = envelope::seal(
+        &header,
+        &generated.plaintext,
+        [5; 12],
+        &binding,
+        "legacy",
+        b"v1-value",
+    )
+    .unwrap();
+    use base64::Engine;
+    es.spec.encrypted_data.insert(
+        "legacy".into(),
+        base64::engine::general_purpose::STANDARD.encode(v1),
+    );
+    let r = reconciler(kms, InMemoryCluster::new());
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let secret = r.api.secret("prod", "db").unwrap();
+    assert_eq!(data(&secret)["legacy"], "v1-value");
+    assert_eq!(data(&secret)["password"], "v2-value");
+    assert_eq!(decrypt_calls(&r), 2, "one Decrypt per data key, v1 and v2");
 }

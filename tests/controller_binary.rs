@@ -47,6 +47,30 @@ fn controller_without_credentials_says_where_they_come_from() {
 }
 
 #[test]
+fn controller_without_a_key_policy_refuses_to_start() {
+    let out = controller()
+        .args([
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no KMS key is allowed"), "{err}");
+    assert!(
+        err.contains("--allowed-keys") && err.contains("--key-policy"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot reach Kubernetes"),
+        "checked before anything else: {err}"
+    );
+}
+
+#[test]
 fn controller_without_a_cluster_fails_clearly() {
     let out = controller()
         .args([
@@ -54,6 +78,8 @@ fn controller_without_a_cluster_fails_clearly() {
             "/nonexistent/kubeconfig",
             "--metrics-address",
             "127.0.0.1:0",
+            "--allowed-keys",
+            "arn:aws:kms:eu-west-1:111122223333:alias/kmseal",
         ])
         .output()
         .unwrap();

@@ -1,17 +1,17 @@
 //! The exact API traffic of `KubeClusterApi` (kube's tower-test pattern): method, path, query,
-//! content type and body of every request, and no unexpected extra calls.
+//! headers and body of every request, and no unexpected extra calls.
 
 use std::collections::BTreeMap;
 
 use http::{Method, Request, Response};
-use k8s_openapi::ByteString;
 use kmseal::api::{EncryptedSecret, EncryptedSecretSpec};
-use kmseal::controller::{ClusterApi, KubeClusterApi};
-use kmseal::reconcile::{self, EventSpec, Outcome, reason};
+use kmseal::controller::{ClusterApi, KubeClusterApi, WriteError};
+use kmseal::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, reason};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
+use zeroize::Zeroizing;
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
@@ -60,47 +60,147 @@ async fn expect(
     (body, content_type)
 }
 
-#[tokio::test]
-async fn secret_is_server_side_applied_with_owner_and_field_manager() {
-    let (api, mut handle) = client();
-    let es = es();
-    let secret = reconcile::desired_secret(
-        &es,
-        BTreeMap::from([("password".into(), ByteString(b"s3cr3t".to_vec()))]),
+/// Takes the next request, checks method, URI and the metadata-only Accept header, answers
+/// with `status` and `response`; returns the body and the content type.
+async fn expect_write(
+    handle: &mut ApiHandle,
+    method: Method,
+    uri: &str,
+    status: u16,
+    response: Value,
+) -> (Value, String) {
+    let (request, send) = handle.next_request().await.expect("a request");
+    assert_eq!(request.method(), method);
+    assert_eq!(request.uri().to_string(), uri);
+    let (accept, content_type) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        (header("accept"), header("content-type"))
+    };
+    assert!(
+        accept.starts_with("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"),
+        "the answer must not carry the Secret's data back: {accept}"
     );
-    let server = tokio::spawn(async move {
-        let (body, content_type) = expect(
-            &mut handle,
-            Method::PATCH,
-            "/api/v1/namespaces/prod/secrets/db?&force=true&fieldManager=kmseal-controller",
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "prod", "resourceVersion": "42"}}),
-        )
-        .await;
-        assert_eq!(content_type, "application/apply-patch+yaml");
-        assert_eq!(body["apiVersion"], "v1");
-        assert_eq!(body["kind"], "Secret");
-        assert_eq!(body["type"], "Opaque");
-        assert_eq!(body["data"]["password"], "czNjcjN0");
-        assert_eq!(
-            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-            "kmseal"
-        );
-        let owner = &body["metadata"]["ownerReferences"][0];
-        assert_eq!(owner["apiVersion"], "kmseal.dev/v1alpha1");
-        assert_eq!(owner["kind"], "EncryptedSecret");
-        assert_eq!(owner["uid"], "uid-1");
-        assert_eq!(owner["controller"], true);
-        handle
-    });
-    let version = api.apply_secret(&secret).await.unwrap();
-    assert_eq!(version, "42");
-    let mut handle = server.await.unwrap();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap();
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&response).unwrap()))
+            .unwrap(),
+    );
+    (body, content_type)
+}
+
+fn partial(rv: &str) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+           "metadata": {"name": "db", "namespace": "prod", "resourceVersion": rv}})
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+           "code": code, "message": format!("secrets \"db\": {reason}")})
+}
+
+fn check_secret_body(body: &Value) {
+    assert_eq!(body["apiVersion"], "v1");
+    assert_eq!(body["kind"], "Secret");
+    assert_eq!(body["type"], "Opaque");
+    assert_eq!(body["data"]["password"], "czNjcjN0");
+    assert_eq!(
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kmseal"
+    );
+    let owner = &body["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["apiVersion"], "kmseal.dev/v1alpha1");
+    assert_eq!(owner["kind"], "EncryptedSecret");
+    assert_eq!(owner["uid"], "uid-1");
+    assert_eq!(owner["controller"], true);
+}
+
+fn desired(replacing: Option<&str>) -> DesiredSecret {
+    let existing = ExistingSecret::default();
+    reconcile::desired_secret(
+        &es(),
+        BTreeMap::from([("password".into(), Zeroizing::new(b"s3cr3t".to_vec()))]),
+        replacing.map(|rv| (rv, &existing)),
+    )
+}
+
+async fn no_further_call(mut handle: ApiHandle) {
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(50), handle.next_request())
             .await
             .is_err(),
         "no further API call"
     );
+}
+
+#[tokio::test]
+async fn a_new_secret_is_created_and_never_upserted() {
+    let (api, mut handle) = client();
+    let server = tokio::spawn(async move {
+        let uri = "/api/v1/namespaces/prod/secrets?fieldManager=kmseal-controller";
+        let (body, content_type) =
+            expect_write(&mut handle, Method::POST, uri, 201, partial("42")).await;
+        assert_eq!(content_type, "application/json");
+        check_secret_body(&body);
+        assert!(body["metadata"].get("resourceVersion").is_none(), "{body}");
+        // Someone else created it meanwhile: 409, and nothing is overwritten.
+        expect_write(
+            &mut handle,
+            Method::POST,
+            uri,
+            409,
+            status(409, "AlreadyExists"),
+        )
+        .await;
+        handle
+    });
+    assert_eq!(api.create_secret(&desired(None)).await.unwrap(), "42");
+    assert!(matches!(
+        api.create_secret(&desired(None)).await,
+        Err(WriteError::Conflict)
+    ));
+    no_further_call(server.await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn an_owned_secret_is_replaced_only_at_the_version_that_was_checked() {
+    let (api, mut handle) = client();
+    let server = tokio::spawn(async move {
+        let uri = "/api/v1/namespaces/prod/secrets/db?fieldManager=kmseal-controller";
+        let (body, _) = expect_write(&mut handle, Method::PUT, uri, 200, partial("43")).await;
+        check_secret_body(&body);
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "42",
+            "the precondition"
+        );
+        expect_write(&mut handle, Method::PUT, uri, 409, status(409, "Conflict")).await;
+        expect_write(&mut handle, Method::PUT, uri, 404, status(404, "NotFound")).await;
+        let (_, _) = expect_write(&mut handle, Method::PUT, uri, 422, status(422, "Invalid")).await;
+        handle
+    });
+    assert_eq!(
+        api.replace_secret(&desired(Some("42"))).await.unwrap(),
+        "43"
+    );
+    assert!(matches!(
+        api.replace_secret(&desired(Some("42"))).await,
+        Err(WriteError::Conflict)
+    ));
+    assert!(matches!(
+        api.replace_secret(&desired(Some("42"))).await,
+        Err(WriteError::Gone)
+    ));
+    let invalid = api.replace_secret(&desired(Some("42"))).await.unwrap_err();
+    assert!(invalid.to_string().contains("Invalid (422)"), "{invalid}");
+    no_further_call(server.await.unwrap()).await;
 }
 
 #[tokio::test]

@@ -1,20 +1,17 @@
 //! The controller's runtime wiring (watches, owned-Secret triggers, stores, readiness, status
-//! and events) end to end, against a small in-process fake of the Kubernetes API: list and
-//! watch (streamed), metadata-only requests, server-side apply and the status subresource.
-//! It stands in for the kind suite, which needs Docker.
+//! and events) end to end, against the in-process fake of the Kubernetes API in
+//! `tests/common/fake_api.rs`. It stands in for the kind suite, which needs Docker.
+
+#[path = "common/fake_api.rs"]
+mod fake_api;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use fake_api::{Fake, client};
 use futures::FutureExt;
-use futures::channel::mpsc;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
-use kmseal::api::EncryptedSecret;
 use kmseal::binding::Scope;
 use kmseal::config::ControllerArgs;
 use kmseal::controller::runtime::run_with;
@@ -22,392 +19,8 @@ use kmseal::kms::{CachingKms, MemoryKms};
 use kmseal::metrics::Metrics;
 use kmseal::random::OsRandom;
 use kmseal::seal::{self, PlainSecret, Wrapper};
-use kube::Client;
-use kube::client::Body;
-use serde_json::{Value, json};
+use serde_json::Value;
 use zeroize::Zeroizing;
-
-type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
-type Key = (String, String);
-
-#[derive(Default)]
-struct State {
-    version: u64,
-    encrypted: BTreeMap<Key, Value>,
-    secrets: BTreeMap<Key, Value>,
-    es_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
-    secret_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
-    events: Vec<Value>,
-    secret_applies: u64,
-    leases: BTreeMap<Key, Value>,
-    /// Paths and queries of EncryptedSecret list/watch requests.
-    es_requests: Vec<String>,
-}
-
-/// The fake API server's state, shared with the test.
-#[derive(Clone, Default)]
-struct Fake(Arc<Mutex<State>>);
-
-const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "kmseal");
-
-fn managed(secret: &Value) -> bool {
-    secret["metadata"]["labels"][MANAGED.0] == MANAGED.1
-}
-
-fn partial(secret: &Value) -> Value {
-    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": secret["metadata"]})
-}
-
-fn line(event: &str, object: &Value) -> Bytes {
-    let mut text = serde_json::to_vec(&json!({"type": event, "object": object})).unwrap();
-    text.push(b'\n');
-    Bytes::from(text)
-}
-
-impl State {
-    fn bump(&mut self) -> String {
-        self.version += 1;
-        self.version.to_string()
-    }
-
-    fn notify_es(&mut self, event: &str, object: &Value) {
-        let bytes = line(event, object);
-        self.es_watchers
-            .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
-    }
-
-    /// Secret watchers see metadata only, and only managed Secrets (label selector).
-    fn notify_secret(&mut self, before: Option<&Value>, after: Option<&Value>) {
-        let event = match (before.filter(|b| managed(b)), after.filter(|a| managed(a))) {
-            (None, Some(a)) => Some(("ADDED", partial(a))),
-            (Some(_), Some(a)) => Some(("MODIFIED", partial(a))),
-            (Some(b), None) => Some(("DELETED", partial(after.unwrap_or(b)))),
-            (None, None) => None,
-        };
-        if let Some((event, object)) = event {
-            let bytes = line(event, &object);
-            self.secret_watchers
-                .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
-        }
-    }
-}
-
-impl Fake {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap()
-    }
-
-    fn add_encrypted(&self, es: &EncryptedSecret) {
-        let mut state = self.lock();
-        let mut value = serde_json::to_value(es).unwrap();
-        value["metadata"]["resourceVersion"] = state.bump().into();
-        value["metadata"]["uid"] = format!("uid-{}", state.version).into();
-        value["metadata"]["generation"] = 1.into();
-        let key = key_of(&value);
-        state.encrypted.insert(key, value.clone());
-        state.notify_es("ADDED", &value);
-    }
-
-    fn secret(&self, ns: &str, name: &str) -> Option<Value> {
-        self.lock().secrets.get(&(ns.into(), name.into())).cloned()
-    }
-
-    fn status(&self, ns: &str, name: &str) -> Value {
-        self.lock().encrypted[&(ns.to_owned(), name.to_owned())]["status"].clone()
-    }
-
-    /// A user edits (Some) or deletes (None) a Secret.
-    fn user_writes_secret(&self, ns: &str, name: &str, new: Option<Value>) {
-        let mut state = self.lock();
-        let key = (ns.to_owned(), name.to_owned());
-        let before = state.secrets.remove(&key);
-        let after = new.map(|mut s| {
-            s["metadata"]["resourceVersion"] = state.bump().into();
-            state.secrets.insert(key.clone(), s.clone());
-            s
-        });
-        state.notify_secret(before.as_ref(), after.as_ref());
-    }
-
-    fn handle(
-        &self,
-        method: &Method,
-        path: &str,
-        query: &str,
-        accept: &str,
-        body: &[u8],
-    ) -> Response<ResponseBody> {
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let watch = query.contains("watch=true") || query.contains("watch=1");
-        let mut state = self.lock();
-        match (method.as_str(), segments.as_slice()) {
-            ("GET", ["apis", "kmseal.dev", "v1alpha1", "encryptedsecrets"])
-            | (
-                "GET",
-                [
-                    "apis",
-                    "kmseal.dev",
-                    "v1alpha1",
-                    "namespaces",
-                    _,
-                    "encryptedsecrets",
-                ],
-            ) => {
-                state.es_requests.push(format!("{path}?{query}"));
-                if watch {
-                    let (tx, rx) = mpsc::unbounded();
-                    state.es_watchers.push(tx);
-                    return stream(rx);
-                }
-                let namespace = (segments.len() == 6).then(|| segments[4]);
-                let items: Vec<Value> = state
-                    .encrypted
-                    .iter()
-                    .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                ok(
-                    json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecretList",
-                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
-                )
-            }
-            (
-                "PATCH",
-                [
-                    "apis",
-                    "kmseal.dev",
-                    "v1alpha1",
-                    "namespaces",
-                    ns,
-                    "encryptedsecrets",
-                    name,
-                    "status",
-                ],
-            ) => {
-                let patch: Value = serde_json::from_slice(body).unwrap();
-                let rv = state.bump();
-                let key = ((*ns).to_owned(), (*name).to_owned());
-                let Some(object) = state.encrypted.get_mut(&key) else {
-                    return not_found();
-                };
-                object["status"] = patch["status"].clone();
-                object["metadata"]["resourceVersion"] = rv.into();
-                let object = object.clone();
-                state.notify_es("MODIFIED", &object);
-                ok(object)
-            }
-            ("GET", ["api", "v1", "secrets"])
-            | ("GET", ["api", "v1", "namespaces", _, "secrets"]) => {
-                assert!(
-                    accept.contains("PartialObjectMetadata"),
-                    "Secrets are only listed as metadata: {accept}"
-                );
-                assert!(
-                    query.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkmseal"),
-                    "{query}"
-                );
-                if watch {
-                    let (tx, rx) = mpsc::unbounded();
-                    state.secret_watchers.push(tx);
-                    return stream(rx);
-                }
-                let items: Vec<Value> = state
-                    .secrets
-                    .values()
-                    .filter(|s| managed(s))
-                    .map(partial)
-                    .collect();
-                ok(
-                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
-                )
-            }
-            ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
-                assert!(
-                    accept.contains("PartialObjectMetadata"),
-                    "a Secret is only read as metadata"
-                );
-                match state.secrets.get(&((*ns).to_owned(), (*name).to_owned())) {
-                    Some(secret) => ok(partial(secret)),
-                    None => not_found(),
-                }
-            }
-            ("PATCH", ["api", "v1", "namespaces", ns, "secrets", name]) => {
-                assert!(query.contains("fieldManager=kmseal-controller"), "{query}");
-                state.secret_applies += 1;
-                let applied: Value = serde_json::from_slice(body).unwrap();
-                let key = ((*ns).to_owned(), (*name).to_owned());
-                let before = state.secrets.get(&key).cloned();
-                let mut next = before.clone().unwrap_or_else(
-                    || json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}),
-                );
-                for field in ["data", "type", "immutable"] {
-                    next[field] = applied[field].clone();
-                }
-                for field in [
-                    "name",
-                    "namespace",
-                    "labels",
-                    "annotations",
-                    "ownerReferences",
-                ] {
-                    next["metadata"][field] = applied["metadata"][field].clone();
-                }
-                let changed = before.as_ref().map(|b| {
-                    let mut b = b.clone();
-                    b["metadata"]["resourceVersion"] = Value::Null;
-                    let mut n = next.clone();
-                    n["metadata"]["resourceVersion"] = Value::Null;
-                    b != n
-                });
-                if changed != Some(false) {
-                    next["metadata"]["resourceVersion"] = state.bump().into();
-                }
-                state.secrets.insert(key, next.clone());
-                state.notify_secret(before.as_ref(), Some(&next));
-                ok(next)
-            }
-            (
-                "GET",
-                [
-                    "apis",
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    ns,
-                    "leases",
-                    name,
-                ],
-            ) => match state.leases.get(&((*ns).to_owned(), (*name).to_owned())) {
-                Some(lease) => ok(lease.clone()),
-                None => not_found(),
-            },
-            (
-                "POST",
-                [
-                    "apis",
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    ns,
-                    "leases",
-                ],
-            ) => {
-                let mut lease: Value = serde_json::from_slice(body).unwrap();
-                let key = (
-                    (*ns).to_owned(),
-                    lease["metadata"]["name"].as_str().unwrap().to_owned(),
-                );
-                if state.leases.contains_key(&key) {
-                    let mut conflict = not_found();
-                    *conflict.status_mut() = StatusCode::CONFLICT;
-                    return conflict;
-                }
-                lease["metadata"]["namespace"] = (*ns).into();
-                lease["metadata"]["resourceVersion"] = state.bump().into();
-                state.leases.insert(key, lease.clone());
-                ok(lease)
-            }
-            (
-                "PATCH",
-                [
-                    "apis",
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    ns,
-                    "leases",
-                    name,
-                ],
-            ) => {
-                // Merge semantics for spec fields (null removes), enough for a lease holder.
-                let patch: Value = serde_json::from_slice(body).unwrap();
-                let rv = state.bump();
-                let Some(lease) = state
-                    .leases
-                    .get_mut(&((*ns).to_owned(), (*name).to_owned()))
-                else {
-                    return not_found();
-                };
-                if let Some(fields) = patch["spec"].as_object() {
-                    for (field, value) in fields {
-                        if value.is_null() {
-                            if let Some(spec) = lease["spec"].as_object_mut() {
-                                spec.remove(field);
-                            }
-                        } else {
-                            lease["spec"][field] = value.clone();
-                        }
-                    }
-                }
-                lease["metadata"]["resourceVersion"] = rv.into();
-                ok(lease.clone())
-            }
-            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
-                let event: Value = serde_json::from_slice(body).unwrap();
-                state.events.push(event.clone());
-                ok(event)
-            }
-            _ => panic!("unexpected request: {method} {path}?{query}"),
-        }
-    }
-}
-
-fn key_of(value: &Value) -> Key {
-    (
-        value["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-        value["metadata"]["name"].as_str().unwrap_or("").to_owned(),
-    )
-}
-
-fn ok(value: Value) -> Response<ResponseBody> {
-    let bytes = Bytes::from(serde_json::to_vec(&value).unwrap());
-    Response::new(http_body_util::Full::new(bytes).boxed_unsync())
-}
-
-fn not_found() -> Response<ResponseBody> {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
-    let mut response = ok(body);
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response
-}
-
-fn stream(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<ResponseBody> {
-    use futures::StreamExt;
-    let frames = rx.map(|bytes| Ok::<_, Infallible>(http_body::Frame::data(bytes)));
-    Response::new(StreamBody::new(frames).boxed_unsync())
-}
-
-/// A client of the fake; `calls` counts its requests other than Lease ones.
-fn client(fake: Fake, calls: Arc<std::sync::atomic::AtomicU64>) -> Client {
-    let service = tower::service_fn(move |request: Request<Body>| {
-        let fake = fake.clone();
-        if !request.uri().path().contains("/leases") {
-            calls.fetch_add(1, Ordering::Relaxed);
-        }
-        async move {
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            let query = request.uri().query().unwrap_or("").to_owned();
-            let accept = request
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let body = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .unwrap_or_default();
-            Ok::<_, Infallible>(fake.handle(&method, &path, &query, &accept, &body))
-        }
-    });
-    Client::new(service, "default")
-}
 
 async fn eventually(what: &str, check: impl FnMut() -> bool) {
     eventually_within(what, Duration::from_secs(5), check).await
@@ -432,6 +45,7 @@ fn data(secret: &Value, item: &str) -> Vec<u8> {
 
 struct Running {
     calls: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
     stop: futures::channel::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), kmseal::controller::runtime::RunError>>,
     ready: Arc<AtomicBool>,
@@ -441,22 +55,40 @@ fn start(fake: &Fake, memory: Arc<MemoryKms>) -> Running {
     start_with(fake, memory, &[])
 }
 
+/// The controller with `flags`; `--allow-any-key` unless they set a key policy.
 fn start_with(fake: &Fake, memory: Arc<MemoryKms>, flags: &[&str]) -> Running {
-    let kms = Arc::new(CachingKms::new(memory, 100, Duration::from_secs(300)));
-    let args: ControllerArgs =
-        clap::Parser::parse_from(std::iter::once("kmseal-controller").chain(flags.iter().copied()));
+    start_with_kms(fake, |_| memory, flags)
+}
+
+/// The same, with the KMS stack below the cache built from the parsed flags.
+fn start_with_kms<K: kmseal::kms::Kms + 'static>(
+    fake: &Fake,
+    kms: impl FnOnce(&ControllerArgs) -> K,
+    flags: &[&str],
+) -> Running {
+    let policy = flags
+        .iter()
+        .any(|f| f.starts_with("--allowed-keys") || f.starts_with("--key-policy"));
+    let any_key = (!policy).then_some("--allow-any-key");
+    let args: ControllerArgs = clap::Parser::parse_from(
+        std::iter::once("kmseal-controller")
+            .chain(any_key)
+            .chain(flags.iter().copied()),
+    );
+    let kms = Arc::new(CachingKms::new(kms(&args), 100, Duration::from_secs(300)));
+    let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();
     let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let client = client(fake.clone(), calls.clone());
     let task = tokio::spawn({
-        let ready = ready.clone();
+        let (ready, metrics) = (ready.clone(), metrics.clone());
         async move {
             run_with(
                 client,
                 kms,
                 &args,
-                Arc::new(Metrics::new()),
+                metrics,
                 ready,
                 stopped.map(|_| ()).boxed(),
             )
@@ -465,6 +97,7 @@ fn start_with(fake: &Fake, memory: Arc<MemoryKms>, flags: &[&str]) -> Running {
     });
     Running {
         calls,
+        metrics,
         stop,
         task,
         ready,
@@ -655,7 +288,7 @@ async fn controller_syncs_repairs_and_restarts_for_free() {
 
     // Restart with nothing changed: the new process lists, finds everything in place, and
     // makes no KMS call and no Secret write.
-    let applies = fake.lock().secret_applies;
+    let applies = fake.lock().secret_writes;
     let running = start(&fake, memory.clone());
     eventually("ready after restart", || {
         running.ready.load(Ordering::Relaxed)
@@ -668,7 +301,7 @@ async fn controller_syncs_repairs_and_restarts_for_free() {
         "no KMS call after a restart"
     );
     assert_eq!(
-        fake.lock().secret_applies,
+        fake.lock().secret_writes,
         applies,
         "no Secret write after a restart"
     );
@@ -715,5 +348,185 @@ async fn namespaces_and_selector_scope_the_watches() {
             .any(|r| r.starts_with("/apis/kmseal.dev/v1alpha1/encryptedsecrets")),
         "no cluster-wide watch: {requests:?}"
     );
+    running.stop().await;
+}
+
+/// A namespace full of bad objects (40 objects of 256 junk items each, every item needing its
+/// own Decrypt) cannot delay another namespace's Secret by more than a turn: counted in KMS
+/// calls, at most 2 of the noisy namespace's calls are made between the quiet object's
+/// creation and its own Decrypt (one already admitted, then round-robin). Measured without the
+/// per-namespace share of waiting requests: 9; before the per-object stop: 10,240 per round.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_noisy_namespace_does_not_delay_another() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let key = memory.create_key();
+    let fake = Fake::default();
+    for i in 0..40 {
+        let mut es = kmseal::api::EncryptedSecret::with_name(
+            Some("noisy"),
+            &format!("junk-{i}"),
+            Default::default(),
+        );
+        for item in 0..kmseal::open::MAX_ITEMS {
+            let header = kmseal::envelope::Header {
+                version: kmseal::envelope::Version::V2,
+                scope: Scope::Strict,
+                algorithm: kmseal::envelope::WrapAlgorithm::KmsSymmetric,
+                wrapped_at: 0,
+                key_arn: key.clone(),
+                key_material_id: None,
+                wrapped_key: format!("junk-{i}-{item}").into_bytes(),
+            };
+            let mut value = header.encode().unwrap();
+            value.extend_from_slice(&[0; 28]);
+            use base64::Engine;
+            es.spec.encrypted_data.insert(
+                format!("i{item}"),
+                base64::engine::general_purpose::STANDARD.encode(value),
+            );
+        }
+        fake.add_encrypted(&es);
+    }
+    let gate_memory = memory.clone();
+    let running = start_with_kms(
+        &fake,
+        move |args| {
+            kmseal::kms::FairKms::new(gate_memory, kmseal::controller::runtime::kms_gate(args))
+        },
+        &["--kms-requests-per-second", "20"],
+    );
+    eventually("the noisy namespace is failing", || {
+        memory.calls.decrypt.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+    let before = memory.decrypt_tenants().len();
+    let started = tokio::time::Instant::now();
+    let quiet = fake_with_one_object_in(&memory, "quiet").await;
+    fake.add_encrypted(&quiet);
+    eventually("the quiet namespace's Secret", || {
+        fake.secret("quiet", "db").is_some()
+    })
+    .await;
+    let waited = started.elapsed();
+    let tenants = memory.decrypt_tenants();
+    let quiet_at = tenants[before..]
+        .iter()
+        .position(|t| t == "quiet")
+        .expect("the quiet namespace made its call");
+    assert!(
+        quiet_at <= 2,
+        "{quiet_at} noisy calls went first: {:?}",
+        &tenants[before..before + quiet_at]
+    );
+    // The same bound in (virtual) time: three slots of the 20/s budget.
+    assert!(waited <= Duration::from_millis(150), "{waited:?}");
+    // Each noisy attempt stopped at its first failed Decrypt.
+    let noisy = tenants.iter().filter(|t| *t == "noisy").count() as u64;
+    let text = running.metrics.encode();
+    let attempts: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("kmseal_reconcile_failures_total{reason=\"DecryptFailed\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(noisy, attempts, "one Decrypt per failed attempt");
+    running.stop().await;
+}
+
+async fn fake_with_one_object_in(
+    memory: &MemoryKms,
+    namespace: &str,
+) -> kmseal::api::EncryptedSecret {
+    let key = memory.create_key();
+    let plain = PlainSecret {
+        namespace: Some(namespace.into()),
+        name: "db".into(),
+        data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec()))]),
+        ..PlainSecret::default()
+    };
+    seal::seal_secret(
+        &Wrapper::Kms {
+            kms: memory,
+            key_id: &key,
+        },
+        &plain,
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap()
+}
+
+/// One EncryptedSecret that does not match kmseal's types (say, written when the CRD schema was
+/// older) is logged and skipped; the others sync and the controller becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_object_does_not_block_the_others() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    fake.add_raw(serde_json::json!({
+        "apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecret",
+        "metadata": {"name": "broken", "namespace": "prod"},
+        "spec": {"encryptedData": ["not", "a", "map"], "template": 7}
+    }));
+    let running = start(&fake, memory.clone());
+    eventually("the good object syncs", || {
+        fake.secret("prod", "db").is_some()
+    })
+    .await;
+    eventually("ready after the initial sync", || {
+        running.ready.load(Ordering::Relaxed)
+    })
+    .await;
+    assert!(fake.secret("prod", "broken").is_none());
+    running.stop().await;
+}
+
+/// The key policy file is re-read when it changes, and every object is checked again: a value
+/// under a key the first policy did not allow syncs once the file allows it, with no change to
+/// the object; an invalid edit keeps the last good policy.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_changed_policy_file_is_applied_to_every_object() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let key = {
+        let es = fake.lock().encrypted[&("prod".to_owned(), "db".to_owned())].clone();
+        use base64::Engine;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(es["spec"]["encryptedData"]["password"].as_str().unwrap())
+            .unwrap();
+        kmseal::envelope::parse(&value).unwrap().header.key_arn
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key-policy.yaml");
+    let policy = |key: &str| {
+        format!(
+            "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys:\n  - key: {key}\n    namespaces: [prod]\n"
+        )
+    };
+    let other = memory.create_key();
+    std::fs::write(&path, policy(&other)).unwrap();
+    let running = start_with(
+        &fake,
+        memory.clone(),
+        &["--key-policy", path.to_str().unwrap()],
+    );
+    eventually("refused: the key is not allowed", || {
+        fake.status("prod", "db")["conditions"][0]["reason"] == "KeyNotAllowed"
+    })
+    .await;
+    assert_eq!(memory.calls.decrypt.load(Ordering::Relaxed), 0);
+    std::fs::write(&path, "keys: [").unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(
+        fake.secret("prod", "db").is_none(),
+        "an invalid edit changes nothing"
+    );
+    std::fs::write(&path, policy(&key)).unwrap();
+    eventually_within(
+        "synced once the file allows the key",
+        Duration::from_secs(30),
+        || fake.secret("prod", "db").is_some(),
+    )
+    .await;
     running.stop().await;
 }

@@ -10,10 +10,13 @@ use kmseal::api::{EncryptedSecret, PLAIN_SCOPE_ANNOTATION};
 use kmseal::binding::{EncryptionContext, Scope};
 use kmseal::envelope;
 use kmseal::kms::{
-    DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, MemoryKms, PublicKeyInfo,
+    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, MemoryKms,
+    PublicKeyInfo,
 };
+use kmseal::open::{self, ItemFormat, OpenError, Opened, Rules};
+use kmseal::policy::{KeyPolicy, ResolvedAliases};
 use kmseal::random::{Random, RandomError};
-use kmseal::seal::{self, ItemFormat, OfflineKey, OpenError, PlainSecret, Wrapper};
+use kmseal::seal::{self, OfflineKey, PlainSecret, Wrapper};
 use zeroize::Zeroizing;
 
 /// Deterministic bytes, so sealed output is reproducible.
@@ -50,8 +53,23 @@ async fn seal_strict(kms: &MemoryKms, key: &str, items: &[(&str, &[u8])]) -> Enc
         .unwrap()
 }
 
+/// Every item opened on its own, as the CLI does (no key policy: the caller's IAM decides).
+async fn open_each(
+    kms: &impl Kms,
+    es: &EncryptedSecret,
+    namespace: &str,
+    name: &str,
+) -> BTreeMap<String, Result<Opened, OpenError>> {
+    let (policy, aliases) = (KeyPolicy::unrestricted(), ResolvedAliases::new());
+    let rules = Rules {
+        policy: &policy,
+        aliases: &aliases,
+    };
+    open::open_each(kms, es, namespace, name, rules).await
+}
+
 async fn open_ok(kms: &impl Kms, es: &EncryptedSecret) -> BTreeMap<String, Vec<u8>> {
-    seal::open_all(kms, es, "prod", "db")
+    open_each(kms, es, "prod", "db")
         .await
         .into_iter()
         .map(|(k, v)| (k, v.unwrap().plaintext.to_vec()))
@@ -122,7 +140,12 @@ async fn seal_is_deterministic_given_randomness_and_time() {
         env.nonce,
         [101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112]
     );
-    assert_eq!(env.header.sealed_at, 7);
+    assert_eq!(env.header.wrapped_at, 7);
+    assert_eq!(env.header.version, envelope::Version::V2);
+    assert!(
+        env.header.key_material_id.is_some(),
+        "the material id KMS reported is kept"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +154,7 @@ async fn moved_values_fail_through_kms_context_and_aad() {
     let key = kms.create_key();
     let es = seal_strict(&kms, &key, &[("password", b"x")]).await;
     for (namespace, name) in [("dev", "db"), ("prod", "other")] {
-        let results = seal::open_all(&kms, &es, namespace, name).await;
+        let results = open_each(&kms, &es, namespace, name).await;
         let err = results["password"].as_ref().unwrap_err();
         assert_eq!(
             err.category(),
@@ -143,7 +166,7 @@ async fn moved_values_fail_through_kms_context_and_aad() {
     let mut swapped = es.clone();
     let value = swapped.spec.encrypted_data.remove("password").unwrap();
     swapped.spec.encrypted_data.insert("username".into(), value);
-    let results = seal::open_all(&kms, &swapped, "prod", "db").await;
+    let results = open_each(&kms, &swapped, "prod", "db").await;
     assert_eq!(
         results["username"].as_ref().unwrap_err().category(),
         "tampered"
@@ -223,13 +246,13 @@ async fn disabled_and_denied_keys_have_categories_and_fixes() {
     let key = kms.create_key();
     let es = seal_strict(&kms, &key, &[("a", b"1")]).await;
     kms.set_enabled(&key, false);
-    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let results = open_each(&kms, &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
     assert_eq!(err.category(), "key_disabled");
     assert!(err.to_string().contains("enable-key"), "{err}");
     kms.set_enabled(&key, true);
     kms.deny("kms:Decrypt", &key);
-    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let results = open_each(&kms, &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
     assert_eq!(err.category(), "access_denied");
     assert!(
@@ -270,6 +293,9 @@ impl Kms for LyingKms<'_> {
     async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
         self.0.public_key(key_id).await
     }
+    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+        self.0.describe_key(key_id).await
+    }
 }
 
 #[tokio::test]
@@ -277,7 +303,7 @@ async fn an_answer_from_another_key_is_refused() {
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
     let es = seal_strict(&kms, &key, &[("a", b"1")]).await;
-    let results = seal::open_all(&LyingKms(&kms), &es, "prod", "db").await;
+    let results = open_each(&LyingKms(&kms), &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
     assert_eq!(err.category(), "wrong_key", "{err}");
 }
@@ -304,7 +330,7 @@ async fn offline_rsa_sealing_round_trips_through_kms_decrypt() {
         0,
         "offline: no KMS call to seal"
     );
-    let results = seal::open_all(&kms, &es, "prod", "renamed-ok").await;
+    let results = open_each(&kms, &es, "prod", "renamed-ok").await;
     let opened = results["tls.key"].as_ref().unwrap();
     assert_eq!(&**opened.plaintext, b"-----BEGIN");
     assert!(matches!(
@@ -315,7 +341,7 @@ async fn offline_rsa_sealing_round_trips_through_kms_decrypt() {
         }
     ));
     // With no encryption context for RSA, the AAD alone keeps the binding.
-    let results = seal::open_all(&kms, &es, "dev", "db").await;
+    let results = open_each(&kms, &es, "dev", "db").await;
     assert_eq!(
         results["tls.key"].as_ref().unwrap_err().category(),
         "tampered"
@@ -323,20 +349,27 @@ async fn offline_rsa_sealing_round_trips_through_kms_decrypt() {
 }
 
 #[tokio::test]
-async fn plain_kms_ciphertext_uses_the_scope_annotation() {
+async fn plain_kms_ciphertext_is_bound_to_namespace_name_and_item() {
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
     // Build plain KMS ciphertext the way `aws kms encrypt` would: a blob bound to a context.
-    let strict = EncryptionContext::from([
-        ("kmseal.dev/namespace".to_owned(), "prod".to_owned()),
-        ("kmseal.dev/name".to_owned(), "db".to_owned()),
+    let context = |pairs: &[(&str, &str)]| -> EncryptionContext {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let strict = context(&[
+        ("kmseal.dev/namespace", "prod"),
+        ("kmseal.dev/name", "db"),
+        ("kmseal.dev/item", "token"),
     ]);
     let blob = kms.generate_data_key(&key, &strict).await.unwrap().wrapped;
     let mut es = EncryptedSecret::with_name(Some("prod"), "db", Default::default());
     es.spec
         .encrypted_data
         .insert("token".into(), BASE64.encode(&blob));
-    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let results = open_each(&kms, &es, "prod", "db").await;
     let opened = results["token"].as_ref().unwrap();
     assert_eq!(opened.plaintext.len(), 32);
     assert_eq!(
@@ -345,17 +378,32 @@ async fn plain_kms_ciphertext_uses_the_scope_annotation() {
             scope: Scope::Strict
         }
     );
-    let moved = seal::open_all(&kms, &es, "dev", "db").await;
+    for (namespace, name) in [("dev", "db"), ("prod", "other")] {
+        let moved = open_each(&kms, &es, namespace, name).await;
+        assert_eq!(
+            moved["token"].as_ref().unwrap_err().category(),
+            "invalid_ciphertext"
+        );
+    }
+    // Moved to another item of the same object: the item is in the context now.
+    let mut swapped = es.clone();
+    let value = swapped.spec.encrypted_data.remove("token").unwrap();
+    swapped.spec.encrypted_data.insert("other".into(), value);
+    let results = open_each(&kms, &swapped, "prod", "db").await;
     assert_eq!(
-        moved["token"].as_ref().unwrap_err().category(),
+        results["other"].as_ref().unwrap_err().category(),
         "invalid_ciphertext"
     );
-    // Cluster-scoped plain values are encrypted with no context at all.
-    let cluster_blob = kms
-        .generate_data_key(&key, &EncryptionContext::new())
-        .await
-        .unwrap()
-        .wrapped;
+    // The kmseal 0.1 context (no item) no longer opens.
+    let old = context(&[("kmseal.dev/namespace", "prod"), ("kmseal.dev/name", "db")]);
+    let old_blob = kms.generate_data_key(&key, &old).await.unwrap().wrapped;
+    es.spec
+        .encrypted_data
+        .insert("token".into(), BASE64.encode(&old_blob));
+    assert!(open_each(&kms, &es, "prod", "db").await["token"].is_err());
+    // Cluster scope: the namespace is `*`.
+    let cluster = context(&[("kmseal.dev/namespace", "*"), ("kmseal.dev/item", "token")]);
+    let cluster_blob = kms.generate_data_key(&key, &cluster).await.unwrap().wrapped;
     es.spec
         .encrypted_data
         .insert("token".into(), BASE64.encode(&cluster_blob));
@@ -363,13 +411,13 @@ async fn plain_kms_ciphertext_uses_the_scope_annotation() {
         PLAIN_SCOPE_ANNOTATION.into(),
         "cluster".into(),
     )]));
-    let results = seal::open_all(&kms, &es, "anywhere", "else").await;
+    let results = open_each(&kms, &es, "anywhere", "else").await;
     assert!(results["token"].is_ok());
     es.metadata.annotations = Some(BTreeMap::from([(
         PLAIN_SCOPE_ANNOTATION.into(),
         "wide".into(),
     )]));
-    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let results = open_each(&kms, &es, "prod", "db").await;
     assert!(matches!(
         results["token"],
         Err(OpenError::BadScopeAnnotation(_))
@@ -384,10 +432,10 @@ async fn hostile_items_fail_alone_and_clearly() {
     let data = &mut es.spec.encrypted_data;
     data.insert("not-base64".into(), "***".into());
     data.insert("empty".into(), String::new());
-    data.insert("huge".into(), "A".repeat(seal::MAX_ITEM_BASE64_LEN + 4));
+    data.insert("huge".into(), "A".repeat(open::MAX_ITEM_BASE64_LEN + 4));
     data.insert("truncated".into(), BASE64.encode(b"kmseal\x01\x00"));
     data.insert("too-long-for-kms".into(), BASE64.encode(vec![1u8; 7000]));
-    let results = seal::open_all(&kms, &es, "prod", "db").await;
+    let results = open_each(&kms, &es, "prod", "db").await;
     assert!(results["good"].is_ok());
     assert_eq!(
         results["not-base64"].as_ref().unwrap_err(),

@@ -1,27 +1,35 @@
 //! An in-memory cluster for controller tests and benchmarks.
 //!
 //! It keeps what kmseal's reconciles touch (Secrets, EncryptedSecret statuses, events) with
-//! the API server behaviour they rely on: a server-side apply by kmseal's field manager
-//! replaces the fields it sets, an apply that changes nothing keeps the resourceVersion, and
-//! every change gets a new one. It counts every call so tests can assert API cost.
+//! the API server behaviour they rely on: a create fails if the Secret exists, a replace fails
+//! unless the resourceVersion still matches, a replace that changes nothing keeps the
+//! resourceVersion, and every change gets a new one. It counts every call so tests can assert
+//! API cost.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::{ApiError, ClusterApi};
+use super::{ApiError, ClusterApi, WriteError};
 use crate::api::{EncryptedSecret, EncryptedSecretStatus};
-use crate::reconcile::{EventSpec, ExistingSecret};
+use crate::reconcile::{DesiredSecret, EventSpec, ExistingSecret};
 
 type Key = (String, String);
+
+/// Runs right before the next Secret write, e.g. to race it.
+type Hook = Box<dyn FnOnce(&InMemoryCluster) + Send>;
 
 #[derive(Default)]
 struct State {
     secrets: BTreeMap<Key, Secret>,
     statuses: BTreeMap<Key, EncryptedSecretStatus>,
     events: Vec<(Key, EventSpec)>,
+    /// EncryptedSecrets as the "cluster" has them now (uid, generation); objects never put
+    /// here count as current.
+    current: BTreeMap<Key, (Option<String>, Option<i64>)>,
 }
 
 /// Counters of API calls by kind.
@@ -37,6 +45,7 @@ pub struct ApiCalls {
 pub struct InMemoryCluster {
     state: Mutex<State>,
     next_version: AtomicU64,
+    before_write: Mutex<Option<Hook>>,
     pub calls: ApiCalls,
 }
 
@@ -110,6 +119,69 @@ impl InMemoryCluster {
     pub fn secret_count(&self) -> usize {
         self.lock().secrets.len()
     }
+
+    /// Records `es` as the object the cluster has now (its uid and generation).
+    pub fn put_encrypted(&self, es: &EncryptedSecret) {
+        let key = key_of(
+            es.metadata.namespace.as_deref(),
+            es.metadata.name.as_deref(),
+        );
+        self.lock()
+            .current
+            .insert(key, (es.metadata.uid.clone(), es.metadata.generation));
+    }
+
+    /// The EncryptedSecret is deleted: reconciles of it are no longer current.
+    pub fn delete_encrypted(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        self.lock().current.insert(key, (None, None));
+    }
+
+    /// Runs `hook` right before the next Secret write (after the reconcile planned it).
+    pub fn before_next_write(&self, hook: impl FnOnce(&InMemoryCluster) + Send + 'static) {
+        *self.before_write.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
+    fn run_hook(&self) {
+        let hook = self
+            .before_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook(self);
+        }
+    }
+
+    /// Stores a write as the API server would, and returns the resourceVersion.
+    fn store(&self, key: Key, desired: &DesiredSecret, before: Option<Secret>) -> String {
+        let mut next = Secret {
+            metadata: desired.metadata.clone(),
+            type_: Some(desired.type_.clone()),
+            immutable: desired.immutable,
+            data: Some(
+                desired
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let unchanged = before.as_ref().is_some_and(|b| {
+            let mut b = b.clone();
+            b.metadata.resource_version = None;
+            next.metadata.resource_version = None;
+            b == next
+        });
+        next.metadata.resource_version = match (&before, unchanged) {
+            (Some(b), true) => b.metadata.resource_version.clone(),
+            _ => Some(self.bump()),
+        };
+        let version = next.metadata.resource_version.clone().unwrap_or_default();
+        self.lock().secrets.insert(key, next);
+        version
+    }
 }
 
 impl ClusterApi for InMemoryCluster {
@@ -126,49 +198,51 @@ impl ClusterApi for InMemoryCluster {
             .map(|s| ExistingSecret::from(&s.metadata)))
     }
 
-    async fn apply_secret(&self, desired: &Secret) -> Result<String, ApiError> {
+    async fn create_secret(&self, desired: &DesiredSecret) -> Result<String, WriteError> {
+        self.run_hook();
         self.calls.secret_applies.fetch_add(1, Ordering::Relaxed);
         let key = key_of(
             desired.metadata.namespace.as_deref(),
             desired.metadata.name.as_deref(),
         );
-        let mut state = self.lock();
-        let mut next = state.secrets.get(&key).cloned().unwrap_or_default();
-        if next.immutable == Some(true) && next.data != desired.data {
-            return Err(ApiError::Other(
-                "Secret is immutable: field is immutable when `immutable` is set".into(),
-            ));
+        if self.lock().secrets.contains_key(&key) {
+            return Err(WriteError::Conflict);
         }
-        let before = next.clone();
-        // kmseal is the only field manager here, so its apply owns these fields outright;
-        // fields it no longer sets disappear, as with server-side apply.
-        next.metadata.name = desired.metadata.name.clone();
-        next.metadata.namespace = desired.metadata.namespace.clone();
-        next.metadata.owner_references = desired.metadata.owner_references.clone();
-        let labels = desired.metadata.labels.clone().unwrap_or_default();
-        let mut annotations = desired.metadata.annotations.clone().unwrap_or_default();
-        // Keep an adopted Secret's own annotation (not a field kmseal sets).
-        if let Some(adopt) = before
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::reconcile::ADOPT_ANNOTATION))
+        Ok(self.store(key, desired, None))
+    }
+
+    async fn replace_secret(&self, desired: &DesiredSecret) -> Result<String, WriteError> {
+        self.run_hook();
+        self.calls.secret_applies.fetch_add(1, Ordering::Relaxed);
+        let key = key_of(
+            desired.metadata.namespace.as_deref(),
+            desired.metadata.name.as_deref(),
+        );
+        let before = self.lock().secrets.get(&key).cloned();
+        let Some(before) = before else {
+            return Err(WriteError::Gone);
+        };
+        if before.metadata.resource_version != desired.metadata.resource_version {
+            return Err(WriteError::Conflict);
+        }
+        if before.immutable == Some(true)
+            && (before.data.as_ref().map(|d| d.keys().collect::<Vec<_>>())
+                != Some(desired.data.keys().collect())
+                || before.data.as_ref().is_some_and(|d| {
+                    d.iter()
+                        .any(|(k, v)| desired.data.get(k).map(|n| n.as_slice()) != Some(&v.0[..]))
+                }))
         {
-            annotations
-                .entry(crate::reconcile::ADOPT_ANNOTATION.to_owned())
-                .or_insert_with(|| adopt.clone());
+            return Err(WriteError::Api(ApiError::Other(
+                "Secret is immutable: field is immutable when `immutable` is set".into(),
+            )));
         }
-        next.metadata.labels = Some(labels);
-        next.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
-        next.type_ = desired.type_.clone();
-        next.immutable = desired.immutable;
-        next.data = desired.data.clone();
-        if next != before || before.metadata.resource_version.is_none() {
-            next.metadata.resource_version = Some(self.bump());
+        if before.type_.as_deref().unwrap_or("Opaque") != desired.type_ {
+            return Err(WriteError::Api(ApiError::Other(
+                "Secret type: field is immutable".into(),
+            )));
         }
-        let version = next.metadata.resource_version.clone().unwrap_or_default();
-        state.secrets.insert(key, next);
-        Ok(version)
+        Ok(self.store(key, desired, Some(before)))
     }
 
     async fn apply_status(
@@ -193,5 +267,18 @@ impl ClusterApi for InMemoryCluster {
         );
         self.lock().events.push((key, event.clone()));
         Ok(())
+    }
+
+    fn is_current(&self, es: &EncryptedSecret) -> bool {
+        let key = key_of(
+            es.metadata.namespace.as_deref(),
+            es.metadata.name.as_deref(),
+        );
+        match self.lock().current.get(&key) {
+            None => true,
+            Some((uid, generation)) => {
+                uid.is_some() && *uid == es.metadata.uid && *generation == es.metadata.generation
+            }
+        }
     }
 }

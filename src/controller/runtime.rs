@@ -14,15 +14,23 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config};
 
-use super::{KubeClusterApi, ReconcileError, Reconciler, Timing};
-use crate::api::EncryptedSecret;
-use crate::config::ControllerArgs;
-use crate::kms::{AwsKms, CachingKms, Kms, RateLimitedKms};
+use super::watched::{Watched, still_current};
+use super::{Admission, KubeClusterApi, ReconcileError, Reconciler, Timing};
+use crate::config::{ConfigError, ControllerArgs};
+use crate::kms::fair::Gate;
+use crate::kms::{AwsKms, CachingKms, FairKms, Kms};
 use crate::metrics::{CacheLabels, MeteredKms, Metrics};
 use crate::reconcile::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
-/// The KMS stack the controller uses: cache, then rate limit, then metrics, then AWS.
-pub type ControllerKms = Arc<CachingKms<RateLimitedKms<MeteredKms<AwsKms>>>>;
+/// The KMS stack the controller uses: cache, then the fair rate limit, then metrics, then AWS.
+pub type ControllerKms = Arc<CachingKms<FairKms<MeteredKms<AwsKms>>>>;
+
+/// How often the key policy's aliases are resolved again (an alias may be moved to another
+/// key), and how often the policy file is checked for changes.
+const ALIAS_REFRESH: Duration = Duration::from_secs(300);
+const POLICY_FILE_CHECK: Duration = Duration::from_secs(10);
+/// How long the start waits for the aliases to resolve before it goes on without them.
+const ALIAS_FIRST_RESOLVE: Duration = Duration::from_secs(10);
 
 type Shutdown = Shared<BoxFuture<'static, ()>>;
 
@@ -44,6 +52,18 @@ pub enum RunError {
     LostLease,
     #[error("{0}")]
     Kms(#[from] crate::kms::KmsError),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+/// The KMS budget from the flags: the rate limit, shared round-robin between namespaces, each
+/// of which may have at most a quarter of the reconcile slots waiting on it.
+pub fn kms_gate(args: &ControllerArgs) -> Arc<Gate> {
+    Gate::new(
+        args.kms_requests_per_second,
+        0,
+        usize::from(args.concurrency / 4).max(1),
+    )
 }
 
 /// Builds the controller's KMS stack from its flags.
@@ -54,10 +74,7 @@ pub async fn kms_stack(
     let aws = AwsKms::connect(&args.aws.settings()).await?;
     let cache_metrics = metrics.clone();
     let kms = CachingKms::new(
-        RateLimitedKms::new(
-            MeteredKms::new(aws, metrics.clone()),
-            args.kms_requests_per_second,
-        ),
+        FairKms::new(MeteredKms::new(aws, metrics.clone()), kms_gate(args)),
         args.data_key_cache_size,
         Duration::from_secs(args.data_key_cache_ttl),
     )
@@ -82,15 +99,16 @@ pub async fn check_kms(args: &ControllerArgs, key: &str) -> Result<String, RunEr
         "kmseal-check",
         "kmseal-check",
     )
-    .encryption_context();
+    .context_v2();
     let generated = kms.generate_data_key(key, &context).await?;
     let decrypted = kms
-        .decrypt(crate::kms::DecryptRequest {
-            key_id: Some(&generated.key_arn),
-            ciphertext: &generated.wrapped,
-            algorithm: crate::envelope::WrapAlgorithm::KmsSymmetric,
-            context: &context,
-        })
+        .decrypt(crate::kms::DecryptRequest::new(
+            Some(&generated.key_arn),
+            &generated.wrapped,
+            crate::envelope::WrapAlgorithm::KmsSymmetric,
+            &context,
+            crate::kms::fair::OPERATOR,
+        ))
         .await?;
     let round_trip = decrypted.plaintext.as_slice() == generated.plaintext.expose();
     if !round_trip {
@@ -149,10 +167,23 @@ fn shutdown_signal() -> Shutdown {
 type Ctx<K> = Reconciler<K, KubeClusterApi>;
 
 async fn reconcile<K: Kms>(
-    es: Arc<EncryptedSecret>,
+    watched: Arc<Watched>,
     ctx: Arc<Ctx<K>>,
 ) -> Result<Action, ReconcileError> {
-    let (outcome, action) = ctx.reconcile(&es).await?;
+    let es = match &watched.object {
+        Ok(es) => es,
+        Err(why) => {
+            // Skipped until it changes; every other object goes on.
+            tracing::warn!(
+                namespace = watched.metadata.namespace.as_deref().unwrap_or(""),
+                name = watched.metadata.name.as_deref().unwrap_or(""),
+                error = %why,
+                "skipping an EncryptedSecret that does not match kmseal's schema; fix it (kubectl explain encryptedsecret.spec)"
+            );
+            return Ok(Action::await_change());
+        }
+    };
+    let (outcome, action) = ctx.reconcile(es).await?;
     tracing::debug!(
         namespace = es.metadata.namespace.as_deref().unwrap_or(""),
         name = es.metadata.name.as_deref().unwrap_or(""),
@@ -162,23 +193,22 @@ async fn reconcile<K: Kms>(
     Ok(action)
 }
 
-fn error_policy<K: Kms>(
-    es: Arc<EncryptedSecret>,
-    error: &ReconcileError,
-    ctx: Arc<Ctx<K>>,
-) -> Action {
+fn error_policy<K: Kms>(watched: Arc<Watched>, error: &ReconcileError, ctx: Arc<Ctx<K>>) -> Action {
     tracing::warn!(
-        namespace = es.metadata.namespace.as_deref().unwrap_or(""),
-        name = es.metadata.name.as_deref().unwrap_or(""),
+        namespace = watched.metadata.namespace.as_deref().unwrap_or(""),
+        name = watched.metadata.name.as_deref().unwrap_or(""),
         error = %error,
         "reconcile failed; retrying with backoff"
     );
-    Action::requeue(ctx.error_backoff(&es))
+    match &watched.object {
+        Ok(es) => Action::requeue(ctx.error_backoff(es)),
+        Err(_) => Action::await_change(),
+    }
 }
 
 /// One controller over one scope (all namespaces, or one namespace).
 struct Scope<K> {
-    controller: Controller<EncryptedSecret>,
+    controller: Controller<Watched>,
     reconciler: Arc<Ctx<Arc<K>>>,
     secrets: Store<PartialObjectMeta<Secret>>,
     secret_stream: futures::stream::BoxStream<'static, ()>,
@@ -190,17 +220,17 @@ fn scope<K: Kms>(
     args: &ControllerArgs,
     kms: &Arc<K>,
     metrics: &Arc<Metrics>,
+    admission: &Arc<Admission>,
 ) -> Scope<K> {
     // `Api<PartialObjectMeta<Secret>>` makes metadata-only requests: no Secret data is ever
     // listed or watched.
-    let (es_api, secret_api): (Api<EncryptedSecret>, Api<PartialObjectMeta<Secret>>) =
-        match namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let (es_api, secret_api): (Api<Watched>, Api<PartialObjectMeta<Secret>>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     // Metadata only, and only Secrets kmseal manages: memory does not grow with the cluster.
     let secret_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
@@ -226,7 +256,17 @@ fn scope<K: Kms>(
     if let Some(selector) = &args.selector {
         es_config = es_config.labels(selector);
     }
-    let api = KubeClusterApi::new(client.clone(), Some(secrets.clone()), args.pod_name.clone());
+    let controller = Controller::new(es_api, es_config)
+        .owns_stream(trigger_rx)
+        .with_config(kube_controller::Config::default().concurrency(args.concurrency));
+    let es_store = controller.store();
+    let current = Arc::new(move |es: &crate::api::EncryptedSecret| {
+        let key = reflector::ObjectRef::<Watched>::new(es.metadata.name.as_deref().unwrap_or(""))
+            .within(es.metadata.namespace.as_deref().unwrap_or(""));
+        still_current(es, es_store.get(&key).as_deref())
+    });
+    let api = KubeClusterApi::new(client.clone(), Some(secrets.clone()), args.pod_name.clone())
+        .with_current_check(current);
     let reconciler = Arc::new(Reconciler::new(
         Arc::clone(kms),
         api,
@@ -234,10 +274,8 @@ fn scope<K: Kms>(
         Timing {
             resync: Duration::from_secs(args.resync_interval),
         },
+        Arc::clone(admission),
     ));
-    let controller = Controller::new(es_api, es_config)
-        .owns_stream(trigger_rx)
-        .with_config(kube_controller::Config::default().concurrency(args.concurrency));
     Scope {
         controller,
         reconciler,
@@ -305,6 +343,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
                 .await
         })
     };
+    // Refuse to start without a key policy before touching Kubernetes or AWS.
+    args.key_policy()?;
+    args.secret_types()?;
     let client = client(&args).await?;
     let kms = kms_stack(&args, &metrics).await?;
     let result = run_with(client, kms, &args, metrics, ready, shutdown.boxed()).await;
@@ -323,6 +364,7 @@ pub async fn run_with<K: Kms + 'static>(
     shutdown: BoxFuture<'static, ()>,
 ) -> Result<(), RunError> {
     let shutdown = shutdown.shared();
+    let admission = Arc::new(Admission::new(args.key_policy()?, args.secret_types()?));
     let lost_lease: BoxFuture<'static, RunError> = if args.leader_election {
         // A standby has nothing to sync and is healthy: it must count as ready, or a rolling
         // update of a Deployment with several replicas would wait for it forever.
@@ -347,9 +389,27 @@ pub async fn run_with<K: Kms + 'static>(
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
+    // Resolve the policy's aliases before the first reconcile, so values under their keys are
+    // not refused while KMS is reachable. A slow or failing KMS does not hold the start up:
+    // what is not resolved by then is retried in the background, and objects are checked again
+    // once it is.
+    let unresolved = tokio::time::timeout(ALIAS_FIRST_RESOLVE, admission.resolve_aliases(&*kms))
+        .await
+        .unwrap_or(usize::MAX);
+    let (policy_changed_tx, policy_changed_rx): (Vec<_>, Vec<_>) = namespaces
+        .iter()
+        .map(|_| futures::channel::mpsc::unbounded::<()>())
+        .unzip();
+    let policy_upkeep = policy_upkeep(
+        args.clone(),
+        admission.clone(),
+        kms.clone(),
+        policy_changed_tx,
+        unresolved,
+    );
     let scopes: Vec<Scope<K>> = namespaces
         .iter()
-        .map(|ns| scope(&client, ns.as_deref(), args, &kms, &metrics))
+        .map(|ns| scope(&client, ns.as_deref(), args, &kms, &metrics, &admission))
         .collect();
 
     let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
@@ -384,11 +444,12 @@ pub async fn run_with<K: Kms + 'static>(
 
     let mut controllers = Vec::new();
     let mut watches = Vec::new();
-    for scope in scopes {
+    for (scope, policy_changed) in scopes.into_iter().zip(policy_changed_rx) {
         watches.push(scope.secret_stream.for_each(|()| future::ready(())));
         controllers.push(
             scope
                 .controller
+                .reconcile_all_on(policy_changed)
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, scope.reconciler)
                 .for_each(|_| future::ready(())),
@@ -408,8 +469,58 @@ pub async fn run_with<K: Kms + 'static>(
     let result = tokio::select! {
         _ = work => Ok(()),
         _ = readiness => Ok(()),
+        _ = policy_upkeep => Ok(()),
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);
     result
+}
+
+/// Keeps the key policy current: re-reads the policy file when it changes (a bad edit is
+/// logged and the last good policy kept), resolves the policy's aliases again every
+/// [`ALIAS_REFRESH`] (every [`POLICY_FILE_CHECK`] while some could not be resolved), and asks
+/// for every object to be reconciled when either changes what is allowed.
+async fn policy_upkeep<K: Kms + 'static>(
+    args: ControllerArgs,
+    admission: Arc<Admission>,
+    kms: Arc<K>,
+    changed: Vec<futures::channel::mpsc::UnboundedSender<()>>,
+    mut unresolved: usize,
+) {
+    let file = args.key_policy.clone();
+    let mut last_text = file
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok());
+    let mut since_resolve = Duration::ZERO;
+    loop {
+        tokio::time::sleep(POLICY_FILE_CHECK).await;
+        since_resolve += POLICY_FILE_CHECK;
+        let before = admission.snapshot();
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).ok();
+            if text != last_text {
+                last_text = text;
+                match args.key_policy() {
+                    Ok(policy) => {
+                        tracing::info!(file = %path.display(), "key policy reloaded");
+                        admission.set_policy(policy);
+                        since_resolve = ALIAS_REFRESH;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the changed key policy is invalid; keeping the previous one");
+                    }
+                }
+            }
+        }
+        if since_resolve >= ALIAS_REFRESH || unresolved > 0 {
+            since_resolve = Duration::ZERO;
+            unresolved = admission.resolve_aliases(&*kms).await;
+        }
+        let after = admission.snapshot();
+        if before.policy != after.policy || before.aliases != after.aliases {
+            for scope in &changed {
+                let _ = scope.unbounded_send(());
+            }
+        }
+    }
 }

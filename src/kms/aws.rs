@@ -19,7 +19,10 @@ use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use zeroize::Zeroizing;
 
-use super::{DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, KmsErrorKind, PublicKeyInfo};
+use super::{
+    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
+    PublicKeyInfo,
+};
 use crate::arn::KmsArn;
 use crate::binding::EncryptionContext;
 use crate::envelope::{DataKey, WrapAlgorithm};
@@ -173,11 +176,13 @@ impl Kms for AwsKms {
             .ciphertext_blob
             .ok_or_else(|| malformed(ACTION, key_id, &region, "no CiphertextBlob"))?
             .into_inner();
+        let key_material_id = output.key_material_id.filter(|id| !id.is_empty());
         let key_arn = output
             .key_id
             .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?;
         Ok(GeneratedKey {
             key_arn,
+            key_material_id,
             plaintext,
             wrapped,
         })
@@ -271,6 +276,37 @@ impl Kms for AwsKms {
                 .iter()
                 .map(|a| a.as_str().to_owned())
                 .collect(),
+        })
+    }
+
+    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+        self.describe(key_id).await
+    }
+}
+
+impl AwsKms {
+    async fn describe(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+        const ACTION: &str = "kms:DescribeKey";
+        let (region, routed_key) = self.route(ACTION, key_id)?;
+        let output = self
+            .client(&region)
+            .describe_key()
+            .key_id(&routed_key)
+            .send()
+            .await
+            .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+        let metadata = output
+            .key_metadata
+            .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyMetadata"))?;
+        Ok(KeyDescription {
+            key_arn: metadata
+                .arn
+                .ok_or_else(|| malformed(ACTION, key_id, &region, "no Arn"))?,
+            key_state: metadata
+                .key_state
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            current_key_material_id: metadata.current_key_material_id,
         })
     }
 }

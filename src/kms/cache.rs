@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, PublicKeyInfo};
+use super::{
+    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, PublicKeyInfo,
+};
 use crate::binding::EncryptionContext;
 
 struct Entry {
@@ -173,6 +175,10 @@ impl<K: Kms> Kms for CachingKms<K> {
     async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
         self.inner.public_key(key_id).await
     }
+
+    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+        self.inner.describe_key(key_id).await
+    }
 }
 
 #[cfg(test)]
@@ -191,12 +197,14 @@ mod tests {
         let key = memory.create_key();
         let a = memory.generate_data_key(&key, &context("a")).await.unwrap();
         let cache = CachingKms::new(memory, 10, Duration::from_secs(60));
-        let request = DecryptRequest {
-            key_id: Some(&key),
-            ciphertext: &a.wrapped,
-            algorithm: WrapAlgorithm::KmsSymmetric,
-            context: &context("a"),
-        };
+        let ctx_a = context("a");
+        let request = DecryptRequest::new(
+            Some(&key),
+            &a.wrapped,
+            WrapAlgorithm::KmsSymmetric,
+            &ctx_a,
+            "a",
+        );
         for _ in 0..3 {
             let d = cache.decrypt(request).await.unwrap();
             assert_eq!(&*d.plaintext, a.plaintext.expose());
@@ -229,12 +237,13 @@ mod tests {
         for (i, w) in wrapped.iter().enumerate() {
             let ctx = context(&format!("n{i}"));
             cache
-                .decrypt(DecryptRequest {
-                    key_id: Some(&key),
-                    ciphertext: &w.wrapped,
-                    algorithm: WrapAlgorithm::KmsSymmetric,
-                    context: &ctx,
-                })
+                .decrypt(DecryptRequest::new(
+                    Some(&key),
+                    &w.wrapped,
+                    WrapAlgorithm::KmsSymmetric,
+                    &ctx,
+                    "t",
+                ))
                 .await
                 .unwrap();
         }
@@ -248,12 +257,13 @@ mod tests {
             .await
             .unwrap();
         let ctx = context("x");
-        let request = DecryptRequest {
-            key_id: Some(&key),
-            ciphertext: &w.wrapped,
-            algorithm: WrapAlgorithm::KmsSymmetric,
-            context: &ctx,
-        };
+        let request = DecryptRequest::new(
+            Some(&key),
+            &w.wrapped,
+            WrapAlgorithm::KmsSymmetric,
+            &ctx,
+            "t",
+        );
         short.decrypt(request).await.unwrap();
         short.decrypt(request).await.unwrap();
         assert_eq!(short.hits(), 0, "a zero TTL never serves from the cache");

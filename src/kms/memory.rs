@@ -17,7 +17,10 @@ use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, PrivateKey};
 use zeroize::Zeroizing;
 
-use super::{DecryptRequest, Decrypted, GeneratedKey, Kms, KmsError, KmsErrorKind, PublicKeyInfo};
+use super::{
+    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
+    PublicKeyInfo,
+};
 use crate::binding::EncryptionContext;
 use crate::envelope::{DataKey, WrapAlgorithm};
 
@@ -39,6 +42,8 @@ struct State {
     keys: HashMap<String, Key>,
     aliases: HashMap<String, String>,
     denied: HashSet<(&'static str, String)>,
+    /// The tenant of every `Decrypt`, in the order they arrived.
+    decrypt_tenants: Vec<String>,
 }
 
 /// Call counters, by operation.
@@ -47,6 +52,7 @@ pub struct CallCounts {
     pub generate_data_key: AtomicU64,
     pub decrypt: AtomicU64,
     pub get_public_key: AtomicU64,
+    pub describe_key: AtomicU64,
 }
 
 pub struct MemoryKms {
@@ -137,6 +143,21 @@ impl MemoryKms {
         self.calls.generate_data_key.load(Ordering::Relaxed)
             + self.calls.decrypt.load(Ordering::Relaxed)
             + self.calls.get_public_key.load(Ordering::Relaxed)
+            + self.calls.describe_key.load(Ordering::Relaxed)
+    }
+
+    /// The tenant of every `Decrypt` so far, in arrival order.
+    pub fn decrypt_tenants(&self) -> Vec<String> {
+        self.lock().decrypt_tenants.clone()
+    }
+
+    /// A stable, fake key material id for a key (AWS reports 64 hex digits).
+    fn material_id(arn: &str) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(arn.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn resolve(&self, state: &State, key_id: &str) -> Option<String> {
@@ -243,6 +264,7 @@ impl Kms for MemoryKms {
         wrapped.extend_from_slice(&sealed);
         Ok(GeneratedKey {
             key_arn: key.arn.clone(),
+            key_material_id: Some(Self::material_id(&key.arn)),
             plaintext,
             wrapped,
         })
@@ -250,6 +272,7 @@ impl Kms for MemoryKms {
 
     async fn decrypt(&self, request: DecryptRequest<'_>) -> Result<Decrypted, KmsError> {
         self.calls.decrypt.fetch_add(1, Ordering::Relaxed);
+        self.lock().decrypt_tenants.push(request.tenant.to_owned());
         self.pause().await;
         let action = "kms:Decrypt";
         let state = self.lock();
@@ -367,6 +390,36 @@ impl Kms for MemoryKms {
             key_spec: format!("RSA_{}", private.size() * 8),
             key_usage: "ENCRYPT_DECRYPT".into(),
             encryption_algorithms: vec!["RSAES_OAEP_SHA_1".into(), "RSAES_OAEP_SHA_256".into()],
+        })
+    }
+
+    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+        self.calls.describe_key.fetch_add(1, Ordering::Relaxed);
+        self.pause().await;
+        let state = self.lock();
+        let arn = self.resolve(&state, key_id).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::KeyNotFound,
+                "kms:DescribeKey",
+                Some(key_id),
+                "key does not exist",
+            )
+            .in_region(self.region.clone())
+        })?;
+        if state.denied.contains(&("kms:DescribeKey", arn.clone())) {
+            return Err(KmsError::new(
+                KmsErrorKind::AccessDenied,
+                "kms:DescribeKey",
+                Some(key_id),
+                "not authorized",
+            ));
+        }
+        let key = &state.keys[&arn];
+        Ok(KeyDescription {
+            key_arn: key.arn.clone(),
+            key_state: if key.enabled { "Enabled" } else { "Disabled" }.to_owned(),
+            current_key_material_id: matches!(key.material, Material::Symmetric(_))
+                .then(|| Self::material_id(&key.arn)),
         })
     }
 }

@@ -11,12 +11,12 @@ use crate::envelope::{DataKey, WrapAlgorithm};
 
 pub mod aws;
 pub mod cache;
-pub mod limit;
+pub mod fair;
 pub mod memory;
 
 pub use aws::{AwsKms, AwsSettings};
 pub use cache::CachingKms;
-pub use limit::RateLimitedKms;
+pub use fair::FairKms;
 pub use memory::MemoryKms;
 
 /// A fresh data key: plaintext for local use, wrapped for storage.
@@ -24,18 +24,77 @@ pub use memory::MemoryKms;
 pub struct GeneratedKey {
     /// The full ARN of the key that generated it (KMS resolves aliases).
     pub key_arn: String,
+    /// The key material KMS used, where it says (AWS does since 2025; emulators do not).
+    pub key_material_id: Option<String>,
     pub plaintext: DataKey,
     pub wrapped: Vec<u8>,
 }
 
+/// A check made right before a request leaves the process: `false` drops the request (it
+/// fails as [`KmsErrorKind::Cancelled`]). The controller uses it to make no KMS call for an
+/// object that was deleted or changed while the call waited for its turn.
+pub type Proceed<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
 /// One `Decrypt` call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct DecryptRequest<'a> {
     /// The key that must answer. `None` lets KMS use the key named in a symmetric blob.
     pub key_id: Option<&'a str>,
     pub ciphertext: &'a [u8],
     pub algorithm: WrapAlgorithm,
     pub context: &'a EncryptionContext,
+    /// On whose behalf the call is made (the namespace); the controller's KMS budget is
+    /// shared fairly between tenants.
+    pub tenant: &'a str,
+    pub proceed: Option<Proceed<'a>>,
+}
+
+impl<'a> DecryptRequest<'a> {
+    /// A request for `tenant` with no cancellation check.
+    pub fn new(
+        key_id: Option<&'a str>,
+        ciphertext: &'a [u8],
+        algorithm: WrapAlgorithm,
+        context: &'a EncryptionContext,
+        tenant: &'a str,
+    ) -> Self {
+        DecryptRequest {
+            key_id,
+            ciphertext,
+            algorithm,
+            context,
+            tenant,
+            proceed: None,
+        }
+    }
+
+    /// Whether the request should still be sent.
+    pub fn should_proceed(&self) -> bool {
+        self.proceed.is_none_or(|proceed| proceed())
+    }
+}
+
+impl fmt::Debug for DecryptRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecryptRequest")
+            .field("key_id", &self.key_id)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .field("algorithm", &self.algorithm)
+            .field("context", &self.context)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `DescribeKey` says about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDescription {
+    /// The key's ARN (an alias resolves to its target key).
+    pub key_arn: String,
+    /// e.g. `Enabled`, `Disabled`, `PendingDeletion`.
+    pub key_state: String,
+    /// The current key material, where KMS says.
+    pub current_key_material_id: Option<String>,
 }
 
 /// What `Decrypt` returned.
@@ -87,6 +146,12 @@ pub trait Kms: Send + Sync {
         &self,
         key_id: &str,
     ) -> impl Future<Output = Result<PublicKeyInfo, KmsError>> + Send;
+
+    /// `DescribeKey`: resolves an alias to its key and reports the key's state.
+    fn describe_key(
+        &self,
+        key_id: &str,
+    ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send;
 }
 
 /// Shared KMS stacks (one cache and one rate limit for several controllers).
@@ -112,6 +177,13 @@ impl<K: Kms> Kms for std::sync::Arc<K> {
     ) -> impl Future<Output = Result<PublicKeyInfo, KmsError>> + Send {
         (**self).public_key(key_id)
     }
+
+    fn describe_key(
+        &self,
+        key_id: &str,
+    ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send {
+        (**self).describe_key(key_id)
+    }
 }
 
 /// A small, fixed set of failure categories: metric labels, condition reasons, exit paths.
@@ -132,6 +204,10 @@ pub enum KmsErrorKind {
     InvalidRequest,
     /// KMS answered with a key other than the one the value names.
     WrongKey,
+    /// The caller withdrew the request before it was sent (see [`Proceed`]).
+    Cancelled,
+    /// Not sent: the tenant already has its share of requests waiting for KMS; try later.
+    Deferred,
     Other,
 }
 
@@ -149,6 +225,8 @@ impl KmsErrorKind {
             KmsErrorKind::Credentials => "credentials",
             KmsErrorKind::InvalidRequest => "invalid_request",
             KmsErrorKind::WrongKey => "wrong_key",
+            KmsErrorKind::Cancelled => "cancelled",
+            KmsErrorKind::Deferred => "deferred",
             KmsErrorKind::Other => "kms_error",
         }
     }
@@ -269,7 +347,55 @@ impl fmt::Display for KmsError {
                 "KMS decrypted with key {}{region}, but the value names key {key}; the value was tampered with, refusing it",
                 self.detail
             ),
+            KmsErrorKind::Cancelled => write!(
+                f,
+                "{action} on key {key} was not sent: the object changed or was deleted while it waited"
+            ),
+            KmsErrorKind::Deferred => write!(
+                f,
+                "{action} on key {key} was not sent yet: this namespace already has its share of KMS requests waiting"
+            ),
             KmsErrorKind::Other => write!(f, "KMS {action} on key {key}{region} failed{detail}"),
+        }
+    }
+}
+
+impl KmsError {
+    /// The same failure told to a tenant (an EncryptedSecret's status and events): what went
+    /// wrong with which key and what to do, without what only the operator should see (the
+    /// controller's role, the region, KMS's own words, which name the role on AWS).
+    pub fn tenant_message(&self) -> String {
+        let key = self.key_text();
+        let action = self.action;
+        match self.kind {
+            KmsErrorKind::AccessDenied => format!(
+                "the controller is not allowed {action} with KMS key {key}; ask your platform team to grant it in the key policy (the controller's log has the details)"
+            ),
+            KmsErrorKind::KeyNotFound => format!(
+                "KMS key {key} does not exist where the controller looks for it; check the key, or ask your platform team"
+            ),
+            KmsErrorKind::KeyDisabled => format!(
+                "KMS key {key} is disabled or pending deletion; ask your platform team to enable it, or re-seal under another key"
+            ),
+            KmsErrorKind::Unavailable | KmsErrorKind::Unreachable | KmsErrorKind::Other => {
+                format!("KMS could not be used for {action} right now; the controller retries with backoff")
+            }
+            KmsErrorKind::Throttled => format!(
+                "KMS throttled {action}; the controller retries with backoff"
+            ),
+            KmsErrorKind::Credentials => {
+                "the controller has no usable AWS credentials; ask your platform team (the controller's log has the details)".to_owned()
+            }
+            KmsErrorKind::InvalidCiphertext | KmsErrorKind::WrongKey => format!(
+                "KMS refused to decrypt with key {key}: the value was altered, sealed for another namespace, name or item, or under another key; re-seal it with `kmseal seal` for this object"
+            ),
+            KmsErrorKind::KeyUsage => format!(
+                "KMS key {key} cannot be used this way (wrong key type or usage); re-seal under a symmetric ENCRYPT_DECRYPT key"
+            ),
+            KmsErrorKind::InvalidRequest => format!(
+                "KMS rejected {action} with key {key} as invalid; re-seal the value, or ask your platform team (the controller's log has the details)"
+            ),
+            KmsErrorKind::Cancelled | KmsErrorKind::Deferred => self.to_string(),
         }
     }
 }
@@ -302,5 +428,35 @@ mod tests {
         .in_region("eu-west-1");
         assert!(nf.to_string().contains("region eu-west-1"));
         assert!(nf.to_string().contains("check the key id"));
+    }
+
+    #[test]
+    fn tenants_never_see_the_operators_detail() {
+        let role = "arn:aws:sts::111122223333:assumed-role/kmseal-controller/i-0abc";
+        for kind in [
+            KmsErrorKind::AccessDenied,
+            KmsErrorKind::KeyNotFound,
+            KmsErrorKind::KeyDisabled,
+            KmsErrorKind::Unavailable,
+            KmsErrorKind::InvalidCiphertext,
+            KmsErrorKind::KeyUsage,
+            KmsErrorKind::Throttled,
+            KmsErrorKind::Unreachable,
+            KmsErrorKind::Credentials,
+            KmsErrorKind::InvalidRequest,
+            KmsErrorKind::Other,
+        ] {
+            let e = KmsError::new(
+                kind,
+                "kms:Decrypt",
+                Some("arn:aws:kms:us-east-1:1:key/k"),
+                format!("User: {role} is not authorized to perform: kms:Decrypt"),
+            )
+            .in_region("us-east-1");
+            let text = e.tenant_message();
+            assert!(!text.contains(role), "{kind:?}: {text}");
+            assert!(!text.contains("not authorized"), "{kind:?}: {text}");
+            assert!(e.to_string().contains(role), "the operator's text keeps it");
+        }
     }
 }

@@ -1,0 +1,145 @@
+//! EncryptedSecrets as the controller lists and watches them: each object is deserialized on
+//! its own, so one that does not match kmseal's types is logged and skipped instead of failing
+//! the whole list (which would stop the initial sync for every object).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::{Deserialize, Deserializer};
+
+use crate::api::EncryptedSecret;
+
+/// One listed or watched EncryptedSecret: the object, or its metadata and why it does not
+/// deserialize.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub metadata: ObjectMeta,
+    pub object: Result<Arc<EncryptedSecret>, String>,
+}
+
+impl<'de> Deserialize<'de> for Watched {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let metadata = value
+            .get("metadata")
+            .and_then(|m| ObjectMeta::deserialize(m).ok())
+            .unwrap_or_default();
+        let object = EncryptedSecret::deserialize(value)
+            .map(Arc::new)
+            // An EncryptedSecret holds no plaintext; the message is still kept short.
+            .map_err(|e| e.to_string().chars().take(200).collect());
+        Ok(Watched { metadata, object })
+    }
+}
+
+impl Resource for Watched {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Whether `current` (the object as the cluster has it now) is still what `seen` was, in
+/// everything that decides the Secret: the same object (uid), the same spec (generation), the
+/// same scope annotation for plain items.
+pub fn still_current(seen: &EncryptedSecret, current: Option<&Watched>) -> bool {
+    let Some(Ok(now)) = current.map(|w| w.object.as_ref()) else {
+        return false;
+    };
+    let scope = |es: &EncryptedSecret| {
+        es.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::api::PLAIN_SCOPE_ANNOTATION))
+            .cloned()
+    };
+    now.metadata.uid == seen.metadata.uid
+        && now.metadata.generation == seen.metadata.generation
+        && scope(now) == scope(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_malformed_object_keeps_its_name_and_says_why() {
+        let good = json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecret",
+            "metadata": {"name": "ok", "namespace": "a", "uid": "u1", "generation": 2},
+            "spec": {"encryptedData": {"k": "a21zZWFs"}}});
+        let watched: Watched = serde_json::from_value(good).unwrap();
+        assert!(watched.object.is_ok());
+        assert_eq!(watched.metadata.name.as_deref(), Some("ok"));
+        let bad = json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecret",
+            "metadata": {"name": "broken", "namespace": "a"},
+            "spec": {"encryptedData": {"k": 5}, "template": "not-an-object"}});
+        let watched: Watched = serde_json::from_value(bad).unwrap();
+        assert_eq!(watched.metadata.name.as_deref(), Some("broken"));
+        assert!(watched.object.is_err());
+        // A list with one bad item still lists the others.
+        let list: Vec<Watched> = serde_json::from_value(json!([
+            {"metadata": {"name": "x"}, "spec": {"encryptedData": []}},
+            {"metadata": {"name": "y"}, "spec": {}}
+        ]))
+        .unwrap();
+        assert!(list[0].object.is_err() && list[1].object.is_ok());
+    }
+
+    #[test]
+    fn changes_that_decide_the_secret_make_a_reconcile_outdated() {
+        let mut es = EncryptedSecret::with_name(Some("a"), "n", Default::default());
+        es.metadata.uid = Some("u1".into());
+        es.metadata.generation = Some(1);
+        let watched = |es: &EncryptedSecret| Watched {
+            metadata: es.metadata.clone(),
+            object: Ok(Arc::new(es.clone())),
+        };
+        assert!(still_current(&es, Some(&watched(&es))));
+        assert!(!still_current(&es, None), "deleted");
+        let mut changed = es.clone();
+        changed.metadata.generation = Some(2);
+        assert!(!still_current(&es, Some(&watched(&changed))));
+        let mut recreated = es.clone();
+        recreated.metadata.uid = Some("u2".into());
+        assert!(!still_current(&es, Some(&watched(&recreated))));
+        let mut rescoped = es.clone();
+        rescoped.metadata.annotations = Some(
+            [(
+                crate::api::PLAIN_SCOPE_ANNOTATION.to_owned(),
+                "namespace".to_owned(),
+            )]
+            .into(),
+        );
+        assert!(!still_current(&es, Some(&watched(&rescoped))));
+        // A status write (new resourceVersion only) changes nothing that matters.
+        let mut status_only = es.clone();
+        status_only.metadata.resource_version = Some("99".into());
+        assert!(still_current(&es, Some(&watched(&status_only))));
+    }
+}

@@ -1,0 +1,432 @@
+//! A small in-process fake of the Kubernetes API for the controller's runtime tests: list and
+//! watch (streamed), metadata-only requests, create and replace of Secrets with their
+//! preconditions, the status subresource, events and Leases. It stands in for the kind suite,
+//! which needs Docker.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+use kmseal::api::EncryptedSecret;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+pub type Key = (String, String);
+
+#[derive(Default)]
+pub struct State {
+    pub version: u64,
+    pub encrypted: BTreeMap<Key, Value>,
+    pub secrets: BTreeMap<Key, Value>,
+    pub es_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    pub secret_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    pub events: Vec<Value>,
+    pub secret_writes: u64,
+    pub leases: BTreeMap<Key, Value>,
+    /// Paths and queries of EncryptedSecret list/watch requests.
+    pub es_requests: Vec<String>,
+}
+
+/// The fake API server's state, shared with the test.
+#[derive(Clone, Default)]
+pub struct Fake(pub Arc<Mutex<State>>);
+
+const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "kmseal");
+
+fn managed(secret: &Value) -> bool {
+    secret["metadata"]["labels"][MANAGED.0] == MANAGED.1
+}
+
+fn partial(secret: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": secret["metadata"]})
+}
+
+fn line(event: &str, object: &Value) -> Bytes {
+    let mut text = serde_json::to_vec(&json!({"type": event, "object": object})).unwrap();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+impl State {
+    fn bump(&mut self) -> String {
+        self.version += 1;
+        self.version.to_string()
+    }
+
+    fn notify_es(&mut self, event: &str, object: &Value) {
+        let bytes = line(event, object);
+        self.es_watchers
+            .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
+    }
+
+    /// Secret watchers see metadata only, and only managed Secrets (label selector).
+    fn notify_secret(&mut self, before: Option<&Value>, after: Option<&Value>) {
+        let event = match (before.filter(|b| managed(b)), after.filter(|a| managed(a))) {
+            (None, Some(a)) => Some(("ADDED", partial(a))),
+            (Some(_), Some(a)) => Some(("MODIFIED", partial(a))),
+            (Some(b), None) => Some(("DELETED", partial(after.unwrap_or(b)))),
+            (None, None) => None,
+        };
+        if let Some((event, object)) = event {
+            let bytes = line(event, &object);
+            self.secret_watchers
+                .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
+        }
+    }
+}
+
+impl Fake {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
+    pub fn add_encrypted(&self, es: &EncryptedSecret) {
+        self.add_raw(serde_json::to_value(es).unwrap());
+    }
+
+    /// Adds an EncryptedSecret as raw JSON, as the API server would store it (the CRD schema
+    /// aside): it need not match kmseal's types.
+    pub fn add_raw(&self, mut value: Value) {
+        let mut state = self.lock();
+        value["metadata"]["resourceVersion"] = state.bump().into();
+        value["metadata"]["uid"] = format!("uid-{}", state.version).into();
+        value["metadata"]["generation"] = 1.into();
+        let key = key_of(&value);
+        state.encrypted.insert(key, value.clone());
+        state.notify_es("ADDED", &value);
+    }
+
+    pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
+        self.lock().secrets.get(&(ns.into(), name.into())).cloned()
+    }
+
+    pub fn status(&self, ns: &str, name: &str) -> Value {
+        self.lock().encrypted[&(ns.to_owned(), name.to_owned())]["status"].clone()
+    }
+
+    /// A user edits (Some) or deletes (None) a Secret.
+    pub fn user_writes_secret(&self, ns: &str, name: &str, new: Option<Value>) {
+        let mut state = self.lock();
+        let key = (ns.to_owned(), name.to_owned());
+        let before = state.secrets.remove(&key);
+        let after = new.map(|mut s| {
+            s["metadata"]["resourceVersion"] = state.bump().into();
+            state.secrets.insert(key.clone(), s.clone());
+            s
+        });
+        state.notify_secret(before.as_ref(), after.as_ref());
+    }
+
+    fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        accept: &str,
+        body: &[u8],
+    ) -> Response<ResponseBody> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let watch = query.contains("watch=true") || query.contains("watch=1");
+        let mut state = self.lock();
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["apis", "kmseal.dev", "v1alpha1", "encryptedsecrets"])
+            | (
+                "GET",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    _,
+                    "encryptedsecrets",
+                ],
+            ) => {
+                state.es_requests.push(format!("{path}?{query}"));
+                if watch {
+                    let (tx, rx) = mpsc::unbounded();
+                    state.es_watchers.push(tx);
+                    return stream(rx);
+                }
+                let namespace = (segments.len() == 6).then(|| segments[4]);
+                let items: Vec<Value> = state
+                    .encrypted
+                    .iter()
+                    .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                ok(
+                    json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecretList",
+                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+                )
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                    name,
+                    "status",
+                ],
+            ) => {
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let rv = state.bump();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(object) = state.encrypted.get_mut(&key) else {
+                    return not_found();
+                };
+                object["status"] = patch["status"].clone();
+                object["metadata"]["resourceVersion"] = rv.into();
+                let object = object.clone();
+                state.notify_es("MODIFIED", &object);
+                ok(object)
+            }
+            ("GET", ["api", "v1", "secrets"])
+            | ("GET", ["api", "v1", "namespaces", _, "secrets"]) => {
+                assert!(
+                    accept.contains("PartialObjectMetadata"),
+                    "Secrets are only listed as metadata: {accept}"
+                );
+                assert!(
+                    query.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkmseal"),
+                    "{query}"
+                );
+                if watch {
+                    let (tx, rx) = mpsc::unbounded();
+                    state.secret_watchers.push(tx);
+                    return stream(rx);
+                }
+                let items: Vec<Value> = state
+                    .secrets
+                    .values()
+                    .filter(|s| managed(s))
+                    .map(partial)
+                    .collect();
+                ok(
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+                )
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                assert!(
+                    accept.contains("PartialObjectMetadata"),
+                    "a Secret is only read as metadata"
+                );
+                match state.secrets.get(&((*ns).to_owned(), (*name).to_owned())) {
+                    Some(secret) => ok(partial(secret)),
+                    None => not_found(),
+                }
+            }
+            ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => {
+                assert!(query.contains("fieldManager=kmseal-controller"), "{query}");
+                assert!(
+                    accept.contains("as=PartialObjectMetadata"),
+                    "a write is answered with metadata only: {accept}"
+                );
+                state.secret_writes += 1;
+                let mut created: Value = serde_json::from_slice(body).unwrap();
+                let name = created["metadata"]["name"].as_str().unwrap().to_owned();
+                let key = ((*ns).to_owned(), name);
+                if state.secrets.contains_key(&key) {
+                    return status(StatusCode::CONFLICT, "AlreadyExists");
+                }
+                assert!(
+                    created["metadata"].get("resourceVersion").is_none(),
+                    "resourceVersion should not be set on objects to be created"
+                );
+                created["metadata"]["resourceVersion"] = state.bump().into();
+                state.secrets.insert(key, created.clone());
+                state.notify_secret(None, Some(&created));
+                ok(partial(&created))
+            }
+            ("PUT", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                assert!(query.contains("fieldManager=kmseal-controller"), "{query}");
+                assert!(
+                    accept.contains("as=PartialObjectMetadata"),
+                    "a write is answered with metadata only: {accept}"
+                );
+                state.secret_writes += 1;
+                let mut next: Value = serde_json::from_slice(body).unwrap();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(before) = state.secrets.get(&key).cloned() else {
+                    return not_found();
+                };
+                if next["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"] {
+                    return status(StatusCode::CONFLICT, "Conflict");
+                }
+                if next["type"] != before["type"] {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+                }
+                let changed = {
+                    let mut b = before.clone();
+                    b["metadata"]["resourceVersion"] = Value::Null;
+                    let mut n = next.clone();
+                    n["metadata"]["resourceVersion"] = Value::Null;
+                    b != n
+                };
+                if changed {
+                    next["metadata"]["resourceVersion"] = state.bump().into();
+                }
+                state.secrets.insert(key, next.clone());
+                state.notify_secret(Some(&before), Some(&next));
+                ok(partial(&next))
+            }
+            (
+                "GET",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                    name,
+                ],
+            ) => match state.leases.get(&((*ns).to_owned(), (*name).to_owned())) {
+                Some(lease) => ok(lease.clone()),
+                None => not_found(),
+            },
+            (
+                "POST",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                ],
+            ) => {
+                let mut lease: Value = serde_json::from_slice(body).unwrap();
+                let key = (
+                    (*ns).to_owned(),
+                    lease["metadata"]["name"].as_str().unwrap().to_owned(),
+                );
+                if state.leases.contains_key(&key) {
+                    let mut conflict = not_found();
+                    *conflict.status_mut() = StatusCode::CONFLICT;
+                    return conflict;
+                }
+                lease["metadata"]["namespace"] = (*ns).into();
+                lease["metadata"]["resourceVersion"] = state.bump().into();
+                state.leases.insert(key, lease.clone());
+                ok(lease)
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                    name,
+                ],
+            ) => {
+                // Merge semantics for spec fields (null removes), enough for a lease holder.
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let rv = state.bump();
+                let Some(lease) = state
+                    .leases
+                    .get_mut(&((*ns).to_owned(), (*name).to_owned()))
+                else {
+                    return not_found();
+                };
+                if let Some(fields) = patch["spec"].as_object() {
+                    for (field, value) in fields {
+                        if value.is_null() {
+                            if let Some(spec) = lease["spec"].as_object_mut() {
+                                spec.remove(field);
+                            }
+                        } else {
+                            lease["spec"][field] = value.clone();
+                        }
+                    }
+                }
+                lease["metadata"]["resourceVersion"] = rv.into();
+                ok(lease.clone())
+            }
+            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
+                let event: Value = serde_json::from_slice(body).unwrap();
+                state.events.push(event.clone());
+                ok(event)
+            }
+            _ => panic!("unexpected request: {method} {path}?{query}"),
+        }
+    }
+}
+
+fn key_of(value: &Value) -> Key {
+    (
+        value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        value["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn ok(value: Value) -> Response<ResponseBody> {
+    let bytes = Bytes::from(serde_json::to_vec(&value).unwrap());
+    Response::new(http_body_util::Full::new(bytes).boxed_unsync())
+}
+
+fn status(code: StatusCode, reason: &str) -> Response<ResponseBody> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code.as_u16(), "message": reason});
+    let mut response = ok(body);
+    *response.status_mut() = code;
+    response
+}
+
+fn not_found() -> Response<ResponseBody> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+    let mut response = ok(body);
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+fn stream(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<ResponseBody> {
+    use futures::StreamExt;
+    let frames = rx.map(|bytes| Ok::<_, Infallible>(http_body::Frame::data(bytes)));
+    Response::new(StreamBody::new(frames).boxed_unsync())
+}
+
+/// A client of the fake; `calls` counts its requests other than Lease ones.
+pub fn client(fake: Fake, calls: Arc<std::sync::atomic::AtomicU64>) -> Client {
+    let service = tower::service_fn(move |request: Request<Body>| {
+        let fake = fake.clone();
+        if !request.uri().path().contains("/leases") {
+            calls.fetch_add(1, Ordering::Relaxed);
+        }
+        async move {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or("").to_owned();
+            let accept = request
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .unwrap_or_default();
+            Ok::<_, Infallible>(fake.handle(&method, &path, &query, &accept, &body))
+        }
+    });
+    Client::new(service, "default")
+}
