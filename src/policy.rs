@@ -174,6 +174,14 @@ pub enum PolicyError {
     )]
     PlainKeyIdMissing,
     #[error(
+        "spec.keyId {key} does not name a KMS key namespace {namespace} may use{pending}; name the key the way the key policy does (its key ARN or key id, or the policy's alias ARN or alias name), or ask your platform team to allow it"
+    )]
+    PlainKeyNotAllowed {
+        key: String,
+        namespace: String,
+        pending: Pending,
+    },
+    #[error(
         "cluster scope is not allowed for plain KMS ciphertext items in this cluster; encrypt the value with kmseal.dev/namespace and kmseal.dev/item in its encryption context and drop the kmseal.dev/scope annotation, or seal it with `kmseal seal`"
     )]
     PlainClusterScope,
@@ -212,6 +220,7 @@ impl PolicyError {
         match self {
             PolicyError::Invalid(_) => "invalid_policy",
             PolicyError::KeyNotAllowed { .. }
+            | PolicyError::PlainKeyNotAllowed { .. }
             | PolicyError::PlainKeyIdMissing
             | PolicyError::PlainClusterScope => "key_not_allowed",
             PolicyError::SecretTypeNotAllowed(_) => "type_not_allowed",
@@ -418,7 +427,7 @@ impl KeyPolicy {
         let Some(rules) = &self.rules else {
             return Ok(Some(wanted.to_owned()));
         };
-        let not_allowed = |pending| PolicyError::KeyNotAllowed {
+        let not_allowed = |pending| PolicyError::PlainKeyNotAllowed {
             key: shorten(wanted),
             namespace: namespace.to_owned(),
             pending: Pending(pending),
@@ -632,6 +641,13 @@ mod tests {
             );
         }
         assert_eq!(key_id("team-a", None), Err(PolicyError::PlainKeyIdMissing));
+        let named_otherwise = key_id("team-a", Some("alias/team-a"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            named_otherwise.contains("the way the key policy does"),
+            "{named_otherwise}"
+        );
         assert_eq!(
             KeyPolicy::unrestricted().plain_key_id("x", None, &resolved),
             Ok(None)
