@@ -26,10 +26,12 @@ use crate::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, 
 pub mod admission;
 pub mod body;
 pub mod fake;
+pub mod recent;
 pub mod runtime;
 pub mod watched;
 
 pub use admission::Admission;
+pub use recent::RecentWrites;
 
 /// A failure to talk to the Kubernetes API.
 #[derive(Debug, thiserror::Error)]
@@ -388,8 +390,20 @@ pub struct Reconciler<K, A> {
     pub timing: Timing,
     /// What tenants may ask for: keys per namespace, Secret types.
     pub admission: Arc<Admission>,
+    /// What this controller just wrote, so its own writes do not make it work again.
+    pub recent: Arc<RecentWrites>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// Objects whose last attempt found KMS unavailable: retried as soon as it answers again.
+    kms_waiting: Mutex<HashMap<(String, String), KmsWaiting>>,
+}
+
+/// An object waiting for KMS to come back.
+#[derive(Debug, Clone)]
+struct KmsWaiting {
+    since: tokio::time::Instant,
+    /// A key its items use, to ask KMS whether it is back.
+    key: Option<String>,
 }
 
 /// Why a reconcile could not finish; the object is retried with backoff.
@@ -440,8 +454,34 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             metrics,
             timing,
             admission,
+            recent: Arc::new(RecentWrites::new()),
             failures: Mutex::new(HashMap::new()),
+            kms_waiting: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), KmsWaiting>> {
+        self.kms_waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the objects that failed for want of KMS before KMS answered again, and returns
+    /// them (namespace, name): they are worth retrying now rather than at their backoff.
+    pub fn recovered(&self, health: &crate::kms::KmsHealth) -> Vec<(String, String)> {
+        let mut waiting = self.waiting();
+        let back: Vec<_> = waiting
+            .iter()
+            .filter(|(_, w)| health.answered_since(w.since))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &back {
+            waiting.remove(key);
+        }
+        back
+    }
+
+    /// A key of an object waiting for KMS, to probe KMS with; `None` when nothing waits.
+    pub fn waiting_key(&self) -> Option<Option<String>> {
+        self.waiting().values().next().map(|w| w.key.clone())
     }
 
     fn key(es: &EncryptedSecret) -> (String, String) {
@@ -472,6 +512,9 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(namespace, name), _| exists(namespace, name));
+        self.waiting()
+            .retain(|(namespace, name), _| exists(namespace, name));
+        self.recent.retain(exists);
     }
 
     /// Objects currently in backoff.
@@ -493,6 +536,9 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         es: &EncryptedSecret,
     ) -> Result<(Reconciled, Action), ReconcileError> {
         let started = Instant::now();
+        // The status this controller last wrote, if the watch cache does not show it yet.
+        let latest = self.recent.latest(es);
+        let es = latest.as_ref().unwrap_or(es);
         let result = self.reconcile_inner(es).await;
         self.metrics
             .reconcile_duration
@@ -516,6 +562,25 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 .get_or_create(&ReasonLabels { reason })
                 .inc();
         }
+        match &result {
+            Ok((Reconciled::Failed(reason::THROTTLED | reason::KMS_UNAVAILABLE), _)) => {
+                let key = open::item_keys(es)
+                    .ok()
+                    .and_then(|k| k.envelope_keys.into_iter().next())
+                    .or_else(|| es.spec.key_id.clone());
+                self.waiting().insert(
+                    Self::key(es),
+                    KmsWaiting {
+                        since: tokio::time::Instant::now(),
+                        key,
+                    },
+                );
+            }
+            Ok((Reconciled::Cancelled | Reconciled::Deferred, _)) => {}
+            _ => {
+                self.waiting().remove(&Self::key(es));
+            }
+        }
         result
     }
 
@@ -538,7 +603,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             }
             Plan::Reject { reason, message } => self.fail(es, failed(reason, message), None).await,
             Plan::Refuse { message } => {
-                self.report(es, &failed(reason::SECRET_EXISTS, message))
+                self.report(es, &failed(reason::SECRET_EXISTS, message), None)
                     .await?;
                 // The Secret watch only sees managed Secrets, so look again for a hand-over.
                 Ok((
@@ -563,17 +628,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         outcome: Outcome,
         detail: Option<&str>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
-        if reconcile::transition_event(es, &outcome).is_some() {
-            tracing::warn!(
-                namespace = es.metadata.namespace.as_deref().unwrap_or(""),
-                name = es.metadata.name.as_deref().unwrap_or(""),
-                reason = outcome.reason,
-                message = %outcome.message,
-                detail = detail.unwrap_or(""),
-                "EncryptedSecret not ready"
-            );
-        }
-        self.report(es, &outcome).await?;
+        self.report(es, &outcome, detail).await?;
         Ok((
             Reconciled::Failed(outcome.reason),
             Action::requeue(self.record_failure(es)),
@@ -642,6 +697,9 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Some(_) => self.api.replace_secret(&secret).await,
         };
         drop(secret);
+        if let Ok(resource_version) = &written {
+            self.recent.wrote_secret(namespace, name, resource_version);
+        }
         let outcome = match written {
             Ok(resource_version) => Outcome {
                 ready: true,
@@ -683,11 +741,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             ),
         };
         if outcome.ready {
-            self.report(es, &outcome).await?;
+            self.report(es, &outcome, None).await?;
             self.record_success(es);
             Ok((Reconciled::Applied, Action::requeue(self.timing.resync)))
         } else if outcome.reason == reason::SECRET_EXISTS {
-            self.report(es, &outcome).await?;
+            self.report(es, &outcome, None).await?;
             Ok((
                 Reconciled::Refused,
                 Action::requeue(self.record_failure(es)),
@@ -697,10 +755,34 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         }
     }
 
-    /// Writes the status if it changed and emits an event if the Ready condition changed.
-    async fn report(&self, es: &EncryptedSecret, outcome: &Outcome) -> Result<(), ApiError> {
+    /// Writes the status if it changed; when the Ready condition changes, also emits an event
+    /// and logs a line (INFO when ready, WARN when not, with the operator's `detail`).
+    async fn report(
+        &self,
+        es: &EncryptedSecret,
+        outcome: &Outcome,
+        detail: Option<&str>,
+    ) -> Result<(), ApiError> {
         let next = reconcile::next_status(es, outcome, &now_rfc3339());
         if let Some(event) = reconcile::transition_event(es, outcome) {
+            let (namespace, name) = Self::key(es);
+            if outcome.ready {
+                tracing::info!(
+                    namespace,
+                    name,
+                    reason = outcome.reason,
+                    "EncryptedSecret ready"
+                );
+            } else {
+                tracing::warn!(
+                    namespace,
+                    name,
+                    reason = outcome.reason,
+                    message = %outcome.message,
+                    detail = detail.unwrap_or(""),
+                    "EncryptedSecret not ready"
+                );
+            }
             // An event is best effort: failing to publish it must not block the status.
             if let Err(e) = self.api.publish_event(es, &event).await {
                 tracing::warn!(error = %e.summary(), "could not publish an event");
@@ -708,6 +790,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         }
         if reconcile::status_changed(es, &next) {
             self.api.apply_status(es, &next).await?;
+            self.recent.wrote_status(es, &next);
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub failures: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub kms_requests: Family<KmsLabels, Counter>,
+    pub kms_attempts: Family<OperationLabels, Counter>,
     pub kms_duration: Family<OperationLabels, Histogram>,
     pub data_key_cache: Family<CacheLabels, Counter>,
     pub managed_objects: Gauge,
@@ -90,8 +91,14 @@ impl Metrics {
         let kms_requests = Family::<KmsLabels, Counter>::default();
         registry.register(
             "kms_requests",
-            "KMS requests, by operation and outcome (after the data-key cache)",
+            "KMS requests, by operation and outcome (after the data-key cache; SDK retries of a request count once)",
             kms_requests.clone(),
+        );
+        let kms_attempts = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "kms_attempts",
+            "HTTP attempts at KMS requests, retries included (a request counts once in kmseal_kms_requests_total)",
+            kms_attempts.clone(),
         );
         let kms_duration = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -119,6 +126,7 @@ impl Metrics {
             failures,
             reconcile_duration,
             kms_requests,
+            kms_attempts,
             kms_duration,
             data_key_cache,
             managed_objects,

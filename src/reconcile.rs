@@ -400,14 +400,14 @@ pub fn transition_event(es: &EncryptedSecret, outcome: &Outcome) -> Option<Event
     })
 }
 
-/// Per-object retry delay after `failures` consecutive failures: 5 s doubling to 5 min, with
-/// up to 20% jitter (`jitter` in 0..1) so many objects failing together do not retry together.
+/// Per-object retry delay after `failures` consecutive failures: 5 s doubling to 5 min, each
+/// up to 20% longer at random (`jitter` in 0..1) so many objects failing together do not retry
+/// together, and never longer than 5 min.
 pub fn backoff_delay(failures: u32, jitter: f64) -> Duration {
     const BASE: f64 = 5.0;
     const MAX: f64 = 300.0;
     let exp = BASE * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
-    let capped = exp.min(MAX);
-    Duration::from_secs_f64(capped * (1.0 + 0.2 * jitter.clamp(0.0, 1.0)))
+    Duration::from_secs_f64((exp * (1.0 + 0.2 * jitter.clamp(0.0, 1.0))).min(MAX))
 }
 
 #[cfg(test)]
@@ -737,7 +737,13 @@ mod tests {
         assert_eq!(backoff_delay(2, 0.0), Duration::from_secs(10));
         assert_eq!(backoff_delay(7, 0.0), Duration::from_secs(300));
         assert_eq!(backoff_delay(u32::MAX, 0.0), Duration::from_secs(300));
-        assert_eq!(backoff_delay(7, 1.0), Duration::from_secs(360));
+        assert_eq!(backoff_delay(1, 1.0), Duration::from_secs(6));
+        assert_eq!(backoff_delay(6, 1.0), Duration::from_secs(192));
+        assert_eq!(
+            backoff_delay(7, 1.0),
+            Duration::from_secs(300),
+            "jitter never lifts the cap"
+        );
     }
 
     #[test]

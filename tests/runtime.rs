@@ -75,7 +75,12 @@ fn start_with_kms<K: kmseal::kms::Kms + 'static>(
             .chain(any_key)
             .chain(flags.iter().copied()),
     );
-    let kms = Arc::new(CachingKms::new(kms(&args), 100, Duration::from_secs(300)));
+    let health = kmseal::kms::KmsHealth::new();
+    let kms = Arc::new(CachingKms::new(
+        kmseal::kms::HealthKms::new(kms(&args), health.clone()),
+        100,
+        Duration::from_secs(300),
+    ));
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();
@@ -87,6 +92,7 @@ fn start_with_kms<K: kmseal::kms::Kms + 'static>(
             run_with(
                 client,
                 kms,
+                health,
                 &args,
                 metrics,
                 ready,
@@ -526,6 +532,282 @@ async fn a_changed_policy_file_is_applied_to_every_object() {
         "synced once the file allows the key",
         Duration::from_secs(30),
         || fake.secret("prod", "db").is_some(),
+    )
+    .await;
+    running.stop().await;
+}
+
+/// What a fault-injecting KMS does with each request.
+const KMS_OK: u8 = 0;
+const KMS_DOWN: u8 = 1;
+const KMS_HUNG: u8 = 2;
+
+/// A KMS that can be made unavailable (as in an outage) or to hang (a blackhole: connections
+/// accepted, no answer) until released, and counts the `Decrypt` calls that reach it.
+struct Faulty<K> {
+    inner: K,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    decrypts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<K> Faulty<K> {
+    async fn fault(&self, action: &'static str) -> Result<(), kmseal::kms::KmsError> {
+        loop {
+            match self.mode.load(Ordering::SeqCst) {
+                KMS_DOWN => {
+                    return Err(kmseal::kms::KmsError::new(
+                        kmseal::kms::KmsErrorKind::Unavailable,
+                        action,
+                        None,
+                        "ServiceUnavailableException",
+                    ));
+                }
+                KMS_HUNG => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+impl<K: kmseal::kms::Kms> kmseal::kms::Kms for Faulty<K> {
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &kmseal::binding::EncryptionContext,
+    ) -> Result<kmseal::kms::GeneratedKey, kmseal::kms::KmsError> {
+        self.inner.generate_data_key(key_id, context).await
+    }
+    async fn decrypt(
+        &self,
+        request: kmseal::kms::DecryptRequest<'_>,
+    ) -> Result<kmseal::kms::Decrypted, kmseal::kms::KmsError> {
+        self.decrypts.fetch_add(1, Ordering::SeqCst);
+        self.fault("kms:Decrypt").await?;
+        self.inner.decrypt(request).await
+    }
+    async fn public_key(
+        &self,
+        key_id: &str,
+    ) -> Result<kmseal::kms::PublicKeyInfo, kmseal::kms::KmsError> {
+        self.inner.public_key(key_id).await
+    }
+    async fn describe_key(
+        &self,
+        key_id: &str,
+    ) -> Result<kmseal::kms::KeyDescription, kmseal::kms::KmsError> {
+        self.fault("kms:DescribeKey").await?;
+        self.inner.describe_key(key_id).await
+    }
+}
+
+struct Faults {
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    decrypts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Faults {
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+    fn decrypts(&self) -> u64 {
+        self.decrypts.load(Ordering::SeqCst)
+    }
+}
+
+/// The controller over `fake` with a faulty KMS in front of `memory`, behind the controller's
+/// own fair budget (50/s, as by default).
+fn start_faulty(fake: &Fake, memory: Arc<MemoryKms>) -> (Running, Faults) {
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(KMS_OK));
+    let decrypts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let faulty = Faulty {
+        inner: memory,
+        mode: mode.clone(),
+        decrypts: decrypts.clone(),
+    };
+    let running = start_with_kms(
+        fake,
+        move |args| kmseal::kms::FairKms::new(faulty, kmseal::controller::runtime::kms_gate(args)),
+        &[],
+    );
+    (running, Faults { mode, decrypts })
+}
+
+async fn sealed_in(
+    memory: &MemoryKms,
+    key: &str,
+    namespace: &str,
+    name: &str,
+) -> kmseal::api::EncryptedSecret {
+    seal::seal_secret(
+        &Wrapper::Kms {
+            kms: memory,
+            key_id: key,
+        },
+        &PlainSecret {
+            namespace: Some(namespace.into()),
+            name: name.into(),
+            data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec()))]),
+            ..PlainSecret::default()
+        },
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap()
+}
+
+fn ready(fake: &Fake, namespace: &str, name: &str) -> bool {
+    fake.lock()
+        .encrypted
+        .get(&(namespace.to_owned(), name.to_owned()))
+        .is_some_and(|es| es["status"]["conditions"][0]["status"] == "True")
+}
+
+/// A cold start writes each Secret once, each status once, and publishes one event per object:
+/// the controller's own Secret and status writes trigger no second reconcile, even when the
+/// EncryptedSecret watch lags (here by 300 ms) so that the reconcile triggered by the new
+/// Secret reads the object before its status is back. API requests per object, counted by the
+/// fake API server: a GET (the Secret is not in the watch cache yet), the create, the status
+/// and the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_writes_each_secret_and_status_once() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let key = memory.create_key();
+    let fake = Fake::default();
+    fake.lock().es_event_delay = Duration::from_millis(300);
+    const OBJECTS: u64 = 60;
+    for i in 0..OBJECTS {
+        let es = sealed_in(&memory, &key, &format!("ns-{}", i % 6), &format!("app-{i}")).await;
+        fake.add_encrypted(&es);
+    }
+    let running = start(&fake, memory.clone());
+    eventually("every object ready", || {
+        (0..OBJECTS).all(|i| ready(&fake, &format!("ns-{}", i % 6), &format!("app-{i}")))
+    })
+    .await;
+    // Time for any echo of the controller's own writes to come back and be acted on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let state = fake.lock();
+        assert_eq!(state.secret_writes, OBJECTS, "one Secret write per object");
+        assert_eq!(state.status_writes, OBJECTS, "one status write per object");
+        assert_eq!(state.events.len() as u64, OBJECTS, "one event per object");
+        assert_eq!(state.event_patches, 0, "no event repeated");
+        assert!(state.secret_gets <= OBJECTS);
+    }
+    let requests = running.calls.load(Ordering::Relaxed);
+    // The lists and watches of EncryptedSecrets and Secrets, then at most 4 per object.
+    assert!(requests <= 4 * OBJECTS + 4, "{requests} API requests");
+    assert_eq!(memory.calls.decrypt.load(Ordering::Relaxed), OBJECTS);
+    running.stop().await;
+}
+
+/// A failed object is retried at the first step of its backoff (5–6 s), not at once: the
+/// status the controller writes about the failure does not trigger a retry.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_failed_object_is_retried_at_its_first_backoff_step() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let (running, kms) = start_faulty(&fake, memory.clone());
+    kms.set(KMS_DOWN);
+    eventually("the first attempt fails", || {
+        fake.status("prod", "db")["conditions"][0]["reason"] == "KmsUnavailable"
+    })
+    .await;
+    let failed_at = tokio::time::Instant::now();
+    assert_eq!(kms.decrypts(), 1);
+    tokio::time::sleep(Duration::from_millis(4900)).await;
+    assert_eq!(kms.decrypts(), 1, "no retry before the first backoff step");
+    eventually_within("the first retry", Duration::from_secs(2), || {
+        kms.decrypts() == 2
+    })
+    .await;
+    let retried_after = failed_at.elapsed();
+    assert!(
+        retried_after >= Duration::from_secs(5) && retried_after <= Duration::from_millis(6100),
+        "{retried_after:?}"
+    );
+    running.stop().await;
+}
+
+/// When KMS answers again after an outage, the objects that failed for want of it are retried
+/// within seconds (a probe every 15 s while they wait), not at the end of their backoff.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn objects_waiting_for_kms_are_retried_when_it_answers_again() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let key = memory.create_key();
+    let fake = Fake::default();
+    for i in 0..3 {
+        fake.add_encrypted(&sealed_in(&memory, &key, "prod", &format!("app-{i}")).await);
+    }
+    let (running, kms) = start_faulty(&fake, memory.clone());
+    kms.set(KMS_DOWN);
+    // 200 s of outage: each object has failed 6 times and waits ~2 more minutes.
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    assert!(kms.decrypts() >= 15, "{}", kms.decrypts());
+    kms.set(KMS_OK);
+    let back = tokio::time::Instant::now();
+    eventually_within("every object ready", Duration::from_secs(60), || {
+        (0..3).all(|i| ready(&fake, "prod", &format!("app-{i}")))
+    })
+    .await;
+    let recovered_after = back.elapsed();
+    assert!(
+        recovered_after <= Duration::from_secs(20),
+        "{recovered_after:?} after KMS came back"
+    );
+    running.stop().await;
+}
+
+/// With KMS accepting requests but not answering, reconciles that need it hold at most half of
+/// the reconcile slots; repairing a deleted Secret whose data key is cached does not wait.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn drift_repair_does_not_wait_for_a_hung_kms() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let key = memory.create_key();
+    let (running, kms) = start_faulty(&fake, memory.clone());
+    eventually("synced", || fake.secret("prod", "db").is_some()).await;
+    kms.set(KMS_HUNG);
+    for i in 0..40 {
+        fake.add_encrypted(
+            &sealed_in(
+                &memory,
+                &key,
+                &format!("busy-{}", i % 8),
+                &format!("app-{i}"),
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stuck = kms.decrypts();
+    assert!(
+        (1..=9).contains(&stuck),
+        "{stuck} Decrypt calls hang (at most 8 held)"
+    );
+    fake.user_writes_secret("prod", "db", None);
+    let deleted = tokio::time::Instant::now();
+    eventually_within("the deleted Secret is back", Duration::from_secs(5), || {
+        fake.secret("prod", "db").is_some()
+    })
+    .await;
+    assert!(
+        deleted.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        deleted.elapsed()
+    );
+    kms.set(KMS_OK);
+    eventually_within(
+        "the others sync once KMS answers",
+        Duration::from_secs(120),
+        || {
+            (0..40).all(|i| {
+                fake.secret(&format!("busy-{}", i % 8), &format!("app-{i}"))
+                    .is_some()
+            })
+        },
     )
     .await;
     running.stop().await;

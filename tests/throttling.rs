@@ -186,3 +186,35 @@ async fn retries_stop_at_aws_max_attempts_with_a_clear_message() {
     assert!(err.contains("KMS throttled kms:GenerateDataKey"), "{err}");
     assert!(err.contains("AWS_MAX_ATTEMPTS"), "{err}");
 }
+
+/// `kmseal_kms_requests_total` counts a request once, however often the SDK retried it;
+/// `kmseal_kms_attempts_total` counts every HTTP attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_and_their_attempts() {
+    use kmseal::kms::Kms;
+    let Some(emu) = moto() else { return };
+    let key = create_symmetric_key(&admin(&emu.url, REGION).await).await;
+    let stub = start_stub(&emu.url, 2).await;
+    let metrics = std::sync::Arc::new(kmseal::metrics::Metrics::new());
+    let counted = metrics.clone();
+    let aws = kmseal::kms::AwsKms::from_sdk_config(sdk_config(&stub.url, REGION).await)
+        .with_attempt_observer(move |operation| {
+            counted
+                .kms_attempts
+                .get_or_create(&kmseal::metrics::OperationLabels { operation })
+                .inc();
+        });
+    let kms = kmseal::metrics::MeteredKms::new(aws, metrics.clone());
+    kms.generate_data_key(&key, &Default::default())
+        .await
+        .expect("the third attempt gets through");
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"kmseal_kms_requests_total{operation="GenerateDataKey",outcome="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kmseal_kms_attempts_total{operation="GenerateDataKey"} 3"#),
+        "{text}"
+    );
+}

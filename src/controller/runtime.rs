@@ -11,19 +11,21 @@ use kube::api::PartialObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Config};
 
 use super::watched::{Watched, still_current};
 use super::{Admission, KubeClusterApi, ReconcileError, Reconciler, Timing};
 use crate::config::{ConfigError, ControllerArgs};
 use crate::kms::fair::Gate;
-use crate::kms::{AwsKms, CachingKms, FairKms, Kms};
+use crate::kms::{AwsKms, CachingKms, FairKms, HealthKms, Kms, KmsHealth};
 use crate::metrics::{CacheLabels, MeteredKms, Metrics};
 use crate::reconcile::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
-/// The KMS stack the controller uses: cache, then the fair rate limit, then metrics, then AWS.
-pub type ControllerKms = Arc<CachingKms<FairKms<MeteredKms<AwsKms>>>>;
+/// The KMS stack the controller uses: cache, then the fair rate limit, then the health record,
+/// then metrics, then AWS.
+pub type ControllerKms = Arc<CachingKms<FairKms<HealthKms<MeteredKms<AwsKms>>>>>;
 
 /// How often the key policy's aliases are resolved again (an alias may be moved to another
 /// key), and how often the policy file is checked for changes.
@@ -31,6 +33,10 @@ const ALIAS_REFRESH: Duration = Duration::from_secs(300);
 const POLICY_FILE_CHECK: Duration = Duration::from_secs(10);
 /// How long the start waits for the aliases to resolve before it goes on without them.
 const ALIAS_FIRST_RESOLVE: Duration = Duration::from_secs(10);
+/// How often objects that found KMS unavailable are checked for a retry, and how often KMS is
+/// asked whether it is back while they wait and nothing else asks.
+const RECOVERY_CHECK: Duration = Duration::from_secs(2);
+const RECOVERY_PROBE: Duration = Duration::from_secs(15);
 
 type Shutdown = Shared<BoxFuture<'static, ()>>;
 
@@ -56,25 +62,41 @@ pub enum RunError {
     Config(#[from] ConfigError),
 }
 
-/// The KMS budget from the flags: the rate limit, shared round-robin between namespaces, each
-/// of which may have at most a quarter of the reconcile slots waiting on it.
+/// The KMS budget from the flags: the rate limit, shared round-robin between namespaces. A
+/// namespace may have at most a quarter of the reconcile slots waiting for KMS, and all
+/// namespaces together at most half of them waiting or in flight: the other half stays free
+/// for reconciles that need no KMS call, however slow KMS is.
 pub fn kms_gate(args: &ControllerArgs) -> Arc<Gate> {
+    let slots = usize::from(args.concurrency);
     Gate::new(
         args.kms_requests_per_second,
         0,
-        usize::from(args.concurrency / 4).max(1),
+        (slots / 4).max(1),
+        (slots / 2).max(1),
     )
 }
 
-/// Builds the controller's KMS stack from its flags.
+/// Builds the controller's KMS stack from its flags; the health record is the stack's.
 pub async fn kms_stack(
     args: &ControllerArgs,
     metrics: &Arc<Metrics>,
-) -> Result<ControllerKms, RunError> {
-    let aws = AwsKms::connect(&args.aws.settings()).await?;
+) -> Result<(ControllerKms, Arc<KmsHealth>), RunError> {
+    let attempt_metrics = metrics.clone();
+    let aws = AwsKms::connect(&args.aws.settings())
+        .await?
+        .with_attempt_observer(move |operation| {
+            attempt_metrics
+                .kms_attempts
+                .get_or_create(&crate::metrics::OperationLabels { operation })
+                .inc();
+        });
     let cache_metrics = metrics.clone();
+    let health = KmsHealth::new();
     let kms = CachingKms::new(
-        FairKms::new(MeteredKms::new(aws, metrics.clone()), kms_gate(args)),
+        FairKms::new(
+            HealthKms::new(MeteredKms::new(aws, metrics.clone()), health.clone()),
+            kms_gate(args),
+        ),
         args.data_key_cache_size,
         Duration::from_secs(args.data_key_cache_ttl),
     )
@@ -86,14 +108,14 @@ pub async fn kms_stack(
             })
             .inc();
     });
-    Ok(Arc::new(kms))
+    Ok((Arc::new(kms), health))
 }
 
 /// `--check-kms-key`: one GenerateDataKey and one Decrypt under the key, as the controller
 /// would make them. Returns a line to print.
 pub async fn check_kms(args: &ControllerArgs, key: &str) -> Result<String, RunError> {
     let metrics = Arc::new(Metrics::new());
-    let kms = kms_stack(args, &metrics).await?;
+    let (kms, _) = kms_stack(args, &metrics).await?;
     let context = crate::binding::Binding::new(
         crate::binding::Scope::Strict,
         "kmseal-check",
@@ -166,6 +188,9 @@ fn shutdown_signal() -> Shutdown {
 
 type Ctx<K> = Reconciler<K, KubeClusterApi>;
 
+/// Asks a controller to reconcile one object now.
+type RetrySender = futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<Watched>>;
+
 async fn reconcile<K: Kms>(
     watched: Arc<Watched>,
     ctx: Arc<Ctx<K>>,
@@ -206,6 +231,22 @@ fn error_policy<K: Kms>(watched: Arc<Watched>, error: &ReconcileError, ctx: Arc<
     }
 }
 
+/// What decides the Secret: the object (uid), its spec (generation) and the scope annotation for
+/// plain items. Status writes, other annotations and labels change none of it.
+fn decisive_change(watched: &Watched) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    watched.metadata.uid.hash(&mut hasher);
+    predicates::generation(watched).hash(&mut hasher);
+    watched
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::PLAIN_SCOPE_ANNOTATION))
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// One controller over one scope (all namespaces, or one namespace).
 struct Scope<K> {
     controller: Controller<Watched>,
@@ -235,31 +276,26 @@ fn scope<K: Kms>(
     let secret_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let (secrets, writer) = reflector::store();
-    let secret_events = reflector::reflector(writer, watcher(secret_api, secret_config))
+    let secret_events = watcher(secret_api, secret_config)
         .default_backoff()
-        .touched_objects()
-        .boxed();
-    // The store must see every event; the controller gets the owned Secrets as triggers.
-    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
-    let secret_stream = secret_events
-        .filter_map(move |event| {
-            let tx = trigger_tx.clone();
-            async move {
-                if let Ok(meta) = &event {
-                    let _ = tx.unbounded_send(Ok(meta.clone()));
-                }
-                Some(())
-            }
-        })
+        .reflect(writer)
         .boxed();
     let mut es_config = watcher::Config::default();
     if let Some(selector) = &args.selector {
         es_config = es_config.labels(selector);
     }
-    let controller = Controller::new(es_api, es_config)
+    // Only changes that decide the Secret trigger a reconcile: not the controller's own status
+    // writes, which would otherwise retry a failed object at once, before its backoff.
+    let (es_store, es_writer) = reflector::store::<Watched>();
+    let es_events = watcher(es_api, es_config)
+        .default_backoff()
+        .reflect(es_writer)
+        .applied_objects()
+        .predicate_filter(decisive_change, PredicateConfig::default());
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let controller = Controller::for_stream(es_events, es_store.clone())
         .owns_stream(trigger_rx)
         .with_config(kube_controller::Config::default().concurrency(args.concurrency));
-    let es_store = controller.store();
     let current = Arc::new(move |es: &crate::api::EncryptedSecret| {
         let key = reflector::ObjectRef::<Watched>::new(es.metadata.name.as_deref().unwrap_or(""))
             .within(es.metadata.namespace.as_deref().unwrap_or(""));
@@ -276,6 +312,35 @@ fn scope<K: Kms>(
         },
         Arc::clone(admission),
     ));
+    // The Secret store must see every event; the controller gets the owned Secrets as
+    // triggers, except the echo of its own writes.
+    let recent = reconciler.recent.clone();
+    let secret_stream = secret_events
+        .filter_map(move |event| {
+            let tx = trigger_tx.clone();
+            let recent = recent.clone();
+            async move {
+                let trigger = match event {
+                    Ok(watcher::Event::Apply(meta)) => {
+                        let own = recent.is_own_secret_write(
+                            meta.metadata.namespace.as_deref().unwrap_or(""),
+                            meta.metadata.name.as_deref().unwrap_or(""),
+                            meta.metadata.resource_version.as_deref().unwrap_or(""),
+                        );
+                        (!own).then_some(meta)
+                    }
+                    Ok(watcher::Event::Delete(meta) | watcher::Event::InitApply(meta)) => {
+                        Some(meta)
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => None,
+                };
+                if let Some(meta) = trigger {
+                    let _ = tx.unbounded_send(Ok(meta));
+                }
+                Some(())
+            }
+        })
+        .boxed();
     Scope {
         controller,
         reconciler,
@@ -347,17 +412,21 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     args.key_policy()?;
     args.secret_types()?;
     let client = client(&args).await?;
-    let kms = kms_stack(&args, &metrics).await?;
-    let result = run_with(client, kms, &args, metrics, ready, shutdown.boxed()).await;
+    let (kms, health) = kms_stack(&args, &metrics).await?;
+    let result = run_with(client, kms, health, &args, metrics, ready, shutdown.boxed()).await;
     let _ = server.await;
     result
 }
 
 /// The controller proper, on a given client and KMS, until `shutdown` resolves (Ok) or a fatal
 /// error. `ready` is set once every watch has listed, and cleared on the way out.
+/// `health` is the record of `kms`'s outcomes (a [`HealthKms`] layer in it), for retrying
+/// the objects that were waiting for KMS as soon as it answers again.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_with<K: Kms + 'static>(
     client: Client,
     kms: Arc<K>,
+    health: Arc<KmsHealth>,
     args: &ControllerArgs,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -400,6 +469,10 @@ pub async fn run_with<K: Kms + 'static>(
         .iter()
         .map(|_| futures::channel::mpsc::unbounded::<()>())
         .unzip();
+    let (retry_tx, retry_rx): (Vec<_>, Vec<_>) = namespaces
+        .iter()
+        .map(|_| futures::channel::mpsc::unbounded::<reflector::ObjectRef<Watched>>())
+        .unzip();
     let policy_upkeep = policy_upkeep(
         args.clone(),
         admission.clone(),
@@ -414,6 +487,11 @@ pub async fn run_with<K: Kms + 'static>(
 
     let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
     let reconcilers: Vec<_> = scopes.iter().map(|s| s.reconciler.clone()).collect();
+    let recovery = kms_recovery(
+        health,
+        reconcilers.iter().cloned().zip(retry_tx).collect(),
+        kms.clone(),
+    );
     let secret_stores: Vec<_> = scopes.iter().map(|s| s.secrets.clone()).collect();
     // Ready once every watch has listed: before that a reconcile might GET each Secret.
     let readiness = {
@@ -444,12 +522,14 @@ pub async fn run_with<K: Kms + 'static>(
 
     let mut controllers = Vec::new();
     let mut watches = Vec::new();
-    for (scope, policy_changed) in scopes.into_iter().zip(policy_changed_rx) {
+    for ((scope, policy_changed), retry) in scopes.into_iter().zip(policy_changed_rx).zip(retry_rx)
+    {
         watches.push(scope.secret_stream.for_each(|()| future::ready(())));
         controllers.push(
             scope
                 .controller
                 .reconcile_all_on(policy_changed)
+                .reconcile_on(retry)
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, scope.reconciler)
                 .for_each(|_| future::ready(())),
@@ -470,6 +550,7 @@ pub async fn run_with<K: Kms + 'static>(
         _ = work => Ok(()),
         _ = readiness => Ok(()),
         _ = policy_upkeep => Ok(()),
+        _ = recovery => Ok(()),
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);
@@ -520,6 +601,46 @@ async fn policy_upkeep<K: Kms + 'static>(
         if before.policy != after.policy || before.aliases != after.aliases {
             for scope in &changed {
                 let _ = scope.unbounded_send(());
+            }
+        }
+    }
+}
+
+/// Retries the objects that found KMS unavailable as soon as KMS answers again (any request,
+/// or a `DescribeKey` probe every [`RECOVERY_PROBE`] while they wait and KMS looks down),
+/// instead of each at the end of its backoff, which may be minutes. The retries go through the
+/// KMS budget like any reconcile.
+async fn kms_recovery<K: Kms + 'static>(
+    health: Arc<KmsHealth>,
+    scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
+    kms: Arc<K>,
+) {
+    let mut last_probe: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(RECOVERY_CHECK).await;
+        let mut retried = 0usize;
+        for (reconciler, retry) in &scopes {
+            for (namespace, name) in reconciler.recovered(&health) {
+                retried += 1;
+                let _ = retry.unbounded_send(reflector::ObjectRef::new(&name).within(&namespace));
+            }
+        }
+        if retried > 0 {
+            tracing::info!(
+                objects = retried,
+                "KMS answers again; retrying the objects that were waiting for it"
+            );
+        }
+        let probe_key = scopes.iter().find_map(|(r, _)| r.waiting_key());
+        let due = last_probe.is_none_or(|at| at.elapsed() >= RECOVERY_PROBE);
+        if let Some(key) = probe_key
+            && health.is_down()
+            && due
+        {
+            last_probe = Some(tokio::time::Instant::now());
+            if let Some(key) = key {
+                // The outcome is recorded by the stack's health layer; the next check acts on it.
+                let _ = kms.describe_key(&key).await;
             }
         }
     }

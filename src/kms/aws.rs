@@ -6,17 +6,21 @@
 //! `AWS_RETRY_MODE`. One rustls + ring TLS stack serves every HTTP client in the process.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_kms::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_kms::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use zeroize::Zeroizing;
 
 use super::{
@@ -48,6 +52,44 @@ pub struct AwsKms {
     sdk: SdkConfig,
     default_region: Option<String>,
     clients: Mutex<HashMap<String, aws_sdk_kms::Client>>,
+    attempts: Option<AttemptObserver>,
+}
+
+/// Told the operation (`Decrypt`, `GenerateDataKey`, `GetPublicKey`, `DescribeKey`, `other`)
+/// of every HTTP attempt the SDK makes, retries included.
+pub type AttemptObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// An SDK interceptor that reports every attempt.
+#[derive(Clone)]
+struct CountAttempts(AttemptObserver);
+
+impl std::fmt::Debug for CountAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CountAttempts")
+    }
+}
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "kmseal-count-attempts"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = match cfg.load::<Metadata>().map(Metadata::name) {
+            Some("Decrypt") => "Decrypt",
+            Some("GenerateDataKey") => "GenerateDataKey",
+            Some("GetPublicKey") => "GetPublicKey",
+            Some("DescribeKey") => "DescribeKey",
+            _ => "other",
+        };
+        (self.0)(operation);
+        Ok(())
+    }
 }
 
 /// The HTTPS client for every AWS call: rustls with ring, like the Kubernetes client, so the
@@ -65,8 +107,10 @@ impl AwsKms {
             .http_client(https_client())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(20))
+                    // KMS answers in milliseconds; a reconcile waiting on a hung connection
+                    // waits 3 attempts of this (plus backoff) before it fails over to backoff.
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(5))
                     .build(),
             );
         if let Some(region) = &settings.region {
@@ -107,7 +151,17 @@ impl AwsKms {
             sdk,
             default_region,
             clients: Mutex::new(HashMap::new()),
+            attempts: None,
         }
+    }
+
+    /// Reports every HTTP attempt (an operation the SDK retries makes several).
+    pub fn with_attempt_observer(
+        mut self,
+        observe: impl Fn(&'static str) + Send + Sync + 'static,
+    ) -> Self {
+        self.attempts = Some(Arc::new(observe));
+        self
     }
 
     /// The region a call about `key_id` goes to, and the key id to send there.
@@ -140,9 +194,12 @@ impl AwsKms {
         clients
             .entry(region.to_owned())
             .or_insert_with(|| {
-                let config = aws_sdk_kms::config::Builder::from(&self.sdk)
-                    .region(Region::new(region.to_owned()))
-                    .build();
+                let mut config = aws_sdk_kms::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_owned()));
+                if let Some(observe) = &self.attempts {
+                    config = config.interceptor(CountAttempts(observe.clone()));
+                }
+                let config = config.build();
                 aws_sdk_kms::Client::from_conf(config)
             })
             .clone()

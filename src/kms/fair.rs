@@ -7,9 +7,11 @@
 //! of other tenants before its own turn (plus the requests already in flight), however many
 //! requests the others have queued. Within a tenant, requests are served in order.
 //!
-//! A tenant may also have only so many requests waiting at once: beyond that, a request is
-//! turned away at once ([`KmsErrorKind::Deferred`]) instead of waiting, so the reconciles of
-//! one namespace cannot occupy every reconcile slot of the controller while they wait.
+//! A tenant may also have only so many requests waiting at once, and all tenants together only
+//! so many waiting or in flight: beyond that, a request is turned away at once
+//! ([`KmsErrorKind::Deferred`]) instead of waiting, so reconciles that wait for KMS (a slow or
+//! unreachable KMS, or one namespace's backlog) never occupy the reconcile slots that work
+//! needing no KMS call (drift repair with a cached key, refusals) needs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,7 @@ pub struct Gate {
     interval: Duration,
     max_in_flight: usize,
     max_waiting_per_tenant: usize,
+    max_holders: usize,
     state: Mutex<State>,
 }
 
@@ -70,9 +73,15 @@ impl Drop for Permit {
 
 impl Gate {
     /// At most `per_second` requests per second, evenly spaced (0 or less: no rate limit), at
-    /// most `max_in_flight` at once (0: no limit), and at most `max_waiting_per_tenant` of one
-    /// tenant waiting (0: no limit; the operator's own requests are never turned away).
-    pub fn new(per_second: f64, max_in_flight: usize, max_waiting_per_tenant: usize) -> Arc<Self> {
+    /// most `max_in_flight` at once, at most `max_waiting_per_tenant` of one tenant waiting,
+    /// and at most `max_holders` waiting or in flight in all (each 0: no limit). The operator's
+    /// own requests are never turned away.
+    pub fn new(
+        per_second: f64,
+        max_in_flight: usize,
+        max_waiting_per_tenant: usize,
+        max_holders: usize,
+    ) -> Arc<Self> {
         let interval = if per_second > 0.0 {
             Duration::from_secs_f64(1.0 / per_second)
         } else {
@@ -82,6 +91,7 @@ impl Gate {
             interval,
             max_in_flight,
             max_waiting_per_tenant,
+            max_holders,
             state: Mutex::new(State::default()),
         })
     }
@@ -120,19 +130,30 @@ impl Gate {
         }
     }
 
-    /// Waits for `tenant`'s turn, or says at once that the tenant has its share waiting.
+    /// Waits for `tenant`'s turn, or says at once that the tenant has its share waiting, or
+    /// that the gate holds as many requests as it may.
     pub async fn try_acquire(self: &Arc<Self>, tenant: &str) -> Result<Permit, Busy> {
-        if self.max_waiting_per_tenant > 0 && tenant != OPERATOR {
+        if tenant != OPERATOR {
             let state = self.lock();
-            let waiting = state
-                .queues
-                .get(tenant)
-                .map_or(0, |q| q.iter().filter(|w| !w.is_closed()).count());
-            if waiting >= self.max_waiting_per_tenant {
+            let live =
+                |q: &VecDeque<oneshot::Sender<Permit>>| q.iter().filter(|w| !w.is_closed()).count();
+            let waiting = state.queues.get(tenant).map_or(0, live);
+            if self.max_waiting_per_tenant > 0 && waiting >= self.max_waiting_per_tenant {
                 return Err(Busy);
+            }
+            if self.max_holders > 0 {
+                let held = state.in_flight + state.queues.values().map(live).sum::<usize>();
+                if held >= self.max_holders {
+                    return Err(Busy);
+                }
             }
         }
         Ok(self.acquire(tenant).await)
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
     }
 
     /// Waits for `tenant`'s turn. Dropping the future gives the turn up.
@@ -299,7 +320,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_are_spaced_by_the_rate() {
-        let gate = Gate::new(10.0, 0, 0);
+        let gate = Gate::new(10.0, 0, 0, 0);
         let start = Instant::now();
         for _ in 0..11 {
             drop(gate.acquire("a").await);
@@ -310,7 +331,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn zero_means_unlimited() {
-        let gate = Gate::new(0.0, 0, 0);
+        let gate = Gate::new(0.0, 0, 0, 0);
         let start = Instant::now();
         let permits: Vec<Permit> =
             futures::future::join_all((0..5).map(|_| gate.acquire("a"))).await;
@@ -341,7 +362,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_tenant_waits_one_turn_however_long_the_noisy_queue() {
-        let gate = Gate::new(10.0, 0, 0);
+        let gate = Gate::new(10.0, 0, 0, 0);
         let order = grant_order(gate, &[("noisy", 500), ("quiet", 1)]).await;
         let quiet = order.iter().position(|t| *t == "quiet").unwrap();
         // The noisy tenant's first request went straight through; then turns alternate.
@@ -351,7 +372,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn turns_alternate_between_waiting_tenants() {
-        let gate = Gate::new(100.0, 0, 0);
+        let gate = Gate::new(100.0, 0, 0, 0);
         let order = grant_order(gate, &[("a", 4), ("b", 4), ("c", 4)]).await;
         // After a's first (immediate) grant, every window of three holds each tenant once.
         for window in order[1..10].chunks(3) {
@@ -363,7 +384,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_most_max_in_flight_at_once() {
-        let gate = Gate::new(0.0, 3, 0);
+        let gate = Gate::new(0.0, 3, 0, 0);
         let current = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..20)
@@ -387,7 +408,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_tenant_has_only_its_share_waiting() {
-        let gate = Gate::new(1.0, 0, 2);
+        let gate = Gate::new(1.0, 0, 2, 0);
         let first = gate.try_acquire("a").await.unwrap();
         let waiting: Vec<_> = (0..2)
             .map(|_| {
@@ -417,8 +438,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_gate_holds_only_so_many_requests() {
+        let gate = Gate::new(0.0, 1, 0, 3);
+        let first = gate.try_acquire("a").await.unwrap();
+        let waiting: Vec<_> = ["b", "c"]
+            .into_iter()
+            .map(|t| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.try_acquire(t).await.is_ok() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!((gate.in_flight(), gate.waiting()), (1, 2));
+        assert_eq!(
+            gate.try_acquire("d").await.err(),
+            Some(Busy),
+            "one in flight, two waiting"
+        );
+        // The controller's own requests still queue.
+        let operator = {
+            let gate = gate.clone();
+            tokio::spawn(async move { drop(gate.acquire(OPERATOR).await) })
+        };
+        drop(first);
+        for task in waiting {
+            assert!(task.await.unwrap());
+        }
+        operator.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gives_up_costs_no_slot() {
-        let gate = Gate::new(1.0, 0, 0);
+        let gate = Gate::new(1.0, 0, 0, 0);
         let first = gate.acquire("a").await;
         // Ten waiters give up before their turn.
         for _ in 0..10 {

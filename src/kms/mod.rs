@@ -12,11 +12,13 @@ use crate::envelope::{DataKey, WrapAlgorithm};
 pub mod aws;
 pub mod cache;
 pub mod fair;
+pub mod health;
 pub mod memory;
 
 pub use aws::{AwsKms, AwsSettings};
 pub use cache::CachingKms;
 pub use fair::FairKms;
+pub use health::{HealthKms, KmsHealth};
 pub use memory::MemoryKms;
 
 /// A fresh data key: plaintext for local use, wrapped for storage.

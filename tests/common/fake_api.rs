@@ -29,7 +29,12 @@ pub struct State {
     pub es_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     pub secret_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     pub events: Vec<Value>,
+    /// How late EncryptedSecret watch events arrive (0: at once).
+    pub es_event_delay: std::time::Duration,
     pub secret_writes: u64,
+    pub event_patches: u64,
+    pub status_writes: u64,
+    pub secret_gets: u64,
     pub leases: BTreeMap<Key, Value>,
     /// Paths and queries of EncryptedSecret list/watch requests.
     pub es_requests: Vec<String>,
@@ -63,8 +68,20 @@ impl State {
 
     fn notify_es(&mut self, event: &str, object: &Value) {
         let bytes = line(event, object);
-        self.es_watchers
-            .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
+        if self.es_event_delay.is_zero() {
+            self.es_watchers
+                .retain(|w| w.unbounded_send(bytes.clone()).is_ok());
+        } else {
+            // A watch that lags behind writes, as a real one can under load.
+            let watchers = self.es_watchers.clone();
+            let delay = self.es_event_delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for w in watchers {
+                    let _ = w.unbounded_send(bytes.clone());
+                }
+            });
+        }
     }
 
     /// Secret watchers see metadata only, and only managed Secrets (label selector).
@@ -181,6 +198,7 @@ impl Fake {
                 ],
             ) => {
                 let patch: Value = serde_json::from_slice(body).unwrap();
+                state.status_writes += 1;
                 let rv = state.bump();
                 let key = ((*ns).to_owned(), (*name).to_owned());
                 let Some(object) = state.encrypted.get_mut(&key) else {
@@ -219,6 +237,7 @@ impl Fake {
                 )
             }
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                state.secret_gets += 1;
                 assert!(
                     accept.contains("PartialObjectMetadata"),
                     "a Secret is only read as metadata"
@@ -357,6 +376,12 @@ impl Fake {
                 }
                 lease["metadata"]["resourceVersion"] = rv.into();
                 ok(lease.clone())
+            }
+            ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => {
+                // The recorder patches an event it published before: the same event again.
+                state.event_patches += 1;
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                ok(patch)
             }
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
                 let event: Value = serde_json::from_slice(body).unwrap();
