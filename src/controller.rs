@@ -28,10 +28,12 @@ pub mod body;
 pub mod fake;
 pub mod recent;
 pub mod runtime;
+pub mod waiting_room;
 pub mod watched;
 
 pub use admission::Admission;
 pub use recent::RecentWrites;
+pub use waiting_room::WaitingRoom;
 
 /// A failure to talk to the Kubernetes API.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +189,16 @@ pub struct KubeClusterApi {
     managed: Option<Store<PartialObjectMeta<Secret>>>,
     current: Option<CurrentCheck>,
     recorder: Recorder,
+    /// Secrets a GET found absent, and when: a reconcile that comes back soon after (deferred
+    /// by the KMS budget, say) does not ask again. Safe, because a create of a Secret that
+    /// appeared meanwhile fails and is refused.
+    absent: Mutex<HashMap<(String, String), Instant>>,
 }
+
+/// How long a Secret a GET found absent is taken as absent without asking again: long enough
+/// for an object to wait its turn in the KMS budget during a cold start (10,000 objects at
+/// 50/s take 200 s).
+const ABSENT_FOR: Duration = Duration::from_secs(900);
 
 /// Asks the API server to answer a write with the object's metadata only, so the response
 /// never carries the Secret's data back.
@@ -212,6 +223,7 @@ impl KubeClusterApi {
             managed,
             current: None,
             recorder,
+            absent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -283,20 +295,52 @@ impl ClusterApi for KubeClusterApi {
         namespace: &str,
         name: &str,
     ) -> Result<Option<ExistingSecret>, ApiError> {
-        if let Some(store) = &self.managed
-            && let Some(meta) = store.get(&ObjectRef::new(name).within(namespace))
+        if let Some(store) = &self.managed {
+            // Until the watch has listed, a Secret missing from it may just not be there yet.
+            let _ = tokio::time::timeout(STORE_SYNC_WAIT, store.wait_until_ready()).await;
+            if let Some(meta) = store.get(&ObjectRef::new(name).within(namespace)) {
+                return Ok(Some(ExistingSecret::from(&meta.metadata)));
+            }
+        }
+        let key = (namespace.to_owned(), name.to_owned());
         {
-            return Ok(Some(ExistingSecret::from(&meta.metadata)));
+            let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+            match absent.get(&key) {
+                Some(at) if at.elapsed() < ABSENT_FOR => return Ok(None),
+                Some(_) => {
+                    absent.remove(&key);
+                }
+                None => {}
+            }
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        Ok(api
+        let found = api
             .get_metadata_opt(name)
             .await?
-            .map(|meta| ExistingSecret::from(&meta.metadata)))
+            .map(|meta| ExistingSecret::from(&meta.metadata));
+        if found.is_none() {
+            let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+            // Expired entries go when the map doubles: amortized constant time per insert.
+            if absent.len() >= 1024 && absent.len().is_power_of_two() {
+                absent.retain(|_, at| at.elapsed() < ABSENT_FOR);
+            }
+            absent.insert(key, Instant::now());
+        }
+        Ok(found)
     }
 
     async fn create_secret(&self, secret: &DesiredSecret) -> Result<String, WriteError> {
-        self.write_secret(secret, true).await
+        let written = self.write_secret(secret, true).await;
+        // Whatever happened, the Secret is no longer known to be absent.
+        let key = (
+            secret.metadata.namespace.clone().unwrap_or_default(),
+            secret.metadata.name.clone().unwrap_or_default(),
+        );
+        self.absent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        written
     }
 
     async fn replace_secret(&self, secret: &DesiredSecret) -> Result<String, WriteError> {
@@ -345,6 +389,10 @@ impl ClusterApi for KubeClusterApi {
     }
 }
 
+/// How long a reconcile waits for the managed-Secret watch to list before it asks the API
+/// server for a Secret it does not see.
+const STORE_SYNC_WAIT: Duration = Duration::from_secs(30);
+
 /// What one reconcile did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {
@@ -364,8 +412,9 @@ pub enum Reconciled {
     Deferred,
 }
 
-/// How soon a deferred object is tried again (plus up to the same again as jitter).
-pub const DEFERRED_RETRY: Duration = Duration::from_secs(1);
+/// How soon a deferred object is tried again if no room in the KMS budget brought it back
+/// earlier (plus up to the same again as jitter): a safety net, not the normal way back.
+pub const DEFERRED_RETRY: Duration = Duration::from_secs(30);
 
 /// Timing knobs.
 #[derive(Debug, Clone)]
@@ -396,6 +445,8 @@ pub struct Reconciler<K, A> {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// Objects whose last attempt found KMS unavailable: retried as soon as it answers again.
     kms_waiting: Mutex<HashMap<(String, String), KmsWaiting>>,
+    /// Objects the KMS budget turned away, brought back when it has room.
+    pub deferred: Arc<WaitingRoom>,
 }
 
 /// An object waiting for KMS to come back.
@@ -457,7 +508,14 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             recent: Arc::new(RecentWrites::new()),
             failures: Mutex::new(HashMap::new()),
             kms_waiting: Mutex::new(HashMap::new()),
+            deferred: Arc::new(WaitingRoom::new()),
         }
+    }
+
+    fn defer(&self, namespace: &str, name: &str) -> (Reconciled, Action) {
+        self.deferred.defer(namespace, name);
+        let delay = DEFERRED_RETRY.mul_f64(1.0 + jitter());
+        (Reconciled::Deferred, Action::requeue(delay))
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), KmsWaiting>> {
@@ -514,6 +572,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .retain(|(namespace, name), _| exists(namespace, name));
         self.waiting()
             .retain(|(namespace, name), _| exists(namespace, name));
+        self.deferred.retain(&exists);
         self.recent.retain(exists);
     }
 
@@ -666,8 +725,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                         return Ok((Reconciled::Cancelled, Action::requeue(self.timing.resync)));
                     }
                     OpenError::Kms(e) if e.kind == KmsErrorKind::Deferred => {
-                        let delay = DEFERRED_RETRY.mul_f64(1.0 + jitter());
-                        return Ok((Reconciled::Deferred, Action::requeue(delay)));
+                        return Ok(self.defer(namespace, name));
                     }
                     _ => {}
                 }

@@ -568,3 +568,26 @@ async fn v1_values_from_kmseal_0_1_still_open() {
     assert_eq!(data(&secret)["password"], "v2-value");
     assert_eq!(decrypt_calls(&r), 2, "one Decrypt per data key, v1 and v2");
 }
+
+/// An invalid `kmseal.dev/scope` annotation makes the object invalid even when every item is an
+/// envelope (which ignores it): a typo is reported, not silently ignored.
+#[tokio::test]
+async fn an_invalid_scope_annotation_is_reported_even_without_plain_items() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let mut es = sealed(&kms, &key, &[("password", "s3cr3t")]).await;
+    es.metadata.annotations = Some(BTreeMap::from([(
+        kmseal::api::PLAIN_SCOPE_ANNOTATION.into(),
+        "cluster-wide-please".into(),
+    )]));
+    let r = reconciler(kms, InMemoryCluster::new());
+    assert_eq!(
+        step(&r, &es).await,
+        Reconciled::Failed(reason::INVALID_SPEC)
+    );
+    assert_eq!(decrypt_calls(&r), 0);
+    let message = r.api.with_status(&es).status.unwrap().conditions[0]
+        .message
+        .clone();
+    assert!(message.contains("kmseal.dev/scope"), "{message}");
+}

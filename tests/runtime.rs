@@ -57,13 +57,13 @@ fn start(fake: &Fake, memory: Arc<MemoryKms>) -> Running {
 
 /// The controller with `flags`; `--allow-any-key` unless they set a key policy.
 fn start_with(fake: &Fake, memory: Arc<MemoryKms>, flags: &[&str]) -> Running {
-    start_with_kms(fake, |_| memory, flags)
+    start_with_kms(fake, |_| (memory, None), flags)
 }
 
 /// The same, with the KMS stack below the cache built from the parsed flags.
 fn start_with_kms<K: kmseal::kms::Kms + 'static>(
     fake: &Fake,
-    kms: impl FnOnce(&ControllerArgs) -> K,
+    kms: impl FnOnce(&ControllerArgs) -> (K, Option<Arc<kmseal::kms::fair::Gate>>),
     flags: &[&str],
 ) -> Running {
     let policy = flags
@@ -76,8 +76,13 @@ fn start_with_kms<K: kmseal::kms::Kms + 'static>(
             .chain(flags.iter().copied()),
     );
     let health = kmseal::kms::KmsHealth::new();
+    let (kms, gate) = kms(&args);
+    let parts = kmseal::controller::runtime::KmsParts {
+        health: health.clone(),
+        gate,
+    };
     let kms = Arc::new(CachingKms::new(
-        kmseal::kms::HealthKms::new(kms(&args), health.clone()),
+        kmseal::kms::HealthKms::new(kms, health),
         100,
         Duration::from_secs(300),
     ));
@@ -92,7 +97,7 @@ fn start_with_kms<K: kmseal::kms::Kms + 'static>(
             run_with(
                 client,
                 kms,
-                health,
+                parts,
                 &args,
                 metrics,
                 ready,
@@ -397,7 +402,11 @@ async fn a_noisy_namespace_does_not_delay_another() {
     let running = start_with_kms(
         &fake,
         move |args| {
-            kmseal::kms::FairKms::new(gate_memory, kmseal::controller::runtime::kms_gate(args))
+            let gate = kmseal::controller::runtime::kms_gate(args);
+            (
+                kmseal::kms::FairKms::new(gate_memory, gate.clone()),
+                Some(gate),
+            )
         },
         &["--kms-requests-per-second", "20"],
     );
@@ -626,7 +635,10 @@ fn start_faulty(fake: &Fake, memory: Arc<MemoryKms>) -> (Running, Faults) {
     };
     let running = start_with_kms(
         fake,
-        move |args| kmseal::kms::FairKms::new(faulty, kmseal::controller::runtime::kms_gate(args)),
+        move |args| {
+            let gate = kmseal::controller::runtime::kms_gate(args);
+            (kmseal::kms::FairKms::new(faulty, gate.clone()), Some(gate))
+        },
         &[],
     );
     (running, Faults { mode, decrypts })
@@ -799,9 +811,11 @@ async fn drift_repair_does_not_wait_for_a_hung_kms() {
         deleted.elapsed()
     );
     kms.set(KMS_OK);
+    // The objects turned away by the full budget come back as it frees room, not at their
+    // 30 s fallback.
     eventually_within(
         "the others sync once KMS answers",
-        Duration::from_secs(120),
+        Duration::from_secs(10),
         || {
             (0..40).all(|i| {
                 fake.secret(&format!("busy-{}", i % 8), &format!("app-{i}"))

@@ -93,6 +93,15 @@ impl RecentWrites {
         }
     }
 
+    /// Forgets the statuses that `shown(namespace, name, status)` says the watch cache shows by
+    /// now (a reconcile would forget them too, but may not come for a resync interval).
+    pub fn forget_shown_statuses(
+        &self,
+        shown: impl Fn(&str, &str, &EncryptedSecretStatus) -> bool,
+    ) {
+        lock(&self.statuses).retain(|(ns, name), written| !shown(ns, name, &written.status));
+    }
+
     /// Forgets objects for which `exists(namespace, name)` is false.
     pub fn retain(&self, exists: impl Fn(&str, &str) -> bool) {
         lock(&self.statuses).retain(|(ns, name), _| exists(ns, name));
@@ -138,6 +147,12 @@ mod tests {
         // A new generation is a new spec: the old status says nothing about it.
         recent.wrote_status(&es(1), &status);
         assert!(recent.latest(&es(2)).is_none());
+        assert!(recent.is_empty());
+        // Forgotten once the cache shows it, without a reconcile.
+        recent.wrote_status(&es(1), &status);
+        recent.forget_shown_statuses(|_, _, s| s != &status);
+        assert!(!recent.is_empty());
+        recent.forget_shown_statuses(|_, _, s| s == &status);
         assert!(recent.is_empty());
     }
 

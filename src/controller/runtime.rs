@@ -13,7 +13,7 @@ use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, Resource};
 
 use super::watched::{Watched, still_current};
 use super::{Admission, KubeClusterApi, ReconcileError, Reconciler, Timing};
@@ -76,11 +76,22 @@ pub fn kms_gate(args: &ControllerArgs) -> Arc<Gate> {
     )
 }
 
-/// Builds the controller's KMS stack from its flags; the health record is the stack's.
+/// What the runtime needs to know of its KMS stack besides calling it.
+#[derive(Clone)]
+pub struct KmsParts {
+    /// The record of the stack's outcomes (a [`HealthKms`] layer in it), to retry objects
+    /// waiting for KMS as soon as it answers again.
+    pub health: Arc<KmsHealth>,
+    /// The stack's budget (a [`FairKms`] layer), to bring deferred objects back when it has
+    /// room; without one, deferred objects come back at their fallback delay.
+    pub gate: Option<Arc<Gate>>,
+}
+
+/// Builds the controller's KMS stack from its flags.
 pub async fn kms_stack(
     args: &ControllerArgs,
     metrics: &Arc<Metrics>,
-) -> Result<(ControllerKms, Arc<KmsHealth>), RunError> {
+) -> Result<(ControllerKms, KmsParts), RunError> {
     let attempt_metrics = metrics.clone();
     let aws = AwsKms::connect(&args.aws.settings())
         .await?
@@ -92,10 +103,11 @@ pub async fn kms_stack(
         });
     let cache_metrics = metrics.clone();
     let health = KmsHealth::new();
+    let gate = kms_gate(args);
     let kms = CachingKms::new(
         FairKms::new(
             HealthKms::new(MeteredKms::new(aws, metrics.clone()), health.clone()),
-            kms_gate(args),
+            gate.clone(),
         ),
         args.data_key_cache_size,
         Duration::from_secs(args.data_key_cache_ttl),
@@ -108,7 +120,13 @@ pub async fn kms_stack(
             })
             .inc();
     });
-    Ok((Arc::new(kms), health))
+    Ok((
+        Arc::new(kms),
+        KmsParts {
+            health,
+            gate: Some(gate),
+        },
+    ))
 }
 
 /// `--check-kms-key`: one GenerateDataKey and one Decrypt under the key, as the controller
@@ -195,13 +213,13 @@ async fn reconcile<K: Kms>(
     watched: Arc<Watched>,
     ctx: Arc<Ctx<K>>,
 ) -> Result<Action, ReconcileError> {
-    let es = match &watched.object {
+    let es = match watched.object() {
         Ok(es) => es,
         Err(why) => {
             // Skipped until it changes; every other object goes on.
             tracing::warn!(
-                namespace = watched.metadata.namespace.as_deref().unwrap_or(""),
-                name = watched.metadata.name.as_deref().unwrap_or(""),
+                namespace = watched.meta().namespace.as_deref().unwrap_or(""),
+                name = watched.meta().name.as_deref().unwrap_or(""),
                 error = %why,
                 "skipping an EncryptedSecret that does not match kmseal's schema; fix it (kubectl explain encryptedsecret.spec)"
             );
@@ -220,14 +238,28 @@ async fn reconcile<K: Kms>(
 
 fn error_policy<K: Kms>(watched: Arc<Watched>, error: &ReconcileError, ctx: Arc<Ctx<K>>) -> Action {
     tracing::warn!(
-        namespace = watched.metadata.namespace.as_deref().unwrap_or(""),
-        name = watched.metadata.name.as_deref().unwrap_or(""),
+        namespace = watched.meta().namespace.as_deref().unwrap_or(""),
+        name = watched.meta().name.as_deref().unwrap_or(""),
         error = %error,
         "reconcile failed; retrying with backoff"
     );
-    match &watched.object {
+    match watched.object() {
         Ok(es) => Action::requeue(ctx.error_backoff(es)),
         Err(_) => Action::await_change(),
+    }
+}
+
+/// What the controller keeps of a watched EncryptedSecret: all but its managed fields and its
+/// annotations other than the scope annotation (the only one it reads), which with
+/// `kubectl apply`'s last-applied-configuration would hold a second copy of the whole object.
+fn slim(watched: &mut Watched) {
+    let meta = watched.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, _| k == crate::api::PLAIN_SCOPE_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
     }
 }
 
@@ -236,10 +268,10 @@ fn error_policy<K: Kms>(watched: Arc<Watched>, error: &ReconcileError, ctx: Arc<
 fn decisive_change(watched: &Watched) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    watched.metadata.uid.hash(&mut hasher);
+    watched.meta().uid.hash(&mut hasher);
     predicates::generation(watched).hash(&mut hasher);
     watched
-        .metadata
+        .meta()
         .annotations
         .as_ref()
         .and_then(|a| a.get(crate::api::PLAIN_SCOPE_ANNOTATION))
@@ -278,6 +310,10 @@ fn scope<K: Kms>(
     let (secrets, writer) = reflector::store();
     let secret_events = watcher(secret_api, secret_config)
         .default_backoff()
+        .modify(|meta: &mut PartialObjectMeta<Secret>| {
+            // Not needed, and often the larger part of an object's metadata.
+            meta.metadata.managed_fields = None;
+        })
         .reflect(writer)
         .boxed();
     let mut es_config = watcher::Config::default();
@@ -289,6 +325,7 @@ fn scope<K: Kms>(
     let (es_store, es_writer) = reflector::store::<Watched>();
     let es_events = watcher(es_api, es_config)
         .default_backoff()
+        .modify(slim)
         .reflect(es_writer)
         .applied_objects()
         .predicate_filter(decisive_change, PredicateConfig::default());
@@ -412,21 +449,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     args.key_policy()?;
     args.secret_types()?;
     let client = client(&args).await?;
-    let (kms, health) = kms_stack(&args, &metrics).await?;
-    let result = run_with(client, kms, health, &args, metrics, ready, shutdown.boxed()).await;
+    let (kms, parts) = kms_stack(&args, &metrics).await?;
+    let result = run_with(client, kms, parts, &args, metrics, ready, shutdown.boxed()).await;
     let _ = server.await;
     result
 }
 
 /// The controller proper, on a given client and KMS, until `shutdown` resolves (Ok) or a fatal
 /// error. `ready` is set once every watch has listed, and cleared on the way out.
-/// `health` is the record of `kms`'s outcomes (a [`HealthKms`] layer in it), for retrying
-/// the objects that were waiting for KMS as soon as it answers again.
-#[allow(clippy::too_many_arguments)]
+/// `parts` describes `kms`'s health record and budget.
 pub async fn run_with<K: Kms + 'static>(
     client: Client,
     kms: Arc<K>,
-    health: Arc<KmsHealth>,
+    parts: KmsParts,
     args: &ControllerArgs,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -487,11 +522,9 @@ pub async fn run_with<K: Kms + 'static>(
 
     let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
     let reconcilers: Vec<_> = scopes.iter().map(|s| s.reconciler.clone()).collect();
-    let recovery = kms_recovery(
-        health,
-        reconcilers.iter().cloned().zip(retry_tx).collect(),
-        kms.clone(),
-    );
+    let retry: Vec<_> = reconcilers.iter().cloned().zip(retry_tx).collect();
+    let recovery = kms_recovery(parts.health.clone(), retry.clone(), kms.clone());
+    let readmission = readmit_deferred(parts.gate.clone(), retry);
     let secret_stores: Vec<_> = scopes.iter().map(|s| s.secrets.clone()).collect();
     // Ready once every watch has listed: before that a reconcile might GET each Secret.
     let readiness = {
@@ -509,11 +542,17 @@ pub async fn run_with<K: Kms + 'static>(
                 let managed: usize = es_stores.iter().map(|s| s.state().len()).sum();
                 metrics.managed_objects.set(managed as i64);
                 for (store, reconciler) in es_stores.iter().zip(&reconcilers) {
-                    reconciler.prune_failures(|namespace, name| {
-                        store
-                            .get(&reflector::ObjectRef::new(name).within(namespace))
-                            .is_some()
-                    });
+                    let lookup = |namespace: &str, name: &str| {
+                        store.get(&reflector::ObjectRef::new(name).within(namespace))
+                    };
+                    reconciler.prune_failures(|namespace, name| lookup(namespace, name).is_some());
+                    reconciler
+                        .recent
+                        .forget_shown_statuses(|namespace, name, status| {
+                            lookup(namespace, name).is_some_and(|w| {
+                                w.object().ok().and_then(|es| es.status.as_ref()) == Some(status)
+                            })
+                        });
                 }
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
@@ -551,6 +590,7 @@ pub async fn run_with<K: Kms + 'static>(
         _ = readiness => Ok(()),
         _ = policy_upkeep => Ok(()),
         _ = recovery => Ok(()),
+        _ = readmission => Ok(()),
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);
@@ -643,5 +683,104 @@ async fn kms_recovery<K: Kms + 'static>(
                 let _ = kms.describe_key(&key).await;
             }
         }
+    }
+}
+
+/// Brings objects the KMS budget turned away back as it frees room, round-robin between
+/// namespaces (and between scopes), as many as it has room for.
+async fn readmit_deferred<K: Kms + 'static>(
+    gate: Option<Arc<Gate>>,
+    scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
+) {
+    let Some(gate) = gate else {
+        return future::pending().await;
+    };
+    loop {
+        gate.room_freed().await;
+        // Twice the room: an object takes a moment to come back through the controller's
+        // queue, and the budget should not run dry meanwhile. One that finds it full again
+        // waits again (no API request: the absence of its Secret is remembered).
+        let mut room = gate.room().saturating_mul(2);
+        while room > 0 {
+            let mut any = false;
+            for (reconciler, retry) in &scopes {
+                if room == 0 {
+                    break;
+                }
+                if let Some((namespace, name)) = reconciler.deferred.next() {
+                    any = true;
+                    room -= 1;
+                    let _ =
+                        retry.unbounded_send(reflector::ObjectRef::new(&name).within(&namespace));
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EncryptedSecret, PLAIN_SCOPE_ANNOTATION};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    fn watched(annotations: &[(&str, &str)]) -> Watched {
+        let mut es = EncryptedSecret::with_name(Some("a"), "n", Default::default());
+        es.metadata.uid = Some("u".into());
+        es.metadata.generation = Some(1);
+        es.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        es.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        Watched::Valid(Arc::new(es))
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_the_controller_reads() {
+        let mut w = watched(&[
+            (PLAIN_SCOPE_ANNOTATION, "namespace"),
+            ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+        ]);
+        slim(&mut w);
+        let meta = w.meta();
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(
+            meta.annotations
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            [PLAIN_SCOPE_ANNOTATION]
+        );
+        let mut other = watched(&[("team", "x")]);
+        slim(&mut other);
+        assert_eq!(other.meta().annotations, None);
+    }
+
+    #[test]
+    fn only_changes_that_decide_the_secret_trigger_a_reconcile() {
+        let base = decisive_change(&watched(&[]));
+        let mut status_written = watched(&[]);
+        status_written.meta_mut().resource_version = Some("99".into());
+        assert_eq!(decisive_change(&status_written), base);
+        let mut labelled = watched(&[("team", "x")]);
+        labelled.meta_mut().labels = Some([("a".to_owned(), "b".to_owned())].into());
+        assert_eq!(decisive_change(&labelled), base);
+        let mut new_spec = watched(&[]);
+        new_spec.meta_mut().generation = Some(2);
+        assert_ne!(decisive_change(&new_spec), base);
+        assert_ne!(
+            decisive_change(&watched(&[(PLAIN_SCOPE_ANNOTATION, "cluster")])),
+            base
+        );
+        let mut recreated = watched(&[]);
+        recreated.meta_mut().uid = Some("u2".into());
+        assert_ne!(decisive_change(&recreated), base);
     }
 }

@@ -15,23 +15,43 @@ use crate::api::EncryptedSecret;
 /// One listed or watched EncryptedSecret: the object, or its metadata and why it does not
 /// deserialize.
 #[derive(Debug, Clone)]
-pub struct Watched {
-    pub metadata: ObjectMeta,
-    pub object: Result<Arc<EncryptedSecret>, String>,
+pub enum Watched {
+    Valid(Arc<EncryptedSecret>),
+    Malformed {
+        metadata: Box<ObjectMeta>,
+        error: String,
+    },
 }
 
 impl<'de> Deserialize<'de> for Watched {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through a JSON tree: a watch event's object may come buffered by serde (its `type`
+        // after its `object`), which only a self-describing value can take.
         let value = serde_json::Value::deserialize(deserializer)?;
-        let metadata = value
-            .get("metadata")
-            .and_then(|m| ObjectMeta::deserialize(m).ok())
-            .unwrap_or_default();
-        let object = EncryptedSecret::deserialize(value)
-            .map(Arc::new)
-            // An EncryptedSecret holds no plaintext; the message is still kept short.
-            .map_err(|e| e.to_string().chars().take(200).collect());
-        Ok(Watched { metadata, object })
+        let metadata = || {
+            value
+                .get("metadata")
+                .and_then(|m| ObjectMeta::deserialize(m).ok())
+                .unwrap_or_default()
+        };
+        Ok(match EncryptedSecret::deserialize(&value) {
+            Ok(es) => Watched::Valid(Arc::new(es)),
+            Err(e) => Watched::Malformed {
+                metadata: Box::new(metadata()),
+                // An EncryptedSecret holds no plaintext; the message is still kept short.
+                error: e.to_string().chars().take(200).collect(),
+            },
+        })
+    }
+}
+
+impl Watched {
+    /// The object, if it is a valid EncryptedSecret.
+    pub fn object(&self) -> Result<&Arc<EncryptedSecret>, &str> {
+        match self {
+            Watched::Valid(es) => Ok(es),
+            Watched::Malformed { error, .. } => Err(error),
+        }
     }
 }
 
@@ -56,11 +76,17 @@ impl Resource for Watched {
     }
 
     fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+        match self {
+            Watched::Valid(es) => &es.metadata,
+            Watched::Malformed { metadata, .. } => metadata,
+        }
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        match self {
+            Watched::Valid(es) => &mut Arc::make_mut(es).metadata,
+            Watched::Malformed { metadata, .. } => metadata,
+        }
     }
 }
 
@@ -68,7 +94,7 @@ impl Resource for Watched {
 /// everything that decides the Secret: the same object (uid), the same spec (generation), the
 /// same scope annotation for plain items.
 pub fn still_current(seen: &EncryptedSecret, current: Option<&Watched>) -> bool {
-    let Some(Ok(now)) = current.map(|w| w.object.as_ref()) else {
+    let Some(Ok(now)) = current.map(Watched::object) else {
         return false;
     };
     let scope = |es: &EncryptedSecret| {
@@ -93,22 +119,45 @@ mod tests {
         let good = json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecret",
             "metadata": {"name": "ok", "namespace": "a", "uid": "u1", "generation": 2},
             "spec": {"encryptedData": {"k": "a21zZWFs"}}});
-        let watched: Watched = serde_json::from_value(good).unwrap();
-        assert!(watched.object.is_ok());
-        assert_eq!(watched.metadata.name.as_deref(), Some("ok"));
+        let watched: Watched = serde_json::from_str(&good.to_string()).unwrap();
+        assert!(watched.object().is_ok());
+        assert_eq!(watched.meta().name.as_deref(), Some("ok"));
         let bad = json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecret",
             "metadata": {"name": "broken", "namespace": "a"},
             "spec": {"encryptedData": {"k": 5}, "template": "not-an-object"}});
-        let watched: Watched = serde_json::from_value(bad).unwrap();
-        assert_eq!(watched.metadata.name.as_deref(), Some("broken"));
-        assert!(watched.object.is_err());
+        let watched: Watched = serde_json::from_str(&bad.to_string()).unwrap();
+        assert_eq!(watched.meta().name.as_deref(), Some("broken"));
+        assert!(watched.object().is_err());
         // A list with one bad item still lists the others.
-        let list: Vec<Watched> = serde_json::from_value(json!([
-            {"metadata": {"name": "x"}, "spec": {"encryptedData": []}},
-            {"metadata": {"name": "y"}, "spec": {}}
-        ]))
+        let list: Vec<Watched> = serde_json::from_str(
+            &json!([
+                {"metadata": {"name": "x"}, "spec": {"encryptedData": []}},
+                {"metadata": {"name": "y"}, "spec": {}}
+            ])
+            .to_string(),
+        )
         .unwrap();
-        assert!(list[0].object.is_err() && list[1].object.is_ok());
+        assert!(list[0].object().is_err() && list[1].object().is_ok());
+    }
+
+    /// A watch event may name its type before or after its object; the second way makes serde
+    /// buffer the object, which must still deserialize (a raw-JSON shortcut did not).
+    #[test]
+    fn watch_events_deserialize_whatever_the_field_order() {
+        let object = r#"{"apiVersion":"kmseal.dev/v1alpha1","kind":"EncryptedSecret","metadata":{"name":"ok","namespace":"a"},"spec":{}}"#;
+        for event in [
+            format!(r#"{{"type":"ADDED","object":{object}}}"#),
+            format!(r#"{{"object":{object},"type":"MODIFIED"}}"#),
+        ] {
+            let parsed: kube::core::WatchEvent<Watched> = serde_json::from_str(&event).unwrap();
+            match parsed {
+                kube::core::WatchEvent::Added(w) | kube::core::WatchEvent::Modified(w) => {
+                    assert!(w.object().is_ok(), "{event}");
+                    assert_eq!(w.meta().name.as_deref(), Some("ok"));
+                }
+                _ => panic!("{event}"),
+            }
+        }
     }
 
     #[test]
@@ -116,10 +165,7 @@ mod tests {
         let mut es = EncryptedSecret::with_name(Some("a"), "n", Default::default());
         es.metadata.uid = Some("u1".into());
         es.metadata.generation = Some(1);
-        let watched = |es: &EncryptedSecret| Watched {
-            metadata: es.metadata.clone(),
-            object: Ok(Arc::new(es.clone())),
-        };
+        let watched = |es: &EncryptedSecret| Watched::Valid(Arc::new(es.clone()));
         assert!(still_current(&es, Some(&watched(&es))));
         assert!(!still_current(&es, None), "deleted");
         let mut changed = es.clone();

@@ -50,6 +50,8 @@ pub struct Gate {
     max_waiting_per_tenant: usize,
     max_holders: usize,
     state: Mutex<State>,
+    /// Signalled whenever a request leaves the gate, so that turned-away work can come back.
+    room: tokio::sync::Notify,
 }
 
 /// The tenant already has its share of requests waiting.
@@ -67,6 +69,7 @@ impl Drop for Permit {
         if self.armed {
             self.gate.lock().in_flight -= 1;
             Gate::dispatch(&self.gate);
+            self.gate.room.notify_one();
         }
     }
 }
@@ -93,6 +96,7 @@ impl Gate {
             max_waiting_per_tenant,
             max_holders,
             state: Mutex::new(State::default()),
+            room: tokio::sync::Notify::new(),
         })
     }
 
@@ -130,25 +134,53 @@ impl Gate {
         }
     }
 
+    /// Why `tenant` would be turned away now, if it would.
+    fn busy(&self, state: &State, tenant: &str) -> Option<Busy> {
+        if tenant == OPERATOR {
+            return None;
+        }
+        let live =
+            |q: &VecDeque<oneshot::Sender<Permit>>| q.iter().filter(|w| !w.is_closed()).count();
+        let waiting = state.queues.get(tenant).map_or(0, live);
+        if self.max_waiting_per_tenant > 0 && waiting >= self.max_waiting_per_tenant {
+            return Some(Busy);
+        }
+        if self.max_holders > 0 {
+            let held = state.in_flight + state.queues.values().map(live).sum::<usize>();
+            if held >= self.max_holders {
+                return Some(Busy);
+            }
+        }
+        None
+    }
+
+    /// How many more requests the gate would let in now (`usize::MAX` without a limit).
+    pub fn room(&self) -> usize {
+        if self.max_holders == 0 {
+            return usize::MAX;
+        }
+        let state = self.lock();
+        let waiting: usize = state
+            .queues
+            .values()
+            .map(|q| q.iter().filter(|w| !w.is_closed()).count())
+            .sum();
+        self.max_holders.saturating_sub(state.in_flight + waiting)
+    }
+
+    /// Resolves when a request has left the gate since the last call (there may be room).
+    pub async fn room_freed(&self) {
+        self.room.notified().await;
+    }
+
     /// Waits for `tenant`'s turn, or says at once that the tenant has its share waiting, or
     /// that the gate holds as many requests as it may.
     pub async fn try_acquire(self: &Arc<Self>, tenant: &str) -> Result<Permit, Busy> {
-        if tenant != OPERATOR {
-            let state = self.lock();
-            let live =
-                |q: &VecDeque<oneshot::Sender<Permit>>| q.iter().filter(|w| !w.is_closed()).count();
-            let waiting = state.queues.get(tenant).map_or(0, live);
-            if self.max_waiting_per_tenant > 0 && waiting >= self.max_waiting_per_tenant {
-                return Err(Busy);
-            }
-            if self.max_holders > 0 {
-                let held = state.in_flight + state.queues.values().map(live).sum::<usize>();
-                if held >= self.max_holders {
-                    return Err(Busy);
-                }
-            }
+        let busy = self.busy(&self.lock(), tenant);
+        match busy {
+            Some(busy) => Err(busy),
+            None => Ok(self.acquire(tenant).await),
         }
-        Ok(self.acquire(tenant).await)
     }
 
     /// Requests in flight.

@@ -142,7 +142,7 @@ impl Fake {
         state.notify_secret(before.as_ref(), after.as_ref());
     }
 
-    fn handle(
+    pub fn handle(
         &self,
         method: &Method,
         path: &str,
