@@ -1,0 +1,394 @@
+//! The real `kmseal-controller` binary over N EncryptedSecrets: API requests and writes per
+//! object, KMS calls, time, and the controller process's memory, on a cold start and on a
+//! restart. It prints figures and asserts nothing about timings.
+//!
+//! The Kubernetes API is the test suite's in-process fake (`tests/common/fake_api.rs`), served
+//! over HTTP on loopback from this process; it honours metadata-only requests as the real API
+//! server does, so the controller's memory is what it would hold in a cluster. KMS is moto's
+//! server. Run it with `scripts/bench-controller-binary.sh`, which builds the release binaries
+//! and starts moto. Flags: `--objects N`, `--namespaces N`, `--kms-requests-per-second R`
+//! (default 0: off); `MALLOC_ARENA_MAX` and `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to
+//! the controller, for allocator experiments.
+
+#[path = "../tests/common/fake_api.rs"]
+mod fake_api;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use fake_api::Fake;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use kmseal::binding::Scope;
+use kmseal::kms::AwsKms;
+use kmseal::random::OsRandom;
+use kmseal::seal::{self, PlainSecret, Wrapper};
+use zeroize::Zeroizing;
+
+struct Params {
+    objects: usize,
+    kms_rps: String,
+    namespaces: usize,
+    moto: String,
+    controller: std::path::PathBuf,
+}
+
+fn params() -> Params {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let exe = std::env::current_exe().expect("current exe");
+    let release = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .expect("target/<profile>/examples");
+    Params {
+        objects: value("--objects").map_or(10_000, |v| v.parse().expect("--objects N")),
+        kms_rps: value("--kms-requests-per-second").unwrap_or_else(|| "0".into()),
+        namespaces: value("--namespaces").map_or(50, |v| v.parse().expect("--namespaces N")),
+        moto: value("--moto")
+            .or_else(|| std::env::var("KMSEAL_TEST_MOTO_URL").ok())
+            .expect("--moto URL or KMSEAL_TEST_MOTO_URL"),
+        controller: value("--controller")
+            .map(Into::into)
+            .unwrap_or_else(|| release.join("kmseal-controller")),
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn spawn_controller(p: &Params, kubeconfig: &std::path::Path, metrics_port: u16) -> Child {
+    Command::new(&p.controller)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .envs(std::env::var("MALLOC_ARENA_MAX").map(|v| ("MALLOC_ARENA_MAX", v)))
+        .envs(std::env::var("BENCH_LD_PRELOAD").map(|v| ("LD_PRELOAD", v)))
+        .args(["--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--endpoint", &p.moto, "--allow-any-key"])
+        // Unlimited by default, to measure the controller rather than the 50/s budget.
+        .args(["--kms-requests-per-second", &p.kms_rps])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kmseal-controller (build it with --release)")
+}
+
+async fn metric(port: u16, line: &str) -> f64 {
+    let Ok(text) = reqwest_lite(port, "/metrics").await else {
+        return 0.0;
+    };
+    text.lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A plain HTTP/1.0 GET on loopback (no client crate needed).
+async fn reqwest_lite(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    secret_gets: u64,
+    secret_writes: u64,
+    status_writes: u64,
+    events: u64,
+    event_patches: u64,
+}
+
+fn counts(fake: &Fake, requests: &AtomicU64) -> Counts {
+    let s = fake.lock();
+    Counts {
+        requests: requests.load(Ordering::Relaxed),
+        secret_gets: s.secret_gets,
+        secret_writes: s.secret_writes,
+        status_writes: s.status_writes,
+        events: s.events.len() as u64,
+        event_patches: s.event_patches,
+    }
+}
+
+fn ready_count(fake: &Fake) -> usize {
+    fake.lock()
+        .encrypted
+        .values()
+        .filter(|es| es["status"]["conditions"][0]["status"] == "True")
+        .count()
+}
+
+struct Phase {
+    name: &'static str,
+    wall: Duration,
+    delta: Counts,
+    decrypts: f64,
+    peak_rss_kib: u64,
+    end_rss_kib: u64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let p = params();
+    let n = p.objects;
+    println!("kmseal-controller binary benchmark");
+    println!(
+        "objects: {n} in {} namespaces, 3 items of 64 B each, one data key per object",
+        p.namespaces
+    );
+
+    // Keys and objects, sealed against moto.
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(kmseal::kms::aws::https_client())
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("test", "test", None, None, "bench"),
+            ),
+        )
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&p.moto)
+        .load()
+        .await;
+    let admin = aws_sdk_kms::Client::new(&sdk);
+    let key = admin
+        .create_key()
+        .send()
+        .await
+        .expect("moto: create_key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("a key ARN");
+    let kms = Arc::new(AwsKms::from_sdk_config(sdk));
+    let started = Instant::now();
+    let fake = Fake::default();
+    let sealed: Vec<_> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (kms, key, namespaces) = (kms.clone(), key.clone(), p.namespaces);
+            async move {
+                let value = || Zeroizing::new(vec![b'x'; 64]);
+                let secret = PlainSecret {
+                    namespace: Some(format!("ns-{:02}", i % namespaces)),
+                    name: format!("app-{i:05}"),
+                    data: BTreeMap::from([
+                        ("username".to_owned(), value()),
+                        ("password".to_owned(), value()),
+                        ("api-token".to_owned(), value()),
+                    ]),
+                    ..PlainSecret::default()
+                };
+                seal::seal_secret(
+                    &Wrapper::Kms {
+                        kms: &*kms,
+                        key_id: &key,
+                    },
+                    &secret,
+                    Scope::Strict,
+                    &mut OsRandom,
+                    0,
+                )
+                .await
+                .expect("seal against moto")
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for es in &sealed {
+        fake.add_encrypted(es);
+    }
+    drop(sealed);
+    println!(
+        "setup: sealed {n} objects against moto in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The fake API server, over HTTP.
+    let requests = Arc::new(AtomicU64::new(0));
+    let app = {
+        let (fake, requests) = (fake.clone(), requests.clone());
+        axum::Router::new().fallback(move |request: Request| {
+            let (fake, requests) = (fake.clone(), requests.clone());
+            async move {
+                if !request.uri().path().contains("/leases") {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                }
+                let method = request.method().clone();
+                let path = request.uri().path().to_owned();
+                let query = request.uri().query().unwrap_or("").to_owned();
+                let accept = request
+                    .headers()
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let response = fake.handle(&method, &path, &query, &accept, &body);
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, Body::new(body))
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api_port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::File::create(&kubeconfig)
+        .and_then(|mut f| {
+            write!(
+                f,
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://127.0.0.1:{api_port}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n"
+            )
+        })
+        .expect("kubeconfig");
+
+    let mut phases = Vec::new();
+    for name in ["cold start", "restart"] {
+        let metrics_port = free_port();
+        let before = counts(&fake, &requests);
+        let started = Instant::now();
+        let mut child = spawn_controller(&p, &kubeconfig, metrics_port);
+        let pid = child.id();
+        let mut peak = 0;
+        // Done when every object is ready and the controller reports ready, then 3 s more
+        // for any echo of its own writes to come back and be acted on.
+        let mut done_at: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(status_kib(pid, "VmRSS:"));
+            let all_ready = ready_count(&fake) == n
+                && reqwest_lite(metrics_port, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"));
+            if all_ready && done_at.is_none() {
+                done_at = Some(Instant::now());
+            }
+            if let Some(at) = done_at
+                && at.elapsed() >= Duration::from_secs(3)
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                panic!("not done after 30 min: {} of {n} ready", ready_count(&fake));
+            }
+        }
+        let wall = done_at.expect("done") - started;
+        let after = counts(&fake, &requests);
+        let decrypts = metric(
+            metrics_port,
+            "kmseal_kms_requests_total{operation=\"Decrypt\",outcome=\"ok\"}",
+        )
+        .await;
+        let peak_rss_kib = status_kib(pid, "VmHWM:").max(peak);
+        let end_rss_kib = status_kib(pid, "VmRSS:");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let _ = child.wait();
+        phases.push(Phase {
+            name,
+            wall,
+            delta: Counts {
+                requests: after.requests - before.requests,
+                secret_gets: after.secret_gets - before.secret_gets,
+                secret_writes: after.secret_writes - before.secret_writes,
+                status_writes: after.status_writes - before.status_writes,
+                events: after.events - before.events,
+                event_patches: after.event_patches - before.event_patches,
+            },
+            decrypts,
+            peak_rss_kib,
+            end_rss_kib,
+        });
+    }
+
+    println!();
+    println!(
+        "{:<11} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>9}",
+        "phase",
+        "wall s",
+        "requests",
+        "/object",
+        "Sec GET",
+        "Sec write",
+        "status",
+        "events",
+        "Decrypt",
+        "peak MiB",
+        "end MiB"
+    );
+    for ph in &phases {
+        let d = ph.delta;
+        println!(
+            "{:<11} {:>8.1} {:>9} {:>8.2} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9.1} {:>9.1}",
+            ph.name,
+            ph.wall.as_secs_f64(),
+            d.requests,
+            d.requests as f64 / n as f64,
+            d.secret_gets,
+            d.secret_writes,
+            d.status_writes,
+            d.events + d.event_patches,
+            ph.decrypts,
+            ph.peak_rss_kib as f64 / 1024.0,
+            ph.end_rss_kib as f64 / 1024.0,
+        );
+    }
+    println!();
+    println!("requests: every API request but Leases (lists, watches, GETs, writes, events);");
+    println!("wall: from the process start until every object is ready and /readyz answers;");
+    println!(
+        "peak/end MiB: the controller process's VmHWM / VmRSS; KMS rate limit: {}/s (0: off).",
+        p.kms_rps
+    );
+}
