@@ -6,8 +6,8 @@
 //! over HTTP on loopback from this process; it honours metadata-only requests as the real API
 //! server does, so the controller's memory is what it would hold in a cluster. KMS is moto's
 //! server. Run it with `scripts/bench-controller-binary.sh`, which builds the release binaries
-//! and starts moto. Flags: `--objects N`, `--namespaces N`, `--kms-requests-per-second R`
-//! (default 0: off); `MALLOC_ARENA_MAX` and `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to
+//! and starts moto. Flags: `--objects N`, `--namespaces N`, `--items N` (3), `--value-bytes N`
+//! (64), `--kms-requests-per-second R` (default 0: off); `MALLOC_ARENA_MAX` and `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to
 //! the controller, for allocator experiments.
 
 #[path = "../tests/common/fake_api.rs"]
@@ -34,6 +34,8 @@ use zeroize::Zeroizing;
 
 struct Params {
     objects: usize,
+    items: usize,
+    value_bytes: usize,
     kms_rps: String,
     namespaces: usize,
     moto: String,
@@ -56,6 +58,8 @@ fn params() -> Params {
     Params {
         objects: value("--objects").map_or(10_000, |v| v.parse().expect("--objects N")),
         kms_rps: value("--kms-requests-per-second").unwrap_or_else(|| "0".into()),
+        items: value("--items").map_or(3, |v| v.parse().expect("--items N")),
+        value_bytes: value("--value-bytes").map_or(64, |v| v.parse().expect("--value-bytes N")),
         namespaces: value("--namespaces").map_or(50, |v| v.parse().expect("--namespaces N")),
         moto: value("--moto")
             .or_else(|| std::env::var("KMSEAL_TEST_MOTO_URL").ok())
@@ -176,8 +180,8 @@ async fn main() {
     let n = p.objects;
     println!("kmseal-controller binary benchmark");
     println!(
-        "objects: {n} in {} namespaces, 3 items of 64 B each, one data key per object",
-        p.namespaces
+        "objects: {n} in {} namespaces, {} items of {} B each, one data key per object",
+        p.namespaces, p.items, p.value_bytes
     );
 
     // Keys and objects, sealed against moto.
@@ -207,16 +211,19 @@ async fn main() {
     let sealed: Vec<_> = futures::stream::iter(0..n)
         .map(|i| {
             let (kms, key, namespaces) = (kms.clone(), key.clone(), p.namespaces);
+            let (items, value_bytes) = (p.items, p.value_bytes);
             async move {
-                let value = || Zeroizing::new(vec![b'x'; 64]);
                 let secret = PlainSecret {
                     namespace: Some(format!("ns-{:02}", i % namespaces)),
                     name: format!("app-{i:05}"),
-                    data: BTreeMap::from([
-                        ("username".to_owned(), value()),
-                        ("password".to_owned(), value()),
-                        ("api-token".to_owned(), value()),
-                    ]),
+                    data: (0..items)
+                        .map(|item| {
+                            (
+                                format!("item-{item}"),
+                                Zeroizing::new(vec![b'x'; value_bytes]),
+                            )
+                        })
+                        .collect::<BTreeMap<_, _>>(),
                     ..PlainSecret::default()
                 };
                 seal::seal_secret(
