@@ -262,22 +262,13 @@ async fn main() {
                 if !request.uri().path().contains("/leases") {
                     requests.fetch_add(1, Ordering::Relaxed);
                 }
-                let method = request.method().clone();
-                let path = request.uri().path().to_owned();
-                let query = request.uri().query().unwrap_or("").to_owned();
-                let accept = request
-                    .headers()
-                    .get("accept")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let body = request
-                    .into_body()
+                let (parts, body) = request.into_parts();
+                let body = body
                     .collect()
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let response = fake.handle(&method, &path, &query, &accept, &body);
+                let response = fake.respond(&parts, &body);
                 let (parts, body) = response.into_parts();
                 Response::from_parts(parts, Body::new(body))
             }

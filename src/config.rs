@@ -147,10 +147,7 @@ impl ControllerArgs {
     pub fn key_policy(&self) -> Result<crate::policy::KeyPolicy, ConfigError> {
         use crate::policy::KeyPolicy;
         let mut policy = if self.allow_any_key {
-            let mut any = KeyPolicy::unrestricted();
-            any.require_plain_key_id = true;
-            any.allow_cluster_scope_plain_items = false;
-            any
+            KeyPolicy::any_key()
         } else {
             let mut rules = KeyPolicy::rules_for_all_namespaces(&self.allowed_keys)?;
             if let Some(path) = &self.key_policy {

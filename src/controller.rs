@@ -21,7 +21,9 @@ use crate::api::{EncryptedSecret, EncryptedSecretStatus};
 use crate::kms::{Kms, KmsErrorKind};
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::open::{self, OpenError};
-use crate::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason};
+use crate::reconcile::{
+    self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason, truncate,
+};
 
 pub mod admission;
 pub mod body;
@@ -53,16 +55,6 @@ impl ApiError {
             }
             other => truncate(&other.to_string(), 300),
         }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
     }
 }
 

@@ -272,6 +272,16 @@ impl KeyPolicy {
         }
     }
 
+    /// Any key for any namespace (`--allow-any-key`, single-tenant clusters), but plain items
+    /// still name their key and stay bound to their namespace.
+    pub fn any_key() -> Self {
+        KeyPolicy {
+            rules: None,
+            allow_cluster_scope_plain_items: false,
+            require_plain_key_id: true,
+        }
+    }
+
     /// Only what the rules allow.
     pub fn from_rules(rules: Vec<Rule>) -> Self {
         KeyPolicy {

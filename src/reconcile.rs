@@ -139,7 +139,9 @@ pub fn ownership(es: &EncryptedSecret, existing: &ExistingSecret) -> Ownership {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// At most `max` characters of `s`, with an ellipsis when cut: names and server messages go
+/// into conditions and events, which must stay bounded.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
     } else {

@@ -451,25 +451,7 @@ async fn fake_with_one_object_in(
     memory: &MemoryKms,
     namespace: &str,
 ) -> kmseal::api::EncryptedSecret {
-    let key = memory.create_key();
-    let plain = PlainSecret {
-        namespace: Some(namespace.into()),
-        name: "db".into(),
-        data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec()))]),
-        ..PlainSecret::default()
-    };
-    seal::seal_secret(
-        &Wrapper::Kms {
-            kms: memory,
-            key_id: &key,
-        },
-        &plain,
-        Scope::Strict,
-        &mut OsRandom,
-        1,
-    )
-    .await
-    .unwrap()
+    sealed_in(memory, &memory.create_key(), namespace, "db").await
 }
 
 /// One EncryptedSecret that does not match kmseal's types (say, written when the CRD schema was
@@ -537,12 +519,53 @@ async fn a_changed_policy_file_is_applied_to_every_object() {
         "an invalid edit changes nothing"
     );
     std::fs::write(&path, policy(&key)).unwrap();
+    let allowed = tokio::time::Instant::now();
     eventually_within(
         "synced once the file allows the key",
         Duration::from_secs(30),
         || fake.secret("prod", "db").is_some(),
     )
     .await;
+    // The README says: re-read within 10 seconds of a change.
+    assert!(
+        allowed.elapsed() <= Duration::from_secs(11),
+        "{:?}",
+        allowed.elapsed()
+    );
+    running.stop().await;
+}
+
+/// A policy alias that cannot be resolved at start (here `kms:DescribeKey` is denied) keeps
+/// values under its key refused, and is resolved again every 10 s until it is; then the object
+/// syncs without any change to it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_unresolved_policy_alias_is_retried_until_it_resolves() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let key = memory.create_key();
+    memory.create_alias("alias/team", &key);
+    memory.deny("kms:DescribeKey", &key);
+    let fake = Fake::default();
+    fake.add_encrypted(&sealed_in(&memory, &key, "prod", "db").await);
+    let alias = "arn:aws:kms:eu-west-1:000000000000:alias/team";
+    let running = start_with(&fake, memory.clone(), &["--allowed-keys", alias]);
+    eventually("refused while the alias is unresolved", || {
+        fake.status("prod", "db")["conditions"][0]["reason"] == "KeyNotAllowed"
+    })
+    .await;
+    assert_eq!(memory.calls.decrypt.load(Ordering::Relaxed), 0);
+    memory.allow("kms:DescribeKey", &key);
+    let allowed = tokio::time::Instant::now();
+    eventually_within(
+        "synced once the alias resolves",
+        Duration::from_secs(30),
+        || fake.secret("prod", "db").is_some(),
+    )
+    .await;
+    assert!(
+        allowed.elapsed() <= Duration::from_secs(11),
+        "{:?}",
+        allowed.elapsed()
+    );
     running.stop().await;
 }
 

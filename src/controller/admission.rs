@@ -47,10 +47,7 @@ impl Admission {
     /// Any key for any namespace (a single-tenant cluster's `--allow-any-key`), plain items
     /// still bound to their namespace and named key, the default Secret types.
     pub fn any_key() -> Self {
-        let mut policy = KeyPolicy::unrestricted();
-        policy.require_plain_key_id = true;
-        policy.allow_cluster_scope_plain_items = false;
-        Admission::new(policy, SecretTypes::default())
+        Admission::new(KeyPolicy::any_key(), SecretTypes::default())
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

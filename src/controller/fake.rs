@@ -168,16 +168,14 @@ impl InMemoryCluster {
             ),
             ..Secret::default()
         };
-        let unchanged = before.as_ref().is_some_and(|b| {
-            let mut b = b.clone();
-            b.metadata.resource_version = None;
-            next.metadata.resource_version = None;
-            b == next
+        // The body's resourceVersion is a precondition, not content; an unchanged Secret keeps
+        // its version.
+        next.metadata.resource_version = None;
+        let kept = before.and_then(|mut b| {
+            let version = b.metadata.resource_version.take();
+            (b == next).then_some(version).flatten()
         });
-        next.metadata.resource_version = match (&before, unchanged) {
-            (Some(b), true) => b.metadata.resource_version.clone(),
-            _ => Some(self.bump()),
-        };
+        next.metadata.resource_version = Some(kept.unwrap_or_else(|| self.bump()));
         let version = next.metadata.resource_version.clone().unwrap_or_default();
         self.lock().secrets.insert(key, next);
         version

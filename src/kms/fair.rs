@@ -43,6 +43,18 @@ struct State {
     granted: u64,
 }
 
+/// Waiters that have not given up.
+fn live(queue: &VecDeque<oneshot::Sender<Permit>>) -> usize {
+    queue.iter().filter(|w| !w.is_closed()).count()
+}
+
+impl State {
+    /// Requests in flight or waiting.
+    fn held(&self) -> usize {
+        self.in_flight + self.queues.values().map(live).sum::<usize>()
+    }
+}
+
 /// The scheduler itself; shared by the requests it admits.
 pub struct Gate {
     interval: Duration,
@@ -111,7 +123,7 @@ impl Gate {
 
     /// Requests waiting for their turn.
     pub fn waiting(&self) -> usize {
-        self.lock().queues.values().map(VecDeque::len).sum()
+        self.lock().queues.values().map(live).sum()
     }
 
     fn has_capacity(&self, state: &State) -> bool {
@@ -139,17 +151,12 @@ impl Gate {
         if tenant == OPERATOR {
             return None;
         }
-        let live =
-            |q: &VecDeque<oneshot::Sender<Permit>>| q.iter().filter(|w| !w.is_closed()).count();
         let waiting = state.queues.get(tenant).map_or(0, live);
         if self.max_waiting_per_tenant > 0 && waiting >= self.max_waiting_per_tenant {
             return Some(Busy);
         }
-        if self.max_holders > 0 {
-            let held = state.in_flight + state.queues.values().map(live).sum::<usize>();
-            if held >= self.max_holders {
-                return Some(Busy);
-            }
+        if self.max_holders > 0 && state.held() >= self.max_holders {
+            return Some(Busy);
         }
         None
     }
@@ -159,13 +166,7 @@ impl Gate {
         if self.max_holders == 0 {
             return usize::MAX;
         }
-        let state = self.lock();
-        let waiting: usize = state
-            .queues
-            .values()
-            .map(|q| q.iter().filter(|w| !w.is_closed()).count())
-            .sum();
-        self.max_holders.saturating_sub(state.in_flight + waiting)
+        self.max_holders.saturating_sub(self.lock().held())
     }
 
     /// Resolves when a request has left the gate since the last call (there may be room).

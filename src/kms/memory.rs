@@ -139,6 +139,11 @@ impl MemoryKms {
         self.lock().denied.insert((action, arn.to_owned()));
     }
 
+    /// Takes back a [`MemoryKms::deny`].
+    pub fn allow(&self, action: &'static str, arn: &str) {
+        self.lock().denied.remove(&(action, arn.to_owned()));
+    }
+
     pub fn total_calls(&self) -> u64 {
         self.calls.generate_data_key.load(Ordering::Relaxed)
             + self.calls.decrypt.load(Ordering::Relaxed)

@@ -142,7 +142,18 @@ impl Fake {
         state.notify_secret(before.as_ref(), after.as_ref());
     }
 
-    pub fn handle(
+    /// Answers a request, given its head and its whole body.
+    pub fn respond(&self, request: &http::request::Parts, body: &[u8]) -> Response<ResponseBody> {
+        let accept = request
+            .headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let query = request.uri.query().unwrap_or("");
+        self.handle(&request.method, request.uri.path(), query, accept, body)
+    }
+
+    fn handle(
         &self,
         method: &Method,
         path: &str,
@@ -436,21 +447,9 @@ pub fn client(fake: Fake, calls: Arc<std::sync::atomic::AtomicU64>) -> Client {
             calls.fetch_add(1, Ordering::Relaxed);
         }
         async move {
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            let query = request.uri().query().unwrap_or("").to_owned();
-            let accept = request
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let body = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .unwrap_or_default();
-            Ok::<_, Infallible>(fake.handle(&method, &path, &query, &accept, &body))
+            let (parts, body) = request.into_parts();
+            let body = body.collect_bytes().await.unwrap_or_default();
+            Ok::<_, Infallible>(fake.respond(&parts, &body))
         }
     });
     Client::new(service, "default")
