@@ -26,7 +26,7 @@ use k8s_openapi::ByteString;
 use kmseal::api::EncryptedSecret;
 use kmseal::binding::Scope;
 use kmseal::controller::fake::InMemoryCluster;
-use kmseal::controller::{Admission, Reconciled, Reconciler, Timing};
+use kmseal::controller::{Admission, Reconciled, Reconciler};
 use kmseal::kms::{CachingKms, MemoryKms};
 use kmseal::metrics::{MeteredKms, Metrics};
 use kmseal::random::OsRandom;
@@ -157,13 +157,7 @@ fn reconciler(memory: MemoryKms, cluster: InMemoryCluster, cache_capacity: usize
         cache_capacity,
         CACHE_TTL,
     );
-    Reconciler::new(
-        kms,
-        cluster,
-        metrics,
-        Timing::default(),
-        Arc::new(Admission::any_key()),
-    )
+    Reconciler::new(kms, cluster, metrics, Arc::new(Admission::any_key()))
 }
 
 /// Cumulative counters, read before and after a phase.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kmseal::binding::Scope;
-use kmseal::controller::{Admission, KubeClusterApi, Reconciled, Reconciler, Timing};
+use kmseal::controller::{Admission, KubeClusterApi, Reconciled, Reconciler};
 use kmseal::kms::{CachingKms, MemoryKms};
 use kmseal::metrics::Metrics;
 use kmseal::random::OsRandom;
@@ -150,7 +150,6 @@ async fn main() {
         CachingKms::new(memory, 100, Duration::from_secs(300)),
         KubeClusterApi::new(client, None, None),
         Arc::new(Metrics::new()),
-        Timing::default(),
         Arc::new(Admission::any_key()),
     );
     let (outcome, _) = reconciler.reconcile(&es).await.expect("reconcile");

@@ -29,6 +29,7 @@ pub mod admission;
 pub mod body;
 pub mod fake;
 pub mod recent;
+pub mod resync;
 pub mod runtime;
 pub mod waiting_room;
 pub mod watched;
@@ -81,6 +82,14 @@ pub trait ClusterApi: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<ExistingSecret>, ApiError>> + Send;
 
+    /// The EncryptedSecret `namespace/name` as the API server has it now, if it exists: for a
+    /// write whose watched copy no longer holds the values (see [`watched::Settled`]).
+    fn encrypted_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<EncryptedSecret>, ApiError>> + Send;
+
     /// Creates the Secret; fails with [`WriteError::Conflict`] if one of that name exists.
     /// Returns its resourceVersion.
     fn create_secret(
@@ -123,6 +132,14 @@ impl<A: ClusterApi> ClusterApi for Arc<A> {
         name: &str,
     ) -> impl Future<Output = Result<Option<ExistingSecret>, ApiError>> + Send {
         (**self).secret_meta(namespace, name)
+    }
+
+    fn encrypted_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<EncryptedSecret>, ApiError>> + Send {
+        (**self).encrypted_secret(namespace, name)
     }
 
     fn create_secret(
@@ -180,7 +197,11 @@ pub struct KubeClusterApi {
     /// (new ones, foreign ones) are looked up with a GET.
     managed: Option<Store<PartialObjectMeta<Secret>>>,
     current: Option<CurrentCheck>,
-    recorder: Recorder,
+    /// Who publishes the events. Each event gets its own [`Recorder`]: one shared recorder
+    /// keeps every event it published for six minutes (to count repeats as a series), which
+    /// on a cold start of 10,000 objects held about 30 MiB. Events are published only on
+    /// transitions, so there is little to count.
+    reporter: Reporter,
     /// Secrets a GET found absent, and when: a reconcile that comes back soon after (deferred
     /// by the KMS budget, say) does not ask again. Safe, because a create of a Secret that
     /// appeared meanwhile fails and is refused.
@@ -203,18 +224,15 @@ impl KubeClusterApi {
         managed: Option<Store<PartialObjectMeta<Secret>>>,
         instance: Option<String>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: reconcile::FIELD_MANAGER.to_owned(),
-                instance,
-            },
-        );
+        let reporter = Reporter {
+            controller: reconcile::FIELD_MANAGER.to_owned(),
+            instance,
+        };
         KubeClusterApi {
             client,
             managed,
             current: None,
-            recorder,
+            reporter,
             absent: Mutex::new(HashMap::new()),
         }
     }
@@ -321,6 +339,15 @@ impl ClusterApi for KubeClusterApi {
         Ok(found)
     }
 
+    async fn encrypted_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<EncryptedSecret>, ApiError> {
+        let api: Api<EncryptedSecret> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.get_opt(name).await?)
+    }
+
     async fn create_secret(&self, secret: &DesiredSecret) -> Result<String, WriteError> {
         let written = self.write_secret(secret, true).await;
         // Whatever happened, the Secret is no longer known to be absent.
@@ -370,7 +397,7 @@ impl ClusterApi for KubeClusterApi {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        self.recorder
+        Recorder::new(self.client.clone(), self.reporter.clone())
             .publish(&event, &es.object_ref(&()))
             .await
             .map_err(ApiError::from)
@@ -408,27 +435,11 @@ pub enum Reconciled {
 /// earlier (plus up to the same again as jitter): a safety net, not the normal way back.
 pub const DEFERRED_RETRY: Duration = Duration::from_secs(30);
 
-/// Timing knobs.
-#[derive(Debug, Clone)]
-pub struct Timing {
-    /// How often an up-to-date object is looked at again (cheap: no KMS call).
-    pub resync: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            resync: Duration::from_secs(600),
-        }
-    }
-}
-
 /// Reconciles EncryptedSecrets with a KMS and a cluster.
 pub struct Reconciler<K, A> {
     pub kms: K,
     pub api: A,
     pub metrics: Arc<Metrics>,
-    pub timing: Timing,
     /// What tenants may ask for: keys per namespace, Secret types.
     pub admission: Arc<Admission>,
     /// What this controller just wrote, so its own writes do not make it work again.
@@ -484,18 +495,11 @@ fn failed(reason: &'static str, message: String) -> Outcome {
 }
 
 impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
-    pub fn new(
-        kms: K,
-        api: A,
-        metrics: Arc<Metrics>,
-        timing: Timing,
-        admission: Arc<Admission>,
-    ) -> Self {
+    pub fn new(kms: K, api: A, metrics: Arc<Metrics>, admission: Arc<Admission>) -> Self {
         Reconciler {
             kms,
             api,
             metrics,
-            timing,
             admission,
             recent: Arc::new(RecentWrites::new()),
             failures: Mutex::new(HashMap::new()),
@@ -548,6 +552,15 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         reconcile::backoff_delay(*count, jitter())
     }
 
+    /// Whether the object is waiting out a backoff after a failure: the resync sweep leaves
+    /// it to its backoff.
+    pub fn backing_off(&self, namespace: &str, name: &str) -> bool {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(namespace.to_owned(), name.to_owned()))
+    }
+
     fn record_success(&self, es: &EncryptedSecret) {
         self.failures
             .lock()
@@ -586,11 +599,28 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         &self,
         es: &EncryptedSecret,
     ) -> Result<(Reconciled, Action), ReconcileError> {
+        self.reconcile_known(es, None).await
+    }
+
+    /// [`Reconciler::reconcile`] of an object the watch cache keeps without its values: a
+    /// write GETs it whole first.
+    pub async fn reconcile_settled(
+        &self,
+        settled: &watched::Settled,
+    ) -> Result<(Reconciled, Action), ReconcileError> {
+        self.reconcile_known(&settled.object, Some(settled)).await
+    }
+
+    async fn reconcile_known(
+        &self,
+        es: &EncryptedSecret,
+        settled: Option<&watched::Settled>,
+    ) -> Result<(Reconciled, Action), ReconcileError> {
         let started = Instant::now();
         // The status this controller last wrote, if the watch cache does not show it yet.
         let latest = self.recent.latest(es);
         let es = latest.as_ref().unwrap_or(es);
-        let result = self.reconcile_inner(es).await;
+        let result = self.reconcile_inner(es, settled).await;
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -615,8 +645,9 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         }
         match &result {
             Ok((Reconciled::Failed(reason::THROTTLED | reason::KMS_UNAVAILABLE), _)) => {
-                let key = open::item_keys(es)
-                    .ok()
+                let keys =
+                    settled.map_or_else(|| open::item_keys(es).ok(), |s| Some(s.keys.clone()));
+                let key = keys
                     .and_then(|k| k.envelope_keys.into_iter().next())
                     .or_else(|| es.spec.key_id.clone());
                 self.waiting().insert(
@@ -638,6 +669,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     async fn reconcile_inner(
         &self,
         es: &EncryptedSecret,
+        settled: Option<&watched::Settled>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
         let namespace = es
             .metadata
@@ -646,11 +678,34 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .ok_or(ReconcileError::Unnamed)?;
         let name = es.metadata.name.as_deref().ok_or(ReconcileError::Unnamed)?;
         let existing = self.api.secret_meta(namespace, name).await?;
-        let admitted = self.admission.check(es);
-        match reconcile::plan(es, existing.as_ref(), admitted) {
+        let plan = match settled {
+            None => reconcile::plan(es, existing.as_ref(), self.admission.check(es)),
+            Some(settled) => reconcile::plan_with(
+                es,
+                &settled.fingerprint,
+                existing.as_ref(),
+                self.admission.check_keys(es, Ok(settled.keys.clone())),
+            ),
+        };
+        // A write needs the values, which a settled object's watched copy no longer holds.
+        let whole;
+        let es = match (&plan, settled) {
+            (Plan::Create | Plan::Replace { .. }, Some(_)) => {
+                match self.api.encrypted_secret(namespace, name).await? {
+                    Some(now) if watched::same_spec(&now, es) => {
+                        whole = now;
+                        &whole
+                    }
+                    // Changed or deleted since: its watch event brings the next reconcile.
+                    _ => return Ok((Reconciled::Cancelled, Action::await_change())),
+                }
+            }
+            _ => es,
+        };
+        match plan {
             Plan::UpToDate => {
                 self.record_success(es);
-                Ok((Reconciled::UpToDate, Action::requeue(self.timing.resync)))
+                Ok((Reconciled::UpToDate, Action::await_change()))
             }
             Plan::Reject { reason, message } => self.fail(es, failed(reason, message), None).await,
             Plan::Refuse { message } => {
@@ -714,7 +769,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                             name,
                             "object changed or deleted; reconcile stopped"
                         );
-                        return Ok((Reconciled::Cancelled, Action::requeue(self.timing.resync)));
+                        return Ok((Reconciled::Cancelled, Action::await_change()));
                     }
                     OpenError::Kms(e) if e.kind == KmsErrorKind::Deferred => {
                         return Ok(self.defer(namespace, name));
@@ -793,7 +848,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         if outcome.ready {
             self.report(es, &outcome, None).await?;
             self.record_success(es);
-            Ok((Reconciled::Applied, Action::requeue(self.timing.resync)))
+            Ok((Reconciled::Applied, Action::await_change()))
         } else if outcome.reason == reason::SECRET_EXISTS {
             self.report(es, &outcome, None).await?;
             Ok((

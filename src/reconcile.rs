@@ -85,7 +85,6 @@ pub fn reason_for_category(category: &str) -> &'static str {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExistingSecret {
     pub resource_version: Option<String>,
-    pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub owner_references: Vec<OwnerReference>,
     /// Kept when kmseal replaces the Secret: they belong to whoever added them.
@@ -96,11 +95,61 @@ impl From<&ObjectMeta> for ExistingSecret {
     fn from(m: &ObjectMeta) -> Self {
         ExistingSecret {
             resource_version: m.resource_version.clone(),
-            labels: m.labels.clone().unwrap_or_default(),
             annotations: m.annotations.clone().unwrap_or_default(),
             owner_references: m.owner_references.clone().unwrap_or_default(),
             finalizers: m.finalizers.clone().unwrap_or_default(),
         }
+    }
+}
+
+/// A Secret's metadata cut down to what [`plan`] and [`desired_secret`] read of it (and what
+/// maps it to its EncryptedSecret: the controller owner reference). The watch cache of managed
+/// Secrets keeps only this, so its memory does not grow with labels and annotations that other
+/// tools add.
+pub fn secret_meta_read(meta: ObjectMeta) -> ObjectMeta {
+    let annotations: BTreeMap<String, String> = meta
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k == ADOPT_ANNOTATION)
+        .collect();
+    let owners: Vec<OwnerReference> = meta
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.controller == Some(true))
+        .collect();
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        owner_references: (!owners.is_empty()).then_some(owners),
+        finalizers: meta.finalizers,
+        ..ObjectMeta::default()
+    }
+}
+
+/// An EncryptedSecret's metadata cut down to what the controller reads of it: its identity
+/// (name, namespace, uid), what says which spec it has (generation, resourceVersion) and the
+/// scope annotation. Labels, managed fields and other annotations (`kubectl apply`'s
+/// last-applied-configuration holds a second copy of the whole object) are dropped.
+pub fn encrypted_meta_read(meta: ObjectMeta) -> ObjectMeta {
+    let annotations: BTreeMap<String, String> = meta
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k == crate::api::PLAIN_SCOPE_ANNOTATION)
+        .collect();
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        generation: meta.generation,
+        resource_version: meta.resource_version,
+        deletion_timestamp: meta.deletion_timestamp,
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        ..ObjectMeta::default()
     }
 }
 
@@ -213,6 +262,17 @@ pub fn plan(
     existing: Option<&ExistingSecret>,
     admitted: Result<(), Rejection>,
 ) -> Plan {
+    plan_with(es, &fingerprint(es), existing, admitted)
+}
+
+/// [`plan`] with the object's [`fingerprint`] computed already (the watch cache keeps it for
+/// objects it keeps without their values).
+pub fn plan_with(
+    es: &EncryptedSecret,
+    fingerprint: &str,
+    existing: Option<&ExistingSecret>,
+    admitted: Result<(), Rejection>,
+) -> Plan {
     if let Err(Rejection { reason, message }) = admitted {
         return Plan::Reject { reason, message };
     }
@@ -237,7 +297,7 @@ pub fn plan(
     let status = es.status.as_ref();
     let ready = ready_condition(status).is_some_and(|c| c.status == "True");
     let unchanged = status.is_some_and(|s| {
-        s.applied_fingerprint.as_deref() == Some(fingerprint(es).as_str())
+        s.applied_fingerprint.as_deref() == Some(fingerprint)
             && s.secret_resource_version.is_some()
             && s.secret_resource_version == existing.resource_version
             && s.observed_generation == es.metadata.generation
@@ -443,7 +503,6 @@ mod tests {
         ExistingSecret {
             resource_version: Some(rv.into()),
             owner_references: vec![es.controller_owner_ref(&()).unwrap()],
-            labels: BTreeMap::from([(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into())]),
             ..ExistingSecret::default()
         }
     }
@@ -558,6 +617,90 @@ mod tests {
             plan(&es, Some(&theirs), Ok(())),
             Plan::Refuse { .. }
         ));
+    }
+
+    /// The watch cache keeps only what the plan reads: the decisions on the cut-down metadata
+    /// are the ones on the whole metadata.
+    #[test]
+    fn cut_down_metadata_decides_as_the_whole() {
+        let es = es(1);
+        let owner = es.controller_owner_ref(&()).unwrap();
+        let mut other_owner = owner.clone();
+        other_owner.controller = None;
+        other_owner.uid = "someone-else".into();
+        let full = |annotations: &[(&str, &str)], owners: Vec<OwnerReference>| ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("team-a".into()),
+            uid: Some("secret-uid".into()),
+            resource_version: Some("7".into()),
+            labels: Some(BTreeMap::from([("big".into(), "x".repeat(500))])),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            owner_references: Some(owners),
+            finalizers: Some(vec!["example.com/keep".into()]),
+            ..ObjectMeta::default()
+        };
+        let cases = [
+            full(&[("note", "x")], vec![other_owner.clone(), owner.clone()]),
+            full(
+                &[(ADOPT_ANNOTATION, "true"), ("note", "y")],
+                vec![other_owner.clone()],
+            ),
+            full(&[("note", "z")], vec![]),
+        ];
+        for meta in cases {
+            let slim = secret_meta_read(meta.clone());
+            assert_eq!(slim.labels, None);
+            assert_eq!(slim.uid, None);
+            assert!(
+                slim.annotations
+                    .iter()
+                    .flatten()
+                    .all(|(k, _)| k == ADOPT_ANNOTATION)
+            );
+            assert!(
+                slim.owner_references
+                    .iter()
+                    .flatten()
+                    .all(|r| r.controller == Some(true))
+            );
+            assert_eq!(slim.finalizers, meta.finalizers);
+            assert_eq!(
+                plan(&es, Some(&ExistingSecret::from(&slim)), Ok(())),
+                plan(&es, Some(&ExistingSecret::from(&meta)), Ok(()))
+            );
+        }
+        let mut watched = es.metadata.clone();
+        watched.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
+        watched.annotations = Some(BTreeMap::from([
+            (
+                crate::api::PLAIN_SCOPE_ANNOTATION.into(),
+                "namespace".into(),
+            ),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "{}".into(),
+            ),
+        ]));
+        let slim = encrypted_meta_read(watched.clone());
+        assert_eq!(slim.labels, None);
+        assert_eq!(
+            slim.annotations.unwrap().keys().collect::<Vec<_>>(),
+            [crate::api::PLAIN_SCOPE_ANNOTATION]
+        );
+        assert_eq!(
+            (slim.name, slim.namespace, slim.uid, slim.generation),
+            (
+                watched.name,
+                watched.namespace,
+                watched.uid,
+                watched.generation
+            )
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kmseal::api::{EncryptedSecret, SecretTemplate, TemplateMetadata};
 use kmseal::binding::Scope;
 use kmseal::controller::fake::InMemoryCluster;
-use kmseal::controller::{Admission, Reconciled, Reconciler, Timing};
+use kmseal::controller::{Admission, Reconciled, Reconciler};
 use kmseal::kms::{CachingKms, Kms, MemoryKms};
 use kmseal::metrics::{MeteredKms, Metrics};
 use kmseal::random::OsRandom;
@@ -31,13 +31,7 @@ fn reconciler<K: Kms>(kms: K, cluster: InMemoryCluster) -> Reconciler<Stack<K>, 
         100,
         Duration::from_secs(300),
     );
-    Reconciler::new(
-        kms,
-        cluster,
-        metrics,
-        Timing::default(),
-        Arc::new(Admission::any_key()),
-    )
+    Reconciler::new(kms, cluster, metrics, Arc::new(Admission::any_key()))
 }
 
 fn plain(items: &[(&str, &str)]) -> PlainSecret {

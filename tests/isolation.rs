@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kmseal::api::{EncryptedSecret, EncryptedSecretSpec, PLAIN_SCOPE_ANNOTATION, SecretTemplate};
 use kmseal::binding::{Binding, EncryptionContext, Scope};
 use kmseal::controller::fake::InMemoryCluster;
-use kmseal::controller::{Admission, Reconciled, Reconciler, Timing};
+use kmseal::controller::{Admission, Reconciled, Reconciler};
 use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
 use kmseal::kms::{
     AwsKms, CachingKms, DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError,
@@ -88,7 +88,6 @@ fn controller<K: Kms>(
         CachingKms::new(counting.clone(), 100, Duration::from_secs(300)),
         cluster.clone(),
         Arc::new(kmseal::metrics::Metrics::new()),
-        Timing::default(),
         Arc::new(admission),
     );
     (r, counting, cluster)

@@ -316,6 +316,21 @@ async fn controller_syncs_repairs_and_restarts_for_free() {
         applies,
         "no Secret write after a restart"
     );
+    // The restarted controller keeps the object without its values (its status shows the
+    // Secret was produced from this spec): a repair GETs it once, whole.
+    let gets = fake.lock().es_gets;
+    fake.user_writes_secret("prod", "db", None);
+    eventually("the deleted Secret is recreated after the restart", || {
+        fake.secret("prod", "db")
+            .is_some_and(|s| data(&s, "password") == b"s3cr3t")
+    })
+    .await;
+    assert_eq!(
+        fake.lock().es_gets,
+        gets + 1,
+        "one GET of the EncryptedSecret"
+    );
+    assert_eq!(memory.calls.decrypt.load(Ordering::Relaxed), 2);
     running.stop().await;
     let events = fake.lock().events.clone();
     assert!(events.iter().any(|e| e["reason"] == "Synced"), "{events:?}");
@@ -847,5 +862,68 @@ async fn drift_repair_does_not_wait_for_a_hung_kms() {
         },
     )
     .await;
+    running.stop().await;
+}
+
+fn counter(running: &Running, line: &str) -> u64 {
+    running
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(line))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The periodic resync looks at each object once per interval (no KMS call, no write), spread
+/// over the interval rather than all at once; an object backing off after a failure keeps to
+/// its backoff instead of being retried by the resync.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_resync_looks_at_each_object_once_per_interval() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let key = memory.create_key();
+    let fake = Fake::default();
+    const OBJECTS: u64 = 20;
+    for i in 0..OBJECTS {
+        fake.add_encrypted(&sealed_in(&memory, &key, "prod", &format!("app-{i}")).await);
+    }
+    // An item that is not base64: refused before any KMS call, and backing off.
+    let mut broken = sealed_in(&memory, &key, "prod", "broken").await;
+    broken
+        .spec
+        .encrypted_data
+        .insert("password".into(), "not base64!".into());
+    fake.add_encrypted(&broken);
+    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    eventually("every object ready", || {
+        (0..OBJECTS).all(|i| ready(&fake, "prod", &format!("app-{i}")))
+    })
+    .await;
+    let up_to_date = |r: &Running| counter(r, "kmseal_reconciles_total{result=\"up_to_date\"}");
+    let failed = |r: &Running| counter(r, "kmseal_reconciles_total{result=\"failed\"}");
+    let (before, failed_before) = (up_to_date(&running), failed(&running));
+    let decrypts = memory.calls.decrypt.load(Ordering::Relaxed);
+    let writes = |fake: &Fake| {
+        let state = fake.lock();
+        state.secret_writes + state.status_writes
+    };
+    let written = writes(&fake);
+    // 15 intervals: each good object is looked at 15 times (±1 at the edges).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let resynced = up_to_date(&running) - before;
+    assert!(
+        (14 * OBJECTS..=16 * OBJECTS).contains(&resynced),
+        "{resynced} resyncs of {OBJECTS} objects in 15 intervals"
+    );
+    // Spread: in any one second, only a slice of the objects.
+    let before = up_to_date(&running);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(up_to_date(&running) - before < OBJECTS, "a burst");
+    // The broken object's backoff (5, 10, 20 s... from its first failure) allows at most 3
+    // retries in these 31 s; the resync would have made it about 15.
+    let retried = failed(&running) - failed_before;
+    assert!(retried <= 3, "{retried} retries of a backing-off object");
+    assert_eq!(memory.calls.decrypt.load(Ordering::Relaxed), decrypts);
+    assert_eq!(writes(&fake), written);
     running.stop().await;
 }

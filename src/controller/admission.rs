@@ -102,6 +102,15 @@ impl Admission {
     /// items). Checked on every reconcile, so a key the policy stops allowing is noticed even
     /// when nothing else changed.
     pub fn check(&self, es: &EncryptedSecret) -> Result<(), Rejection> {
+        self.check_keys(es, open::item_keys(es))
+    }
+
+    /// [`Admission::check`] with the items' keys read already (`open::item_keys(es)`).
+    pub fn check_keys(
+        &self,
+        es: &EncryptedSecret,
+        keys: Result<open::ItemKeys, open::Failure>,
+    ) -> Result<(), Rejection> {
         let reject = |category: &str, message: String| Rejection {
             reason: reconcile::reason_for_category(category),
             message,
@@ -111,7 +120,7 @@ impl Admission {
             .map_err(|e| reject(e.category(), e.to_string()))?;
         let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
         let snapshot = self.snapshot();
-        let keys = open::item_keys(es).map_err(|f| {
+        let keys = keys.map_err(|f| {
             let item = f.item.map(|i| format!("item {i}: ")).unwrap_or_default();
             reject(f.error.category(), format!("{item}{}", f.error))
         })?;

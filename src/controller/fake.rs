@@ -27,15 +27,17 @@ struct State {
     secrets: BTreeMap<Key, Secret>,
     statuses: BTreeMap<Key, EncryptedSecretStatus>,
     events: Vec<(Key, EventSpec)>,
-    /// EncryptedSecrets as the "cluster" has them now (uid, generation); objects never put
+    /// EncryptedSecrets as the "cluster" has them now (`None`: deleted); objects never put
     /// here count as current.
-    current: BTreeMap<Key, (Option<String>, Option<i64>)>,
+    current: BTreeMap<Key, Option<EncryptedSecret>>,
 }
 
 /// Counters of API calls by kind.
 #[derive(Debug, Default)]
 pub struct ApiCalls {
     pub secret_gets: AtomicU64,
+    /// GETs of an EncryptedSecret (for a write whose watched copy holds no values).
+    pub encrypted_gets: AtomicU64,
     pub secret_applies: AtomicU64,
     pub status_applies: AtomicU64,
     pub events: AtomicU64,
@@ -120,21 +122,19 @@ impl InMemoryCluster {
         self.lock().secrets.len()
     }
 
-    /// Records `es` as the object the cluster has now (its uid and generation).
+    /// Records `es` as the object the cluster has now.
     pub fn put_encrypted(&self, es: &EncryptedSecret) {
         let key = key_of(
             es.metadata.namespace.as_deref(),
             es.metadata.name.as_deref(),
         );
-        self.lock()
-            .current
-            .insert(key, (es.metadata.uid.clone(), es.metadata.generation));
+        self.lock().current.insert(key, Some(es.clone()));
     }
 
     /// The EncryptedSecret is deleted: reconciles of it are no longer current.
     pub fn delete_encrypted(&self, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), name.to_owned());
-        self.lock().current.insert(key, (None, None));
+        self.lock().current.insert(key, None);
     }
 
     /// Runs `hook` right before the next Secret write (after the reconcile planned it).
@@ -194,6 +194,21 @@ impl ClusterApi for InMemoryCluster {
             .secrets
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|s| ExistingSecret::from(&s.metadata)))
+    }
+
+    async fn encrypted_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<EncryptedSecret>, ApiError> {
+        self.calls.encrypted_gets.fetch_add(1, Ordering::Relaxed);
+        let now = self
+            .lock()
+            .current
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .flatten();
+        Ok(now.map(|es| self.with_status(&es)))
     }
 
     async fn create_secret(&self, desired: &DesiredSecret) -> Result<String, WriteError> {
@@ -274,8 +289,10 @@ impl ClusterApi for InMemoryCluster {
         );
         match self.lock().current.get(&key) {
             None => true,
-            Some((uid, generation)) => {
-                uid.is_some() && *uid == es.metadata.uid && *generation == es.metadata.generation
+            Some(None) => false,
+            Some(Some(now)) => {
+                now.metadata.uid == es.metadata.uid
+                    && now.metadata.generation == es.metadata.generation
             }
         }
     }

@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Config, Resource};
 
 use super::watched::{Watched, still_current};
-use super::{Admission, KubeClusterApi, ReconcileError, Reconciler, Timing};
+use super::{Admission, KubeClusterApi, ReconcileError, Reconciler};
 use crate::config::{ConfigError, ControllerArgs};
 use crate::kms::fair::Gate;
 use crate::kms::{AwsKms, CachingKms, FairKms, HealthKms, Kms, KmsHealth};
@@ -226,7 +226,10 @@ async fn reconcile<K: Kms>(
             return Ok(Action::await_change());
         }
     };
-    let (outcome, action) = ctx.reconcile(es).await?;
+    let (outcome, action) = match &*watched {
+        Watched::Settled(settled) => ctx.reconcile_settled(settled).await?,
+        _ => ctx.reconcile(es).await?,
+    };
     tracing::debug!(
         namespace = es.metadata.namespace.as_deref().unwrap_or(""),
         name = es.metadata.name.as_deref().unwrap_or(""),
@@ -249,16 +252,18 @@ fn error_policy<K: Kms>(watched: Arc<Watched>, error: &ReconcileError, ctx: Arc<
     }
 }
 
-/// What the controller keeps of a watched EncryptedSecret: all but its managed fields and its
-/// annotations other than the scope annotation (the only one it reads), which with
-/// `kubectl apply`'s last-applied-configuration would hold a second copy of the whole object.
+/// What the controller keeps of a watched EncryptedSecret: the metadata it reads, and the spec
+/// and status.
 fn slim(watched: &mut Watched) {
     let meta = watched.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|k, _| k == crate::api::PLAIN_SCOPE_ANNOTATION);
-        if annotations.is_empty() {
-            meta.annotations = None;
+    *meta = crate::reconcile::encrypted_meta_read(std::mem::take(meta));
+    if matches!(watched, Watched::Valid(_)) {
+        let placeholder = Watched::Malformed {
+            metadata: Box::default(),
+            error: String::new(),
+        };
+        if let Watched::Valid(es) = std::mem::replace(watched, placeholder) {
+            *watched = Watched::settle(Arc::unwrap_or_clone(es));
         }
     }
 }
@@ -311,8 +316,7 @@ fn scope<K: Kms>(
     let secret_events = watcher(secret_api, secret_config)
         .default_backoff()
         .modify(|meta: &mut PartialObjectMeta<Secret>| {
-            // Not needed, and often the larger part of an object's metadata.
-            meta.metadata.managed_fields = None;
+            meta.metadata = crate::reconcile::secret_meta_read(std::mem::take(&mut meta.metadata));
         })
         .reflect(writer)
         .boxed();
@@ -344,9 +348,6 @@ fn scope<K: Kms>(
         Arc::clone(kms),
         api,
         metrics.clone(),
-        Timing {
-            resync: Duration::from_secs(args.resync_interval),
-        },
         Arc::clone(admission),
     ));
     // The Secret store must see every event; the controller gets the owned Secrets as
@@ -524,7 +525,12 @@ pub async fn run_with<K: Kms + 'static>(
     let reconcilers: Vec<_> = scopes.iter().map(|s| s.reconciler.clone()).collect();
     let retry: Vec<_> = reconcilers.iter().cloned().zip(retry_tx).collect();
     let recovery = kms_recovery(parts.health.clone(), retry.clone(), kms.clone());
-    let readmission = readmit_deferred(parts.gate.clone(), retry);
+    let readmission = readmit_deferred(parts.gate.clone(), retry.clone());
+    let resync = resync_sweep(
+        es_stores.clone(),
+        retry,
+        Duration::from_secs(args.resync_interval),
+    );
     let secret_stores: Vec<_> = scopes.iter().map(|s| s.secrets.clone()).collect();
     // Ready once every watch has listed: before that a reconcile might GET each Secret.
     let readiness = {
@@ -591,6 +597,7 @@ pub async fn run_with<K: Kms + 'static>(
         _ = policy_upkeep => Ok(()),
         _ = recovery => Ok(()),
         _ = readmission => Ok(()),
+        _ = resync => Ok(()),
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);
@@ -641,6 +648,36 @@ async fn policy_upkeep<K: Kms + 'static>(
         if before.policy != after.policy || before.aliases != after.aliases {
             for scope in &changed {
                 let _ = scope.unbounded_send(());
+            }
+        }
+    }
+}
+
+/// Looks at every valid object again once per resync interval, a slice each second (see
+/// [`super::resync`]). Objects backing off after a failure keep to their backoff.
+async fn resync_sweep<K: Kms + 'static>(
+    stores: Vec<Store<Watched>>,
+    scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
+    interval: Duration,
+) {
+    let round = super::resync::ticks_per_round(interval);
+    let mut tick: u64 = 0;
+    loop {
+        tokio::time::sleep(super::resync::TICK).await;
+        tick = tick.wrapping_add(1);
+        for (store, (reconciler, retry)) in stores.iter().zip(&scopes) {
+            for watched in store.state() {
+                let (Ok(_), meta) = (watched.object(), watched.meta()) else {
+                    continue;
+                };
+                let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
+                    continue;
+                };
+                if super::resync::due(meta.uid.as_deref().unwrap_or(name), tick, round)
+                    && !reconciler.backing_off(namespace, name)
+                {
+                    let _ = retry.unbounded_send(reflector::ObjectRef::new(name).within(namespace));
+                }
             }
         }
     }

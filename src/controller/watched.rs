@@ -11,16 +11,60 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
 use crate::api::EncryptedSecret;
+use crate::open::{self, ItemKeys};
+use crate::reconcile;
 
 /// One listed or watched EncryptedSecret: the object, or its metadata and why it does not
 /// deserialize.
 #[derive(Debug, Clone)]
 pub enum Watched {
     Valid(Arc<EncryptedSecret>),
+    /// An object whose Secret is known to be right (see [`Settled`]).
+    Settled(Arc<Settled>),
     Malformed {
         metadata: Box<ObjectMeta>,
         error: String,
     },
+}
+
+/// An EncryptedSecret whose status says its Secret was produced from exactly this spec, kept
+/// without its sealed values: the watch cache then holds about 1.5 KB less per object (15 MiB
+/// at 10,000 objects). What a reconcile reads of the values without a write (the fingerprint
+/// the status is compared with, the keys the policy checks) is kept; a write (drift repair)
+/// first GETs the object whole.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The object with an empty `spec.encryptedData`.
+    pub object: Arc<EncryptedSecret>,
+    /// [`reconcile::fingerprint`] of the whole object.
+    pub fingerprint: String,
+    /// [`open::item_keys`] of the values.
+    pub keys: ItemKeys,
+}
+
+impl Watched {
+    /// The watch cache's form of `es`: [`Watched::Settled`] when its status shows a Ready
+    /// Secret produced from this very spec and its items' keys read cleanly, else the whole
+    /// object.
+    pub fn settle(es: EncryptedSecret) -> Watched {
+        let fingerprint = reconcile::fingerprint(&es);
+        let applied = es.status.as_ref().is_some_and(|s| {
+            s.applied_fingerprint.as_deref() == Some(fingerprint.as_str())
+                && s.secret_resource_version.is_some()
+        }) && reconcile::ready_condition(es.status.as_ref())
+            .is_some_and(|c| c.status == "True");
+        let keys = match open::item_keys(&es) {
+            Ok(keys) if applied => keys,
+            _ => return Watched::Valid(Arc::new(es)),
+        };
+        let mut object = es;
+        object.spec.encrypted_data = Default::default();
+        Watched::Settled(Arc::new(Settled {
+            object: Arc::new(object),
+            fingerprint,
+            keys,
+        }))
+    }
 }
 
 impl<'de> Deserialize<'de> for Watched {
@@ -46,10 +90,11 @@ impl<'de> Deserialize<'de> for Watched {
 }
 
 impl Watched {
-    /// The object, if it is a valid EncryptedSecret.
+    /// The object, if it is a valid EncryptedSecret; a settled one without its values.
     pub fn object(&self) -> Result<&Arc<EncryptedSecret>, &str> {
         match self {
             Watched::Valid(es) => Ok(es),
+            Watched::Settled(settled) => Ok(&settled.object),
             Watched::Malformed { error, .. } => Err(error),
         }
     }
@@ -78,6 +123,7 @@ impl Resource for Watched {
     fn meta(&self) -> &ObjectMeta {
         match self {
             Watched::Valid(es) => &es.metadata,
+            Watched::Settled(settled) => &settled.object.metadata,
             Watched::Malformed { metadata, .. } => metadata,
         }
     }
@@ -85,6 +131,9 @@ impl Resource for Watched {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Watched::Valid(es) => &mut Arc::make_mut(es).metadata,
+            Watched::Settled(settled) => {
+                &mut Arc::make_mut(&mut Arc::make_mut(settled).object).metadata
+            }
             Watched::Malformed { metadata, .. } => metadata,
         }
     }
@@ -97,6 +146,12 @@ pub fn still_current(seen: &EncryptedSecret, current: Option<&Watched>) -> bool 
     let Some(Ok(now)) = current.map(Watched::object) else {
         return false;
     };
+    same_spec(now, seen)
+}
+
+/// Whether `a` and `b` are the same object (uid) with the same spec (generation) and scope
+/// annotation: the same Secret comes of both.
+pub fn same_spec(a: &EncryptedSecret, b: &EncryptedSecret) -> bool {
     let scope = |es: &EncryptedSecret| {
         es.metadata
             .annotations
@@ -104,9 +159,9 @@ pub fn still_current(seen: &EncryptedSecret, current: Option<&Watched>) -> bool 
             .and_then(|a| a.get(crate::api::PLAIN_SCOPE_ANNOTATION))
             .cloned()
     };
-    now.metadata.uid == seen.metadata.uid
-        && now.metadata.generation == seen.metadata.generation
-        && scope(now) == scope(seen)
+    a.metadata.uid == b.metadata.uid
+        && a.metadata.generation == b.metadata.generation
+        && scope(a) == scope(b)
 }
 
 #[cfg(test)]
@@ -158,6 +213,56 @@ mod tests {
                 _ => panic!("{event}"),
             }
         }
+    }
+
+    /// The watch cache drops the values of an object only when its status shows a Ready
+    /// Secret made from this very spec, and keeps what the reconcile reads of them.
+    #[test]
+    fn only_an_applied_object_is_kept_without_its_values() {
+        use crate::api::{Condition, EncryptedSecretStatus};
+        let mut es = EncryptedSecret::with_name(Some("a"), "n", Default::default());
+        es.metadata.uid = Some("u1".into());
+        es.spec.encrypted_data.insert(
+            "k".into(),
+            // A plain KMS ciphertext item: its key is spec.keyId, its scope strict.
+            "AQICAHh0ZXN0".into(),
+        );
+        es.spec.key_id = Some("arn:aws:kms:eu-west-1:111122223333:key/k".into());
+        assert!(
+            matches!(Watched::settle(es.clone()), Watched::Valid(_)),
+            "no status"
+        );
+        let status = |ready: &str, fingerprint: String| EncryptedSecretStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..Condition::default()
+            }],
+            applied_fingerprint: Some(fingerprint),
+            secret_resource_version: Some("5".into()),
+            ..EncryptedSecretStatus::default()
+        };
+        let mut applied = es.clone();
+        applied.status = Some(status("True", reconcile::fingerprint(&es)));
+        let Watched::Settled(settled) = Watched::settle(applied.clone()) else {
+            panic!("an applied object is settled");
+        };
+        assert!(settled.object.spec.encrypted_data.is_empty());
+        assert_eq!(settled.fingerprint, reconcile::fingerprint(&applied));
+        assert_eq!(settled.keys, open::item_keys(&applied).unwrap());
+        assert_eq!(settled.object.status, applied.status);
+        let mut failing = es.clone();
+        failing.status = Some(status("False", reconcile::fingerprint(&es)));
+        assert!(matches!(Watched::settle(failing), Watched::Valid(_)));
+        let mut changed = applied.clone();
+        changed
+            .spec
+            .encrypted_data
+            .insert("k2".into(), "AQICAHh0ZXN0".into());
+        assert!(
+            matches!(Watched::settle(changed), Watched::Valid(_)),
+            "new spec"
+        );
     }
 
     #[test]

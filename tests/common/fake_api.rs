@@ -35,6 +35,8 @@ pub struct State {
     pub event_patches: u64,
     pub status_writes: u64,
     pub secret_gets: u64,
+    /// GETs of one EncryptedSecret.
+    pub es_gets: u64,
     pub leases: BTreeMap<Key, Value>,
     /// Paths and queries of EncryptedSecret list/watch requests.
     pub es_requests: Vec<String>,
@@ -184,16 +186,36 @@ impl Fake {
                     return stream(rx);
                 }
                 let namespace = (segments.len() == 6).then(|| segments[4]);
-                let items: Vec<Value> = state
-                    .encrypted
-                    .iter()
-                    .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-                    .map(|(_, v)| v.clone())
-                    .collect();
+                let (items, next) = page(
+                    state
+                        .encrypted
+                        .iter()
+                        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+                        .map(|(k, v)| (k, v.clone())),
+                    query,
+                );
                 ok(
                     json!({"apiVersion": "kmseal.dev/v1alpha1", "kind": "EncryptedSecretList",
-                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+                          "metadata": list_meta(state.version, next), "items": items}),
                 )
+            }
+            (
+                "GET",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                    name,
+                ],
+            ) => {
+                state.es_gets += 1;
+                match state.encrypted.get(&((*ns).to_owned(), (*name).to_owned())) {
+                    Some(object) => ok(object.clone()),
+                    None => not_found(),
+                }
             }
             (
                 "PATCH",
@@ -236,15 +258,18 @@ impl Fake {
                     state.secret_watchers.push(tx);
                     return stream(rx);
                 }
-                let items: Vec<Value> = state
-                    .secrets
-                    .values()
-                    .filter(|s| managed(s))
-                    .map(partial)
-                    .collect();
+                let namespace = (segments.len() == 5).then(|| segments[3]);
+                let (items, next) = page(
+                    state
+                        .secrets
+                        .iter()
+                        .filter(|((ns, _), s)| namespace.is_none_or(|n| n == ns) && managed(s))
+                        .map(|(k, s)| (k, partial(s))),
+                    query,
+                );
                 ok(
                     json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                          "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+                          "metadata": list_meta(state.version, next), "items": items}),
                 )
             }
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
@@ -401,6 +426,44 @@ impl Fake {
             }
             _ => panic!("unexpected request: {method} {path}?{query}"),
         }
+    }
+}
+
+/// One page of a list, as the API server serves it: at most `limit` items (all without one)
+/// after the `continue` token, which here is the last key served.
+fn page<'a>(
+    items: impl Iterator<Item = (&'a Key, Value)>,
+    query: &str,
+) -> (Vec<Value>, Option<String>) {
+    let param = |name: &str| {
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == name).then(|| v.replace("%2F", "/"))
+        })
+    };
+    let limit = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|&l| l > 0)
+        .unwrap_or(usize::MAX);
+    let after: Option<Key> = param("continue").and_then(|token| {
+        let (ns, name) = token.split_once('/')?;
+        Some((ns.to_owned(), name.to_owned()))
+    });
+    let mut served = Vec::new();
+    let mut last = None;
+    let mut rest = items.filter(|(key, _)| after.as_ref().is_none_or(|a| *key > a));
+    for (key, value) in rest.by_ref().take(limit) {
+        served.push(value);
+        last = Some(format!("{}/{}", key.0, key.1));
+    }
+    let more = rest.next().is_some();
+    (served, last.filter(|_| more))
+}
+
+fn list_meta(version: u64, next: Option<String>) -> Value {
+    match next {
+        Some(token) => json!({"resourceVersion": version.to_string(), "continue": token}),
+        None => json!({"resourceVersion": version.to_string()}),
     }
 }
 
