@@ -431,8 +431,8 @@ pub enum Reconciled {
     Deferred,
 }
 
-/// How soon a deferred object is tried again if no room in the KMS budget brought it back
-/// earlier (plus up to the same again as jitter): a safety net, not the normal way back.
+/// How often deferred objects are brought back, as far as the KMS budget has room, when no
+/// request leaving the budget brought them back earlier: a safety net, not the normal way back.
 pub const DEFERRED_RETRY: Duration = Duration::from_secs(30);
 
 /// Reconciles EncryptedSecrets with a KMS and a cluster.
@@ -508,10 +508,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         }
     }
 
+    /// Puts the object in the waiting room, which brings it back: no timer per object (a
+    /// cold start defers nearly every object, and kube-runtime's timers cost ~800 bytes each).
     fn defer(&self, namespace: &str, name: &str) -> (Reconciled, Action) {
         self.deferred.defer(namespace, name);
-        let delay = DEFERRED_RETRY.mul_f64(1.0 + jitter());
-        (Reconciled::Deferred, Action::requeue(delay))
+        (Reconciled::Deferred, Action::await_change())
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), KmsWaiting>> {

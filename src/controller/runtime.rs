@@ -724,7 +724,9 @@ async fn kms_recovery<K: Kms + 'static>(
 }
 
 /// Brings objects the KMS budget turned away back as it frees room, round-robin between
-/// namespaces (and between scopes), as many as it has room for.
+/// namespaces (and between scopes), as many as it has room for; and every
+/// [`super::DEFERRED_RETRY`] in any case, should an object have been deferred just after the
+/// last room was freed.
 async fn readmit_deferred<K: Kms + 'static>(
     gate: Option<Arc<Gate>>,
     scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
@@ -733,7 +735,10 @@ async fn readmit_deferred<K: Kms + 'static>(
         return future::pending().await;
     };
     loop {
-        gate.room_freed().await;
+        tokio::select! {
+            () = gate.room_freed() => {},
+            () = tokio::time::sleep(super::DEFERRED_RETRY) => {},
+        }
         // Twice the room: an object takes a moment to come back through the controller's
         // queue, and the budget should not run dry meanwhile. One that finds it full again
         // waits again (no API request: the absence of its Secret is remembered).
