@@ -207,9 +207,7 @@ impl Command {
             && args.public_key.is_none()
             && args.key.is_none()
         {
-            return Err(fail(
-                "no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key",
-            ));
+            return Err(usage(NO_KEY));
         }
         Ok(())
     }
@@ -245,6 +243,17 @@ fn fail(message: impl Into<String>) -> CliError {
         code: EXIT_ERROR,
     }
 }
+
+/// A command line that cannot be carried out as given (exit code 2).
+fn usage(message: impl Into<String>) -> CliError {
+    CliError {
+        message: message.into(),
+        code: EXIT_USAGE,
+    }
+}
+
+const NO_KEY: &str =
+    "no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key";
 
 /// Streams and environment of one run.
 pub struct Io<'a> {
@@ -348,9 +357,7 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
             match &offline {
                 Some(key) => seal_command(&Wrapper::<K>::Offline(key), args, io).await,
                 None => {
-                    let key_id = args.key.as_deref().ok_or_else(|| {
-                        fail("no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key")
-                    })?;
+                    let key_id = args.key.as_deref().ok_or_else(|| usage(NO_KEY))?;
                     let kms = need_kms()?;
                     seal_command(&Wrapper::Kms { kms, key_id }, args, io).await
                 }
@@ -382,11 +389,51 @@ fn read_input(path: &Path, stdin: &mut dyn Read) -> Result<Zeroizing<String>, Cl
     Ok(manifest::text(bytes)?)
 }
 
-fn secret_from_flags(args: &SealArgs) -> Result<PlainSecret, CliError> {
+/// `-n` and `--name` fill in what a manifest leaves out; where it says otherwise, they conflict
+/// and nothing is sealed (as `kubectl apply -n` refuses a manifest of another namespace):
+/// sealing binds the values to the namespace and name, so a silent choice would bind them to
+/// the wrong one.
+fn flags_agree(secret: &mut PlainSecret, args: &SealArgs) -> Result<(), CliError> {
+    if let Some(flag) = &args.namespace {
+        match &secret.namespace {
+            Some(manifest) if manifest != flag => {
+                return Err(usage(format!(
+                    "the manifest's Secret {} is in namespace {manifest}, but -n says {flag}; drop -n, or remove metadata.namespace from the manifest to seal it for {flag}",
+                    secret.name
+                )));
+            }
+            Some(_) => {}
+            None => secret.namespace = Some(flag.clone()),
+        }
+    }
+    if let Some(flag) = &args.name
+        && *flag != secret.name
+    {
+        return Err(usage(format!(
+            "the manifest's Secret is named {}, but --name says {flag}; drop --name, or change metadata.name in the manifest",
+            secret.name
+        )));
+    }
+    Ok(())
+}
+
+/// The name of the EncryptedSecret in the `--merge-into` file, if it can be read.
+fn merge_target_name(target: &Path) -> Result<Option<String>, CliError> {
+    let text = read_input(target, &mut std::io::empty())?;
+    let existing = manifest::read_encrypted_secrets(&text)?;
+    Ok(match existing.as_slice() {
+        [only] => only.metadata.name.clone(),
+        _ => None,
+    })
+}
+
+/// `default_name`: the name of the object `--merge-into` adds to, which names the Secret.
+fn secret_from_flags(args: &SealArgs, default_name: Option<&str>) -> Result<PlainSecret, CliError> {
     let name = args
         .name
         .clone()
-        .ok_or_else(|| fail("--from-literal and --from-file need --name"))?;
+        .or_else(|| default_name.map(str::to_owned))
+        .ok_or_else(|| usage("--from-literal and --from-file need --name"))?;
     let mut data = BTreeMap::new();
     for literal in &args.literals {
         let (key, value) = literal
@@ -446,24 +493,30 @@ async fn seal_command<K: Kms>(
     let from_flags = !args.literals.is_empty() || !args.files.is_empty();
     let secrets = if from_flags {
         if args.file.is_some() {
-            return Err(fail(
+            return Err(usage(
                 "use either -f or --from-literal/--from-file, not both",
             ));
         }
-        vec![secret_from_flags(args)?]
+        let merge_name = match (&args.name, &args.merge_into) {
+            (None, Some(target)) => merge_target_name(target)?,
+            _ => None,
+        };
+        let mut secret = secret_from_flags(args, merge_name.as_deref())?;
+        if secret.namespace.is_none() {
+            secret.namespace = args.namespace.clone();
+        }
+        vec![secret]
     } else {
         let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
         let text = read_input(&path, io.stdin)?;
-        let mut secrets = manifest::read_secrets(&text, args.namespace.as_deref())?;
-        if let Some(name) = &args.name {
-            match secrets.as_mut_slice() {
-                [only] => only.name = name.clone(),
-                _ => {
-                    return Err(fail(
-                        "--name applies to a single Secret, but the input has several",
-                    ));
-                }
-            }
+        let mut secrets = manifest::read_secrets(&text, None)?;
+        for secret in &mut secrets {
+            flags_agree(secret, args)?;
+        }
+        if args.name.is_some() && secrets.len() > 1 {
+            return Err(usage(
+                "--name applies to a single Secret, but the input has several",
+            ));
         }
         if let Some(type_) = &args.type_ {
             secrets

@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use assert_cmd::Command;
 use clap::{CommandFactory, Parser};
-use kmseal::cli::{self, Cli, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, Io};
+use kmseal::cli::{self, Cli, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, Io};
 use kmseal::kms::{Kms, MemoryKms};
 use kmseal::random::OsRandom;
 use predicates::prelude::*;
@@ -402,7 +402,7 @@ fn binary_seal_without_key_says_what_to_pass() {
         .args(["seal", "--name", "a", "-n", "b", "--from-literal", "k=v"])
         .env_remove("KMSEAL_KEY")
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("pass --key"));
 }
 
@@ -511,4 +511,101 @@ async fn a_bare_pem_needs_the_key_arn_from_the_command_line() {
     assert_eq!(with.code, EXIT_OK, "{}", with.stderr);
     let unsealed = run(&kms, &["unseal"], &with.stdout).await;
     assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+}
+
+/// `-n` and `--name` fill in what a manifest leaves out, and a conflict with what it says is a
+/// usage error before any KMS call: sealing binds the values to the namespace and name, so a
+/// silent choice would bind them to the wrong one (`kubectl apply -n` refuses the same).
+#[tokio::test]
+async fn namespace_and_name_flags_never_silently_lose_to_the_manifest() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let generated = || {
+        kms.calls
+            .generate_data_key
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = generated();
+    let other_namespace = run(&kms, &["seal", "--key", &key, "-n", "dev"], SECRET).await;
+    assert_eq!(
+        other_namespace.code, EXIT_USAGE,
+        "{}",
+        other_namespace.stderr
+    );
+    assert!(other_namespace.stdout.is_empty());
+    assert!(
+        other_namespace.stderr.contains("namespace prod") && other_namespace.stderr.contains("dev"),
+        "{}",
+        other_namespace.stderr
+    );
+    let other_name = run(&kms, &["seal", "--key", &key, "--name", "cache"], SECRET).await;
+    assert_eq!(other_name.code, EXIT_USAGE, "{}", other_name.stderr);
+    assert!(
+        other_name.stderr.contains("--name says cache"),
+        "{}",
+        other_name.stderr
+    );
+    assert_eq!(generated(), before, "nothing sealed");
+    // Agreeing flags are fine.
+    let same = run(
+        &kms,
+        &["seal", "--key", &key, "-n", "prod", "--name", "db"],
+        SECRET,
+    )
+    .await;
+    assert_eq!(same.code, EXIT_OK, "{}", same.stderr);
+    // A manifest without a namespace takes -n's.
+    let unplaced = SECRET.replace("  namespace: prod\n", "");
+    let sealed = run(&kms, &["seal", "--key", &key, "-n", "dev"], &unplaced).await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &sealed.stdout).await;
+    let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+    assert_eq!(secret["metadata"]["namespace"], "dev");
+}
+
+/// Command lines that cannot work as given exit 2, as the README says, and `--merge-into`
+/// takes the name from the file it adds to.
+#[tokio::test]
+async fn usage_errors_exit_2_and_merge_into_needs_no_name() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let both = run(
+        &kms,
+        &["seal", "--key", &key, "-f", "-", "--from-literal", "a=b"],
+        SECRET,
+    )
+    .await;
+    assert_eq!(both.code, EXIT_USAGE, "{}", both.stderr);
+    let nameless = run(&kms, &["seal", "--key", &key, "--from-literal", "a=b"], "").await;
+    assert_eq!(nameless.code, EXIT_USAGE, "{}", nameless.stderr);
+    assert!(
+        nameless.stderr.contains("need --name"),
+        "{}",
+        nameless.stderr
+    );
+
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, &sealed.stdout).unwrap();
+    let merged = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--from-literal",
+            "token=t0k3n",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    let after = std::fs::read_to_string(&file).unwrap();
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &after).await;
+    let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+    assert_eq!(secret["metadata"]["name"], "db");
+    assert_eq!(secret["data"]["token"], "dDBrM24="); // "t0k3n"
 }
