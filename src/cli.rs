@@ -382,9 +382,14 @@ fn read_input(path: &Path, stdin: &mut dyn Read) -> Result<Zeroizing<String>, Cl
     } else {
         let file = std::fs::File::open(path)
             .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let size = file.metadata().map(|m| m.len()).ok();
         file.take(limit)
             .read_to_end(&mut bytes)
             .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        if bytes.len() > manifest::MAX_INPUT_LEN {
+            let _ = Zeroizing::new(bytes);
+            return Err(manifest::ManifestError::TooLarge(size).into());
+        }
     }
     Ok(manifest::text(bytes)?)
 }
@@ -460,9 +465,20 @@ fn secret_from_flags(args: &SealArgs, default_name: Option<&str>) -> Result<Plai
         };
         let limit = crate::envelope::MAX_PLAINTEXT_LEN as u64 + 1;
         let mut value = Zeroizing::new(Vec::new());
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(limit).read_to_end(&mut value))
+        let file = std::fs::File::open(&path)
             .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let size = file.metadata().map(|m| m.len()).ok();
+        file.take(limit)
+            .read_to_end(&mut value)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        if value.len() > crate::envelope::MAX_PLAINTEXT_LEN {
+            let size = size.map_or_else(|| "larger".to_owned(), |n| format!("{n} bytes"));
+            return Err(fail(format!(
+                "--from-file {}: the file is {size}, over the limit of {} bytes (1 MiB) for one item",
+                path.display(),
+                crate::envelope::MAX_PLAINTEXT_LEN
+            )));
+        }
         insert_item(&mut data, &key, value)?;
     }
     Ok(PlainSecret {

@@ -23,9 +23,10 @@ pub const MAX_INPUT_LEN: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error(
-        "the input is {0} bytes, over the limit of {MAX_INPUT_LEN}; split it into several files"
+        "the input is {}, over the limit of {MAX_INPUT_LEN} bytes; split it into several files",
+        size_text(*.0)
     )]
-    TooLarge(usize),
+    TooLarge(Option<u64>),
     #[error("the input is not valid UTF-8 text; save the manifest as UTF-8 YAML or JSON")]
     NotUtf8,
     #[error(
@@ -47,15 +48,22 @@ fn position(err: &serde_saphyr::Error) -> String {
 
 fn check_size(input: &str) -> Result<(), ManifestError> {
     if input.len() > MAX_INPUT_LEN {
-        return Err(ManifestError::TooLarge(input.len()));
+        return Err(ManifestError::TooLarge(Some(input.len() as u64)));
     }
     Ok(())
 }
 
-/// Decodes raw bytes (a file or stdin) as text, enforcing the size limit first.
+/// "N bytes" for a known size; "larger" when only a capped read saw it (stdin).
+fn size_text(size: Option<u64>) -> String {
+    size.map_or_else(|| "larger".to_owned(), |n| format!("{n} bytes"))
+}
+
+/// Decodes raw bytes (a file or stdin) as text, enforcing the size limit first. `bytes` may be
+/// a read capped just over the limit, so its length is not reported as the input's size.
 pub fn text(bytes: Vec<u8>) -> Result<Zeroizing<String>, ManifestError> {
     if bytes.len() > MAX_INPUT_LEN {
-        return Err(ManifestError::TooLarge(bytes.len()));
+        let _ = Zeroizing::new(bytes);
+        return Err(ManifestError::TooLarge(None));
     }
     String::from_utf8(bytes).map(Zeroizing::new).map_err(|e| {
         // The rejected bytes may be a secret: wipe them too.

@@ -157,6 +157,10 @@ fn target<'a>(
     }
 }
 
+/// The most data (the values' bytes, together) the Kubernetes API server accepts in one
+/// Secret (`MaxSecretSize` in its validation).
+pub const MAX_SECRET_DATA_LEN: usize = 1024 * 1024;
+
 /// Seals `items` for `namespace`/`name` under one fresh data key, as envelope v2. Returns the
 /// key ARN and the sealed values (base64).
 #[allow(clippy::too_many_arguments)]
@@ -187,6 +191,12 @@ pub async fn seal_items<K: Kms, R: Random>(
                 },
             });
         }
+    }
+    let total: usize = items.values().map(|v| v.len()).sum();
+    if total > MAX_SECRET_DATA_LEN {
+        return Err(SealError::Input(format!(
+            "the Secret's values add up to {total} bytes; Kubernetes refuses a Secret whose data is over {MAX_SECRET_DATA_LEN} bytes (1 MiB) in total: split it into several Secrets"
+        )));
     }
     let binding = Binding::new(scope, namespace, name);
     let (key_arn, key_material_id, algorithm, data_key, wrapped_key) = match wrapper {

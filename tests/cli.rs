@@ -609,3 +609,96 @@ async fn usage_errors_exit_2_and_merge_into_needs_no_name() {
     assert_eq!(secret["metadata"]["name"], "db");
     assert_eq!(secret["data"]["token"], "dDBrM24="); // "t0k3n"
 }
+
+/// Oversized input is reported with its real size (a capped read used to report the cap, e.g.
+/// "1048577 bytes" for a 2 MB file), or as "larger" for stdin, whose size is unknown.
+#[tokio::test]
+async fn oversized_input_is_reported_with_its_real_size() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 2_000_000]).unwrap();
+    let from_file = format!("big={}", big.display());
+    let out = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "a",
+            "-n",
+            "b",
+            "--from-file",
+            &from_file,
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, EXIT_ERROR);
+    assert!(
+        out.stderr.contains("2000000 bytes") && out.stderr.contains("1048576"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("1048577"), "{}", out.stderr);
+
+    let manifest = dir.path().join("huge.yaml");
+    std::fs::write(&manifest, vec![b'#'; 17_000_000]).unwrap();
+    let out = run(
+        &kms,
+        &["seal", "--key", &key, "-f", manifest.to_str().unwrap()],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, EXIT_ERROR);
+    assert!(out.stderr.contains("17000000 bytes"), "{}", out.stderr);
+    let piped = "#".repeat(17_000_000);
+    let out = run(&kms, &["seal", "--key", &key], &piped).await;
+    assert_eq!(out.code, EXIT_ERROR);
+    assert!(
+        out.stderr.contains("larger") && !out.stderr.contains("16777217"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Kubernetes refuses a Secret whose values are over 1 MiB together; sealing one would only
+/// fail later, at `kubectl apply`, so it is refused before any KMS call.
+#[tokio::test]
+async fn a_secret_over_1_mib_in_total_is_refused() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "seal".to_owned(),
+        "--key".to_owned(),
+        key.clone(),
+        "--name".to_owned(),
+        "a".to_owned(),
+        "-n".to_owned(),
+        "b".to_owned(),
+    ];
+    for part in ["one", "two"] {
+        let path = dir.path().join(part);
+        std::fs::write(&path, vec![b'x'; 600_000]).unwrap();
+        args.push("--from-file".to_owned());
+        args.push(format!("{part}={}", path.display()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&kms, &args, "").await;
+    assert_eq!(out.code, EXIT_ERROR, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("1200000 bytes") && out.stderr.contains("1048576"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        kms.calls
+            .generate_data_key
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
