@@ -31,6 +31,9 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code: `verify` found at least one item that does not decrypt.
 pub const EXIT_VERIFY_FAILED: i32 = 3;
+/// Exit code: `verify` could not check some items because of where it runs (no credentials,
+/// KMS unreachable or unavailable, throttled, access denied): the items may be fine.
+pub const EXIT_VERIFY_UNCHECKED: i32 = 4;
 
 const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
 
@@ -54,7 +57,8 @@ Examples:
   kmseal verify -f db.encrypted.yaml
   kmseal unseal -f db.encrypted.yaml
 
-Exit codes: 0 success, 1 failure (message on stderr), 2 usage error, 3 verify found bad items.
+Exit codes: 0 success, 1 failure (message on stderr), 2 usage error, 3 verify found bad items,
+4 verify could not check items (credentials, network, KMS access: fix that and run it again).
 AWS: credentials from the SDK's default chain (IRSA web identity, profiles, environment);
 region from --region, AWS_REGION or the profile, or the key ARN; endpoint from --endpoint,
 AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL; retries from AWS_MAX_ATTEMPTS and AWS_RETRY_MODE.";
@@ -676,7 +680,7 @@ fn cli_rules() -> Rules<'static> {
 async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
     let text = read_input(&args.file, io.stdin)?;
     let objects = manifest::read_encrypted_secrets(&text)?;
-    let (mut ok, mut failed) = (0usize, 0usize);
+    let (mut ok, mut failed, mut unchecked) = (0usize, 0usize, 0usize);
     for es in &objects {
         let (namespace, name) = target_of(es, args.namespace.as_deref());
         let shown = if namespace.is_empty() {
@@ -699,6 +703,14 @@ async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i
                         describe(&opened.format)
                     )?;
                 }
+                Err(open::OpenError::Kms(e)) if e.is_environment() => {
+                    unchecked += 1;
+                    writeln!(
+                        io.stdout,
+                        "UNCHECKED {shown} {item} [{}]: {e}",
+                        e.category()
+                    )?;
+                }
                 Err(e) => {
                     failed += 1;
                     writeln!(io.stdout, "FAILED  {shown} {item} [{}]: {e}", e.category())?;
@@ -706,11 +718,17 @@ async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i
             }
         }
     }
-    writeln!(io.stdout, "{ok} ok, {failed} failed")?;
-    Ok(if failed == 0 {
-        EXIT_OK
-    } else {
+    writeln!(
+        io.stdout,
+        "{ok} ok, {failed} failed, {unchecked} not checked"
+    )?;
+    Ok(if unchecked > 0 {
+        // What was not checked may be bad too: the environment comes first.
+        EXIT_VERIFY_UNCHECKED
+    } else if failed > 0 {
         EXIT_VERIFY_FAILED
+    } else {
+        EXIT_OK
     })
 }
 

@@ -5,7 +5,9 @@ use std::io::Cursor;
 
 use assert_cmd::Command;
 use clap::{CommandFactory, Parser};
-use kmseal::cli::{self, Cli, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, Io};
+use kmseal::cli::{
+    self, Cli, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_VERIFY_UNCHECKED, Io,
+};
 use kmseal::kms::{Kms, MemoryKms};
 use kmseal::random::OsRandom;
 use predicates::prelude::*;
@@ -701,4 +703,82 @@ async fn a_secret_over_1_mib_in_total_is_refused() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+}
+
+/// A CI gate must tell "re-seal needed" (3) from "this job cannot reach or use KMS" (4).
+#[tokio::test]
+async fn verify_tells_bad_items_from_an_environment_that_cannot_check_them() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    kms.deny("kms:Decrypt", &key);
+    let denied = run(&kms, &["verify"], &sealed.stdout).await;
+    assert_eq!(denied.code, EXIT_VERIFY_UNCHECKED, "{}", denied.stdout);
+    assert!(
+        denied.stdout.contains("0 ok, 0 failed, 2 not checked")
+            && denied.stdout.contains("UNCHECKED")
+            && denied.stdout.contains("[access_denied]"),
+        "{}",
+        denied.stdout
+    );
+    // Bad items under a usable key are still 3.
+    kms.allow("kms:Decrypt", &key);
+    let moved = sealed.stdout.replace("namespace: prod", "namespace: dev");
+    assert_eq!(
+        run(&kms, &["verify"], &moved).await.code,
+        EXIT_VERIFY_FAILED
+    );
+    // Both: what could not be checked may be bad too, so the environment comes first.
+    let other = kms.create_key();
+    let elsewhere = run(&kms, &["seal", "--key", &other], SECRET).await;
+    kms.deny("kms:Decrypt", &other);
+    let both = format!("{moved}---\n{}", elsewhere.stdout);
+    let out = run(&kms, &["verify"], &both).await;
+    assert_eq!(out.code, EXIT_VERIFY_UNCHECKED, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("0 ok, 2 failed, 2 not checked"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// The real binary with no credentials, and with KMS unreachable: exit 4, not 3.
+#[tokio::test]
+async fn binary_verify_exits_4_without_credentials_or_network() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, &sealed.stdout).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let base = |cmd: &mut Command| {
+        cmd.env_clear()
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_REGION", "eu-west-1")
+            .args(["verify", "--endpoint", &endpoint, "-f"])
+            .arg(&file);
+    };
+    let mut unreachable = Command::cargo_bin("kmseal").unwrap();
+    base(&mut unreachable);
+    unreachable
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .assert()
+        .code(EXIT_VERIFY_UNCHECKED)
+        .stdout(predicate::str::contains("[unreachable]"));
+    let mut no_credentials = Command::cargo_bin("kmseal").unwrap();
+    base(&mut no_credentials);
+    no_credentials
+        .assert()
+        .code(EXIT_VERIFY_UNCHECKED)
+        .stdout(predicate::str::contains("[credentials]"));
 }

@@ -281,6 +281,23 @@ impl KmsError {
         self.kind.as_str()
     }
 
+    /// Whether the failure comes from where the call was made (credentials, network, KMS
+    /// availability, quotas, permissions) rather than from the value or its key: the same
+    /// value may decrypt elsewhere or later.
+    pub fn is_environment(&self) -> bool {
+        matches!(
+            self.kind,
+            KmsErrorKind::AccessDenied
+                | KmsErrorKind::Unavailable
+                | KmsErrorKind::Throttled
+                | KmsErrorKind::Unreachable
+                | KmsErrorKind::Credentials
+                | KmsErrorKind::InvalidRequest
+                | KmsErrorKind::Cancelled
+                | KmsErrorKind::Deferred
+        )
+    }
+
     fn key_text(&self) -> &str {
         self.key.as_deref().unwrap_or("(from the ciphertext)")
     }
