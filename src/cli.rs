@@ -152,7 +152,7 @@ pub struct SealArgs {
     #[arg(long, value_name = "PEM")]
     pub public_key: Option<PathBuf>,
     /// What the values are bound to: strict (namespace and name), namespace, or cluster.
-    /// Default: strict, or with --merge-into the scope the file's items already share.
+    /// Default: strict. With --merge-into, the file's items must have this scope.
     #[arg(long)]
     pub scope: Option<Scope>,
     /// Output format.
@@ -559,10 +559,17 @@ async fn seal_command<K: Kms>(
             )));
         }
         let existing = existing.remove(0);
-        let scope = args
-            .scope
-            .or_else(|| open::common_scope(&existing))
-            .unwrap_or(Scope::Strict);
+        // The file's headers are not authenticated until KMS opens them: they never choose
+        // the scope. A mismatch is refused rather than mixing scopes in one object.
+        let scope = args.scope.unwrap_or(Scope::Strict);
+        if let Some(theirs) = open::common_scope(&existing)
+            && theirs != scope
+        {
+            return Err(usage(format!(
+                "the items in {} are sealed in {theirs} scope, and this would add one in {scope} scope; pass --scope {theirs} to add to it (or re-seal the whole Secret in {scope} scope)",
+                target.display()
+            )));
+        }
         let merged =
             seal::merge_into(wrapper, existing, secret, scope, &mut io.rng, io.now).await?;
         let format = if text.trim_start().starts_with('{') {
@@ -595,21 +602,28 @@ async fn seal_command<K: Kms>(
 }
 
 /// Replaces `path` without a window in which it is half written.
+/// Replaces `path` whole, so a reader never sees half a file: the new contents go to a temp
+/// file beside it, created new with a random name (never one that exists, never through a
+/// symlink someone placed there), which then takes the file's place. A symlink at `path`
+/// stays a symlink: the file it points to is replaced.
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    let dir = path
+    let cannot = |e: &dyn std::fmt::Display| fail(format!("cannot write {}: {e}", path.display()));
+    let target = std::fs::canonicalize(path).map_err(|e| cannot(&e))?;
+    let dir = target
         .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
         .ok_or_else(|| fail(format!("{} is not a file", path.display())))?;
-    let tmp = dir.join(format!(".{}.kmseal-tmp", file_name.to_string_lossy()));
-    std::fs::write(&tmp, contents)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            fail(format!("cannot write {}: {e}", path.display()))
-        })
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kmseal-")
+        .tempfile_in(dir)
+        .map_err(|e| cannot(&e))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| cannot(&e))?;
+    if let Ok(meta) = std::fs::metadata(&target) {
+        let _ = tmp.as_file().set_permissions(meta.permissions());
+    }
+    tmp.persist(&target).map_err(|e| cannot(&e.error))?;
+    Ok(())
 }
 
 fn target_of<'a>(es: &'a EncryptedSecret, namespace_flag: Option<&'a str>) -> (&'a str, &'a str) {

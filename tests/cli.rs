@@ -422,6 +422,8 @@ fn binary_works_as_a_kubectl_plugin() {
     assert!(help.contains("Usage: kubectl kmseal"), "{help}");
 }
 
+/// The scope comes from `--scope` (strict by default), never from the file's headers, which
+/// nothing authenticates before KMS opens them; a file of another scope is refused unchanged.
 #[tokio::test]
 async fn merge_keeps_the_scope_of_the_file() {
     let kms = MemoryKms::new("eu-west-1");
@@ -446,6 +448,29 @@ async fn merge_keeps_the_scope_of_the_file() {
             "db",
             "-n",
             "prod",
+            "--from-literal",
+            "added=1",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(merged.code, EXIT_USAGE, "{}", merged.stderr);
+    assert!(
+        merged.stderr.contains("pass --scope namespace"),
+        "{}",
+        merged.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), sealed.stdout);
+    let merged = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--scope",
+            "namespace",
             "--from-literal",
             "added=1",
             "--merge-into",
@@ -781,4 +806,55 @@ async fn binary_verify_exits_4_without_credentials_or_network() {
         .assert()
         .code(EXIT_VERIFY_UNCHECKED)
         .stdout(predicate::str::contains("[credentials]"));
+}
+
+/// `--merge-into` writes through a temp file it creates new (a symlink planted at the old
+/// predictable temp name is not followed), and a symlinked target stays a symlink.
+#[cfg(unix)]
+#[tokio::test]
+async fn merge_into_writes_safely_beside_the_file() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.yaml");
+    std::fs::write(&real, &sealed.stdout).unwrap();
+    let link = dir.path().join("db.yaml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    for planted in [".db.yaml.kmseal-tmp", ".real.yaml.kmseal-tmp"] {
+        std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
+    }
+    let merged = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--from-literal",
+            "added=1",
+            "--merge-into",
+            link.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let after = std::fs::read_to_string(&real).unwrap();
+    assert!(after.contains("added:"), "{after}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kmseal-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
