@@ -148,9 +148,13 @@ pub struct SealArgs {
     /// --public-key: the key's ARN, when the file does not name it.
     #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
     pub key: Option<String>,
-    /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call).
+    /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call). The file's
+    /// key wins over KMSEAL_KEY; a --key that names another key is refused.
     #[arg(long, value_name = "PEM")]
     pub public_key: Option<PathBuf>,
+    /// Whether `key` came from KMSEAL_KEY rather than the command line.
+    #[arg(skip)]
+    pub key_from_env: bool,
     /// What the values are bound to: strict (namespace and name), namespace, or cluster.
     /// Default: strict. With --merge-into, the file's items must have this scope.
     #[arg(long)]
@@ -297,10 +301,14 @@ pub async fn run(
     stderr: &mut dyn Write,
 ) -> i32 {
     let command = Cli::command().bin_name(bin_name(&args));
-    let cli = match command
-        .try_get_matches_from(&args)
-        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
-    {
+    let cli = match command.try_get_matches_from(&args).and_then(|m| {
+        let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m)?;
+        if let (Command::Seal(seal), Some(sub)) = (&mut cli.command, m.subcommand_matches("seal")) {
+            seal.key_from_env =
+                sub.value_source("key") == Some(clap::parser::ValueSource::EnvVariable);
+        }
+        Ok(cli)
+    }) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
@@ -355,7 +363,11 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
         Command::Pubkey(args) => pubkey(need_kms()?, args, io).await,
         Command::Seal(args) => {
             let offline = match &args.public_key {
-                Some(path) => Some(read_public_key(path, args.key.as_deref())?),
+                Some(path) => Some(read_public_key(
+                    path,
+                    args.key.as_deref(),
+                    args.key_from_env,
+                )?),
                 None => None,
             };
             match &offline {
@@ -813,21 +825,44 @@ async fn pubkey<K: Kms>(kms: &K, args: &PubkeyArgs, io: &mut Io<'_>) -> Result<i
 }
 
 /// Reads a public key file written by `kmseal pubkey` (or any SPKI PEM, with `--key ARN`).
-pub fn read_public_key(path: &Path, key_arn: Option<&str>) -> Result<OfflineKey, CliError> {
+/// `key_from_env`: `key_arn` came from KMSEAL_KEY, which a file naming its own key overrides
+/// (the variable is usually set for online sealing); a `--key` that names another key than
+/// the file's is refused, since the values could only be sealed for one of them.
+pub fn read_public_key(
+    path: &Path,
+    key_arn: Option<&str>,
+    key_from_env: bool,
+) -> Result<OfflineKey, CliError> {
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_PUBLIC_KEY_FILE).read_to_string(&mut text))
         .map_err(|e| fail(format!("cannot read public key {}: {e}", path.display())))?;
+    let key_arn = match (key_arn, named_key_arn(&text)) {
+        (Some(given), Some(named)) if given != named => {
+            if key_from_env {
+                None
+            } else {
+                return Err(usage(format!(
+                    "--key {given} and the public key file {} (for {named}) name different keys; --public-key seals for the file's key: drop --key",
+                    path.display()
+                )));
+            }
+        }
+        (given, _) => given,
+    };
     parse_public_key(&text, key_arn).map_err(|e| fail(format!("{}: {}", path.display(), e.message)))
+}
+
+/// The `# key-arn:` line of a public key file, if it has one.
+fn named_key_arn(text: &str) -> Option<&str> {
+    text.lines()
+        .take_while(|l| l.trim() != PEM_BEGIN)
+        .find_map(|l| l.trim().strip_prefix(PEM_KEY_ARN).map(str::trim))
 }
 
 /// Parses the text of a public key file.
 pub fn parse_public_key(text: &str, key_arn: Option<&str>) -> Result<OfflineKey, CliError> {
-    let named_arn = text
-        .lines()
-        .take_while(|l| l.trim() != PEM_BEGIN)
-        .find_map(|l| l.trim().strip_prefix(PEM_KEY_ARN).map(str::trim));
-    let arn = key_arn.or(named_arn).ok_or_else(|| {
+    let arn = key_arn.or(named_key_arn(text)).ok_or_else(|| {
         fail("the file does not name its KMS key (a `# key-arn:` line); pass --key ARN or export it again with `kmseal pubkey`")
     })?;
     let (_, after_begin) = text.split_once(PEM_BEGIN).ok_or_else(|| {

@@ -858,3 +858,47 @@ async fn merge_into_writes_safely_beside_the_file() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// With `--public-key`, the file's key wins over KMSEAL_KEY (usually set for online sealing),
+/// and a `--key` naming another key is a usage error that says so (it blamed the PEM file).
+#[tokio::test]
+async fn the_public_key_file_wins_over_kmseal_key_and_conflicts_with_another_key() {
+    let kms = MemoryKms::new("eu-west-1");
+    let rsa_key = kms.add_rsa_key(rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap());
+    let pem = run(&kms, &["pubkey", "--key", &rsa_key], "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("key.pem");
+    std::fs::write(&pem_path, &pem.stdout).unwrap();
+    let secret_path = dir.path().join("secret.yaml");
+    std::fs::write(&secret_path, SECRET).unwrap();
+    let seal = || {
+        let mut cmd = Command::cargo_bin("kmseal").unwrap();
+        cmd.env_clear()
+            .args(["seal", "--public-key"])
+            .arg(&pem_path)
+            .arg("-f")
+            .arg(&secret_path);
+        cmd
+    };
+    let sealed = seal()
+        .env("KMSEAL_KEY", "alias/kmseal")
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let unsealed = run(
+        &kms,
+        &["unseal", "-o", "json"],
+        &String::from_utf8(sealed).unwrap(),
+    )
+    .await;
+    assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+    seal()
+        .args(["--key", "alias/other"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("name different keys"));
+    // The file's own ARN given again is fine.
+    seal().args(["--key", &rsa_key]).assert().code(0);
+}
