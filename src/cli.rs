@@ -802,9 +802,18 @@ async fn pubkey<K: Kms>(kms: &K, args: &PubkeyArgs, io: &mut Io<'_>) -> Result<i
             .iter()
             .any(|a| a == WrapAlgorithm::RsaOaepSha256.kms_name())
     {
+        let or_unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
         return Err(fail(format!(
-            "key {} is {} for {}; offline sealing needs an RSA key with key usage ENCRYPT_DECRYPT (RSAES_OAEP_SHA_256)",
-            info.key_arn, info.key_spec, info.key_usage
+            "key {} has key spec {} and key usage {}; offline sealing needs an RSA key with key usage ENCRYPT_DECRYPT (RSAES_OAEP_SHA_256)",
+            info.key_arn,
+            or_unknown(&info.key_spec),
+            or_unknown(&info.key_usage)
         )));
     }
     // Parse it now so a file that `seal` would reject is never written.

@@ -48,8 +48,10 @@ pub fn init(default_filter: &str, json: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let wire = filter_fn(|meta| allowed(meta.target(), meta.level()));
+    // Colours only for a person at a terminal, not for a log collector.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = if json {

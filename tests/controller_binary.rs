@@ -68,6 +68,9 @@ fn controller_without_a_key_policy_refuses_to_start() {
         !err.contains("cannot reach Kubernetes"),
         "checked before anything else: {err}"
     );
+    // Said once, and without terminal colours when stderr is no terminal (a log collector).
+    assert_eq!(err.matches("no KMS key is allowed").count(), 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
 }
 
 #[test]

@@ -25,8 +25,8 @@ async fn main() -> ExitCode {
     match kmseal::controller::runtime::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once, through the log (JSON with --log-format json), not a second time raw.
             tracing::error!(error = %e, "kmseal-controller stopped");
-            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
