@@ -70,7 +70,9 @@ pub fn reason_for_category(category: &str) -> &'static str {
         "key_not_found" => reason::KEY_NOT_FOUND,
         "key_disabled" => reason::KEY_DISABLED,
         "throttled" => reason::THROTTLED,
-        "unreachable" | "kms_unavailable" | "kms_error" => reason::KMS_UNAVAILABLE,
+        "unreachable" | "kms_unavailable" | "kms_error" | "configuration" => {
+            reason::KMS_UNAVAILABLE
+        }
         "tampered" | "invalid_ciphertext" | "wrong_key" | "key_usage" => reason::DECRYPT_FAILED,
         "malformed" | "too_large" | "unsupported_version" | "invalid_input" | "invalid_request" => {
             reason::INVALID_SPEC

@@ -799,13 +799,19 @@ async fn binary_verify_exits_4_without_credentials_or_network() {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .assert()
         .code(EXIT_VERIFY_UNCHECKED)
-        .stdout(predicate::str::contains("[unreachable]"));
+        .stdout(predicate::str::contains("[unreachable]"))
+        // The root cause, not the SDK's wrapper chain.
+        .stdout(predicate::str::contains("DispatchFailure").not())
+        .stdout(predicate::str::contains("ConnectorError").not());
     let mut no_credentials = Command::cargo_bin("kmseal").unwrap();
     base(&mut no_credentials);
     no_credentials
         .assert()
         .code(EXIT_VERIFY_UNCHECKED)
-        .stdout(predicate::str::contains("[credentials]"));
+        .stdout(predicate::str::contains("[credentials]"))
+        .stdout(predicate::str::contains("DispatchFailure").not())
+        .stdout(predicate::str::contains("Attempted").not())
+        .stdout(predicate::str::contains("KMS said").not());
 }
 
 /// `--merge-into` writes through a temp file it creates new (a symlink planted at the old
@@ -901,4 +907,84 @@ async fn the_public_key_file_wins_over_kmseal_key_and_conflicts_with_another_key
         .stderr(predicate::str::contains("name different keys"));
     // The file's own ARN given again is fine.
     seal().args(["--key", &rsa_key]).assert().code(0);
+}
+
+/// A missing region is said as what it is, with what to do: KMS was never asked, so it is not
+/// "KMS rejected ... as invalid".
+#[test]
+fn binary_without_a_region_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("secret.yaml");
+    std::fs::write(&secret_path, SECRET).unwrap();
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .env_clear()
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .args(["seal", "--key", "alias/kmseal", "-f"])
+        .arg(&secret_path)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no AWS region is configured"))
+        .stderr(predicate::str::contains("--region"))
+        .stderr(predicate::str::contains("rejected").not())
+        .stderr(predicate::str::contains("KMS said").not());
+}
+
+/// An endpoint that answers HTTP 500 with a page that is no AWS error (a proxy, say): the
+/// report names the status, and counts as the environment (exit 4), not as a bad item.
+#[tokio::test]
+async fn binary_verify_names_the_http_status_of_a_non_kms_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, &sealed.stdout).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                let body = "<html>proxy error</html>";
+                let _ = conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        Command::cargo_bin("kmseal")
+            .unwrap()
+            .env_clear()
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args(["verify", "--endpoint", &endpoint, "-f"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(EXIT_VERIFY_UNCHECKED), "{report}");
+    assert!(report.contains("HTTP 500"), "{report}");
+    assert!(!report.contains("Unknown"), "{report}");
 }

@@ -180,7 +180,7 @@ impl AwsKms {
             None => match &self.default_region {
                 Some(region) => Ok((region.clone(), key_id.to_owned())),
                 None => Err(KmsError::new(
-                    KmsErrorKind::InvalidRequest,
+                    KmsErrorKind::Configuration,
                     action,
                     Some(key_id),
                     "no AWS region is configured; pass --region, set AWS_REGION, or name the key by its ARN",
@@ -256,7 +256,7 @@ impl Kms for AwsKms {
             None => (
                 self.default_region.clone().ok_or_else(|| {
                     KmsError::new(
-                        KmsErrorKind::InvalidRequest,
+                        KmsErrorKind::Configuration,
                         ACTION,
                         None,
                         "no AWS region is configured; pass --region or set AWS_REGION",
@@ -434,41 +434,76 @@ fn clean(detail: &str) -> String {
 fn map_error<E, R>(action: &'static str, key: &str, region: &str, err: SdkError<E, R>) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let (kind, detail) = match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
-            let code = e.code().unwrap_or("Unknown");
+            // A body that is no AWS error (a proxy's 500 page, say) has no code: say the
+            // HTTP status instead of "Unknown".
+            let status = (service.raw() as &dyn std::any::Any)
+                .downcast_ref::<aws_smithy_runtime_api::http::Response>()
+                .map(|r| r.status().as_u16());
+            let (kind, code) = match e.code() {
+                Some(code) => (kind_for_code(code), code.to_owned()),
+                None => match status {
+                    Some(s) if s >= 500 => (KmsErrorKind::Unavailable, format!("HTTP {s}")),
+                    Some(s) => (KmsErrorKind::Other, format!("HTTP {s}")),
+                    None => (
+                        KmsErrorKind::Other,
+                        "an answer that is no KMS error".to_owned(),
+                    ),
+                },
+            };
             let message = e.message().unwrap_or("");
             let detail = if message.is_empty() {
-                code.to_owned()
+                code
             } else {
                 format!("{code}: {message}")
             };
-            (kind_for_code(code), detail)
+            (kind, detail)
         }
         SdkError::TimeoutError(_) => (KmsErrorKind::Unreachable, "timed out".to_owned()),
         SdkError::DispatchFailure(failure) => {
+            // Classified on the whole chain, reported by its root cause: the SDK's wrappers
+            // (DispatchFailure, ConnectorError, ...) tell an operator nothing.
             let text = DisplayErrorContext(&err).to_string();
+            let cause = root_cause(&err);
             if failure.is_io() || failure.is_timeout() {
-                (KmsErrorKind::Unreachable, text)
+                (KmsErrorKind::Unreachable, cause)
             } else if mentions_credentials(&text) {
-                (KmsErrorKind::Credentials, text)
+                (KmsErrorKind::Credentials, first_sentence(&cause))
             } else {
-                (KmsErrorKind::Unreachable, text)
+                (KmsErrorKind::Unreachable, cause)
             }
         }
         _ => {
             let text = DisplayErrorContext(&err).to_string();
+            let cause = root_cause(&err);
             if mentions_credentials(&text) {
-                (KmsErrorKind::Credentials, text)
+                (KmsErrorKind::Credentials, first_sentence(&cause))
             } else {
-                (KmsErrorKind::Other, text)
+                (KmsErrorKind::Other, cause)
             }
         }
     };
     KmsError::new(kind, action, Some(key), clean(&detail)).in_region(region)
+}
+
+/// The innermost error of `err`'s source chain, as its own message says it.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// The first sentence: the SDK's credential chain lists every provider it tried after it.
+fn first_sentence(text: &str) -> String {
+    text.split_once(". ")
+        .map_or(text, |(first, _)| first)
+        .to_owned()
 }
 
 fn mentions_credentials(text: &str) -> bool {

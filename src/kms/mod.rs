@@ -203,6 +203,8 @@ pub enum KmsErrorKind {
     Throttled,
     Unreachable,
     Credentials,
+    /// kmseal's own AWS settings cannot make the call (no region); KMS was never asked.
+    Configuration,
     InvalidRequest,
     /// KMS answered with a key other than the one the value names.
     WrongKey,
@@ -225,6 +227,7 @@ impl KmsErrorKind {
             KmsErrorKind::Throttled => "throttled",
             KmsErrorKind::Unreachable => "unreachable",
             KmsErrorKind::Credentials => "credentials",
+            KmsErrorKind::Configuration => "configuration",
             KmsErrorKind::InvalidRequest => "invalid_request",
             KmsErrorKind::WrongKey => "wrong_key",
             KmsErrorKind::Cancelled => "cancelled",
@@ -292,6 +295,7 @@ impl KmsError {
                 | KmsErrorKind::Throttled
                 | KmsErrorKind::Unreachable
                 | KmsErrorKind::Credentials
+                | KmsErrorKind::Configuration
                 | KmsErrorKind::InvalidRequest
                 | KmsErrorKind::Cancelled
                 | KmsErrorKind::Deferred
@@ -317,6 +321,12 @@ impl fmt::Display for KmsError {
         let action = self.action;
         let detail = if self.detail.is_empty() {
             String::new()
+        } else if matches!(
+            self.kind,
+            KmsErrorKind::Unreachable | KmsErrorKind::Credentials
+        ) {
+            // KMS was never asked: the detail is the local root cause.
+            format!(" ({})", self.detail)
         } else {
             format!(" (KMS said: {})", self.detail)
         };
@@ -356,6 +366,11 @@ impl fmt::Display for KmsError {
             KmsErrorKind::Credentials => write!(
                 f,
                 "no usable AWS credentials for {action}{detail}; provide them through IRSA (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), a profile (AWS_PROFILE), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ),
+            KmsErrorKind::Configuration => write!(
+                f,
+                "cannot call KMS for {action} on key {key}: {}",
+                self.detail
             ),
             KmsErrorKind::InvalidRequest => write!(
                 f,
@@ -404,6 +419,9 @@ impl KmsError {
             ),
             KmsErrorKind::Credentials => {
                 "the controller has no usable AWS credentials; ask your platform team (the controller's log has the details)".to_owned()
+            }
+            KmsErrorKind::Configuration => {
+                "the controller's AWS settings cannot reach KMS (no region); ask your platform team (the controller's log has the details)".to_owned()
             }
             KmsErrorKind::InvalidCiphertext | KmsErrorKind::WrongKey => format!(
                 "KMS refused to decrypt with key {key}: the value was altered, sealed for another namespace, name or item, or under another key; re-seal it with `kmseal seal` for this object"
