@@ -21,7 +21,7 @@ set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 EMU_DIR=${KMSEAL_EMULATOR_DIR:-$REPO_ROOT/.emulators}
 [[ $EMU_DIR == /* ]] || EMU_DIR=$PWD/$EMU_DIR
-PYENV_VERSIONS_DIR=${PYENV_ROOT:-/root/.pyenv}/versions
+PYENV_VERSIONS_DIR=${PYENV_ROOT:-$HOME/.pyenv}/versions
 
 MOTO_VENV=$EMU_DIR/moto-venv
 LS_VENV=$EMU_DIR/localstack-venv
