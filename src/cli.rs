@@ -271,6 +271,8 @@ pub struct Io<'a> {
     /// Seconds since the Unix epoch, recorded in sealed values.
     pub now: u64,
     pub rng: &'a mut dyn Random,
+    /// Whether stdin is a terminal: reading from it then says so, rather than seem to hang.
+    pub stdin_is_terminal: bool,
 }
 
 impl Random for &mut dyn Random {
@@ -297,6 +299,7 @@ fn bin_name(args: &[OsString]) -> &'static str {
 pub async fn run(
     args: Vec<OsString>,
     stdin: &mut dyn Read,
+    stdin_is_terminal: bool,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
@@ -332,6 +335,7 @@ pub async fn run(
         stderr,
         now,
         rng: &mut rng,
+        stdin_is_terminal,
     };
     let result = if let Err(e) = cli.command.check() {
         Err(e)
@@ -388,6 +392,17 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
 pub fn crd_yaml() -> Result<String, CliError> {
     let crd = EncryptedSecret::crd();
     manifest::write(&[crd], Format::Yaml).map_err(fail)
+}
+
+/// [`read_input`] with `io`'s stdin, saying so first when that is a terminal.
+fn read_manifest(path: &Path, io: &mut Io<'_>) -> Result<Zeroizing<String>, CliError> {
+    if path == Path::new("-") && io.stdin_is_terminal {
+        writeln!(
+            io.stderr,
+            "reading the manifest from stdin (end with Ctrl-D; or pass -f FILE)"
+        )?;
+    }
+    read_input(path, io.stdin)
 }
 
 fn read_input(path: &Path, stdin: &mut dyn Read) -> Result<Zeroizing<String>, CliError> {
@@ -540,7 +555,7 @@ async fn seal_command<K: Kms>(
         vec![secret]
     } else {
         let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
-        let text = read_input(&path, io.stdin)?;
+        let text = read_manifest(&path, io)?;
         let mut secrets = manifest::read_secrets(&text, None)?;
         for secret in &mut secrets {
             flags_agree(secret, args)?;
@@ -561,7 +576,7 @@ async fn seal_command<K: Kms>(
         let [secret] = secrets.as_slice() else {
             return Err(fail("--merge-into takes a single Secret"));
         };
-        let text = read_input(target, io.stdin)?;
+        let text = read_manifest(target, io)?;
         let mut existing = manifest::read_encrypted_secrets(&text)?;
         if existing.len() != 1 {
             return Err(fail(format!(
@@ -704,7 +719,7 @@ fn cli_rules() -> Rules<'static> {
 }
 
 async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
-    let text = read_input(&args.file, io.stdin)?;
+    let text = read_manifest(&args.file, io)?;
     let objects = manifest::read_encrypted_secrets(&text)?;
     let (mut ok, mut failed, mut unchecked) = (0usize, 0usize, 0usize);
     for es in &objects {
@@ -759,7 +774,7 @@ async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i
 }
 
 async fn unseal<K: Kms>(kms: &K, args: &UnsealArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
-    let text = read_input(&args.file, io.stdin)?;
+    let text = read_manifest(&args.file, io)?;
     let objects = manifest::read_encrypted_secrets(&text)?;
     let mut secrets = Vec::with_capacity(objects.len());
     let mut errors = Vec::new();

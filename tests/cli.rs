@@ -19,6 +19,11 @@ struct Outcome {
 }
 
 async fn run(kms: &MemoryKms, args: &[&str], stdin: &str) -> Outcome {
+    run_on(kms, args, stdin, false).await
+}
+
+/// `terminal`: whether stdin counts as a terminal.
+async fn run_on(kms: &MemoryKms, args: &[&str], stdin: &str, terminal: bool) -> Outcome {
     let mut argv = vec!["kmseal"];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).expect("arguments parse");
@@ -31,6 +36,7 @@ async fn run(kms: &MemoryKms, args: &[&str], stdin: &str) -> Outcome {
         stderr: &mut stderr,
         now: 1_764_000_000,
         rng: &mut rng,
+        stdin_is_terminal: terminal,
     };
     let code = match cli::execute(&cli, Some(kms), &mut io).await {
         Ok(code) => code,
@@ -987,4 +993,22 @@ async fn binary_verify_names_the_http_status_of_a_non_kms_answer() {
     assert_eq!(out.status.code(), Some(EXIT_VERIFY_UNCHECKED), "{report}");
     assert!(report.contains("HTTP 500"), "{report}");
     assert!(!report.contains("Unknown"), "{report}");
+}
+
+/// Reading a manifest from a terminal says so (it seemed to hang); from a pipe it does not.
+#[tokio::test]
+async fn reading_stdin_from_a_terminal_says_so() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let at_terminal = run_on(&kms, &["seal", "--key", &key], SECRET, true).await;
+    assert_eq!(at_terminal.code, EXIT_OK, "{}", at_terminal.stderr);
+    assert!(
+        at_terminal
+            .stderr
+            .contains("reading the manifest from stdin"),
+        "{}",
+        at_terminal.stderr
+    );
+    let piped = run(&kms, &["seal", "--key", &key], SECRET).await;
+    assert!(!piped.stderr.contains("stdin"), "{}", piped.stderr);
 }
