@@ -13,8 +13,8 @@ WORK=$(mktemp -d)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "Building kmseal"
-cargo build --locked --quiet --bin kmseal
+step "Building kmseal (the first build takes a few minutes)"
+cargo build --locked --bin kmseal
 KMSEAL=$REPO_ROOT/target/debug/kmseal
 
 step "Installing moto (a local KMS emulator) into $EMU_DIR"
@@ -77,4 +77,4 @@ code=$?
 set -e
 [[ $code -eq 3 ]] || { echo "expected exit code 3, got $code" >&2; exit 1; }
 
-step "Done. Next: README.md (usage, IAM, offline sealing) and docs/format.md"
+step "Done. Next: eval \"\$(scripts/local-kms.sh)\" for a local KMS of your own; README.md (usage, IAM, offline sealing) and docs/format.md"

@@ -678,3 +678,67 @@ fn pubkey_refuses_symmetric_keys_on_both_emulators() {
         );
     }
 }
+
+/// `scripts/local-kms.sh`, the README's local recipe: its exports alone let the real CLI seal
+/// under `alias/kmseal-local` and verify, and `stop` stops the server.
+#[test]
+fn the_local_kms_recipe_gives_a_working_environment() {
+    // Only where the emulators are installed (the test command installs them).
+    let Some(_emu) = moto() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = format!("{root}/scripts/local-kms.sh");
+    struct Stop<'a>(&'a str);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("bash")
+                .args([self.0, "stop"])
+                .output();
+        }
+    }
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let _stop = Stop(&script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exports = String::from_utf8(out.stdout).unwrap();
+    let vars: Vec<(String, String)> = exports
+        .lines()
+        .flat_map(|l| l.trim_start_matches("export ").split(' '))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    assert!(
+        vars.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"),
+        "{exports}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.yaml");
+    std::fs::write(
+        &secret,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: prod}\nstringData: {password: s3cr3t}\n",
+    )
+    .unwrap();
+    let cli = || {
+        let mut cmd = assert_cmd::Command::cargo_bin("kmseal").unwrap();
+        cmd.env_clear()
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    };
+    let sealed = cli().args(["seal", "-f"]).arg(&secret).output().unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    cli()
+        .arg("verify")
+        .write_stdin(sealed.stdout)
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("1 ok, 0 failed"));
+}
