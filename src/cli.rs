@@ -206,6 +206,10 @@ pub struct PubkeyArgs {
     /// The RSA KMS key (ENCRYPT_DECRYPT): key id, ARN, alias or alias ARN.
     #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
     pub key: String,
+    /// Write the key to FILE, only once it was fetched and checked (a shell redirect would
+    /// leave an empty file behind on failure). Default: stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 impl Command {
@@ -635,7 +639,23 @@ async fn seal_command<K: Kms>(
 /// stays a symlink: the file it points to is replaced.
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), CliError> {
     let cannot = |e: &dyn std::fmt::Display| fail(format!("cannot write {}: {e}", path.display()));
-    let target = std::fs::canonicalize(path).map_err(|e| cannot(&e))?;
+    let target = match std::fs::canonicalize(path) {
+        Ok(target) => target,
+        // A new file: in its directory as it really is.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .ok_or_else(|| fail(format!("{} is not a file", path.display())))?;
+            std::fs::canonicalize(dir)
+                .map_err(|e| cannot(&e))?
+                .join(name)
+        }
+        Err(e) => return Err(cannot(&e)),
+    };
     let dir = target
         .parent()
         .ok_or_else(|| fail(format!("{} is not a file", path.display())))?;
@@ -844,7 +864,18 @@ async fn pubkey<K: Kms>(kms: &K, args: &PubkeyArgs, io: &mut Io<'_>) -> Result<i
     }
     pem.push_str(PEM_END);
     pem.push('\n');
-    io.stdout.write_all(pem.as_bytes())?;
+    match &args.out {
+        Some(path) => {
+            write_atomically(path, pem.as_bytes())?;
+            writeln!(
+                io.stderr,
+                "{}: public key of {}",
+                path.display(),
+                info.key_arn
+            )?;
+        }
+        None => io.stdout.write_all(pem.as_bytes())?,
+    }
     Ok(EXIT_OK)
 }
 

@@ -1012,3 +1012,43 @@ async fn reading_stdin_from_a_terminal_says_so() {
     let piped = run(&kms, &["seal", "--key", &key], SECRET).await;
     assert!(!piped.stderr.contains("stdin"), "{}", piped.stderr);
 }
+
+/// `pubkey --out FILE` writes the file only once the key was fetched and checked: a failure
+/// leaves no empty file behind (as `> FILE` does), and the file it writes seals offline.
+#[tokio::test]
+async fn pubkey_out_writes_only_a_good_key() {
+    let kms = MemoryKms::new("eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("key.pem");
+    let sym = kms.create_key();
+    let failed = run(
+        &kms,
+        &["pubkey", "--key", &sym, "--out", pem_path.to_str().unwrap()],
+        "",
+    )
+    .await;
+    assert_eq!(failed.code, EXIT_ERROR);
+    assert!(!pem_path.exists(), "no file after a failure");
+    let rsa_key = kms.add_rsa_key(rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap());
+    let written = run(
+        &kms,
+        &[
+            "pubkey",
+            "--key",
+            &rsa_key,
+            "--out",
+            pem_path.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(written.code, EXIT_OK, "{}", written.stderr);
+    assert!(written.stdout.is_empty());
+    let sealed = run(
+        &kms,
+        &["seal", "--public-key", pem_path.to_str().unwrap()],
+        SECRET,
+    )
+    .await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+}
