@@ -9,8 +9,9 @@
 # Usage: scripts/emulators.sh install [moto]|start|stop|env
 #
 #   install  create/refresh the virtualenvs (idempotent, pinned versions)
-#   start    (re)start both emulators on free ports, wait until each answers a
-#            real KMS call, write $KMSEAL_EMULATOR_DIR/env
+#   start    (re)start both emulators on free ports (installing them first if
+#            needed), wait until each answers a real KMS call, write
+#            $KMSEAL_EMULATOR_DIR/env
 #   stop     stop both emulators (idempotent)
 #   env      print the env file written by `start`
 #
@@ -188,13 +189,12 @@ cmd_install() {
 
 # --- start / stop -----------------------------------------------------------
 
+installed() {
+    [[ -f $MOTO_VENV/.kmseal-stamp && -f $LS_VENV/.kmseal-stamp ]]
+}
+
 require_installed() {
-    local venv
-    for venv in "$MOTO_VENV" "$LS_VENV"; do
-        if [[ ! -f $venv/.kmseal-stamp ]]; then
-            die "$venv is not installed; run: $0 install"
-        fi
-    done
+    installed || die "the emulators are not installed; run: $0 install"
 }
 
 # is_ours PID PATTERN: the pid is alive and its command line mentions PATTERN
@@ -338,6 +338,10 @@ make_localstack_cert() {
 }
 
 cmd_start() {
+    if ! installed; then
+        log "not installed yet: installing first"
+        cmd_install
+    fi
     take_lock
     require_installed
     stop_all # a restart must not leave the previous pair running
