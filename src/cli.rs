@@ -122,6 +122,11 @@ pub enum Command {
     Pubkey(PubkeyArgs),
     /// Print the EncryptedSecret CustomResourceDefinition.
     Crd,
+    /// Print a shell completion script, e.g. `source <(kmseal completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -228,7 +233,7 @@ impl Command {
         match self {
             Command::Seal(args) => args.public_key.is_none(),
             Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) => true,
-            Command::Crd => false,
+            Command::Crd | Command::Completion { .. } => false,
         }
     }
 }
@@ -364,6 +369,13 @@ pub async fn run(
 pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Result<i32, CliError> {
     let need_kms = || kms.ok_or_else(|| fail("this command needs KMS access"));
     match &cli.command {
+        Command::Completion { shell } => {
+            // For `kmseal`; kubectl's plugin completion is another mechanism.
+            let mut command = Cli::command();
+            let name = command.get_name().to_owned();
+            clap_complete::generate(*shell, &mut command, name, io.stdout);
+            Ok(EXIT_OK)
+        }
         Command::Crd => {
             io.stdout.write_all(crd_yaml()?.as_bytes())?;
             Ok(EXIT_OK)

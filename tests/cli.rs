@@ -1052,3 +1052,37 @@ async fn pubkey_out_writes_only_a_good_key() {
     .await;
     assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
 }
+
+/// `kmseal completion SHELL` prints a script the shell accepts (`bash -n`), covering the
+/// subcommands and their flags.
+#[test]
+fn completion_scripts_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::cargo_bin("kmseal")
+            .unwrap()
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["seal", "verify", "--merge-into", "--public-key"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+        if shell == "bash" {
+            let path = dir.path().join("kmseal.bash");
+            std::fs::write(&path, &script).unwrap();
+            let status = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success(), "bash -n rejects the completion script");
+        }
+    }
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .args(["completion", "tcsh"])
+        .assert()
+        .code(2);
+}
