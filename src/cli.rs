@@ -469,14 +469,21 @@ fn flags_agree(secret: &mut PlainSecret, args: &SealArgs) -> Result<(), CliError
     Ok(())
 }
 
-/// The name of the EncryptedSecret in the `--merge-into` file, if it can be read.
-fn merge_target_name(target: &Path) -> Result<Option<String>, CliError> {
-    let text = read_input(target, &mut std::io::empty())?;
-    let existing = manifest::read_encrypted_secrets(&text)?;
-    Ok(match existing.as_slice() {
-        [only] => only.metadata.name.clone(),
-        _ => None,
-    })
+/// The `--merge-into` file: its text (for its format) and its one EncryptedSecret.
+fn read_merge_target(
+    target: &Path,
+    io: &mut Io<'_>,
+) -> Result<(Zeroizing<String>, EncryptedSecret), CliError> {
+    let text = read_manifest(target, io)?;
+    let mut existing = manifest::read_encrypted_secrets(&text)?;
+    if existing.len() != 1 {
+        return Err(fail(format!(
+            "{} holds {} EncryptedSecrets; --merge-into needs exactly one",
+            target.display(),
+            existing.len()
+        )));
+    }
+    Ok((text, existing.remove(0)))
 }
 
 /// `default_name`: the name of the object `--merge-into` adds to, which names the Secret.
@@ -519,7 +526,7 @@ fn secret_from_flags(args: &SealArgs, default_name: Option<&str>) -> Result<Plai
             .read_to_end(&mut value)
             .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         if value.len() > crate::envelope::MAX_PLAINTEXT_LEN {
-            let size = size.map_or_else(|| "larger".to_owned(), |n| format!("{n} bytes"));
+            let size = manifest::size_text(size);
             return Err(fail(format!(
                 "--from-file {}: the file is {size}, over the limit of {} bytes (1 MiB) for one item",
                 path.display(),
@@ -554,21 +561,21 @@ async fn seal_command<K: Kms>(
     io: &mut Io<'_>,
 ) -> Result<i32, CliError> {
     let from_flags = !args.literals.is_empty() || !args.files.is_empty();
+    if from_flags && args.file.is_some() {
+        return Err(usage(
+            "use either -f or --from-literal/--from-file, not both",
+        ));
+    }
+    // Read once: it also names a Secret built from flags.
+    let merge_target = match &args.merge_into {
+        Some(target) => Some((target, read_merge_target(target, io)?)),
+        None => None,
+    };
     let secrets = if from_flags {
-        if args.file.is_some() {
-            return Err(usage(
-                "use either -f or --from-literal/--from-file, not both",
-            ));
-        }
-        let merge_name = match (&args.name, &args.merge_into) {
-            (None, Some(target)) => merge_target_name(target)?,
-            _ => None,
-        };
-        let mut secret = secret_from_flags(args, merge_name.as_deref())?;
-        if secret.namespace.is_none() {
-            secret.namespace = args.namespace.clone();
-        }
-        vec![secret]
+        let merge_name = merge_target
+            .as_ref()
+            .and_then(|(_, (_, existing))| existing.metadata.name.as_deref());
+        vec![secret_from_flags(args, merge_name)?]
     } else {
         let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
         let text = read_manifest(&path, io)?;
@@ -588,20 +595,10 @@ async fn seal_command<K: Kms>(
         }
         secrets
     };
-    if let Some(target) = &args.merge_into {
+    if let Some((target, (text, existing))) = merge_target {
         let [secret] = secrets.as_slice() else {
             return Err(fail("--merge-into takes a single Secret"));
         };
-        let text = read_manifest(target, io)?;
-        let mut existing = manifest::read_encrypted_secrets(&text)?;
-        if existing.len() != 1 {
-            return Err(fail(format!(
-                "{} holds {} EncryptedSecrets; --merge-into needs exactly one",
-                target.display(),
-                existing.len()
-            )));
-        }
-        let existing = existing.remove(0);
         // The file's headers are not authenticated until KMS opens them: they never choose
         // the scope. A mismatch is refused rather than mixing scopes in one object.
         let scope = args.scope.unwrap_or(Scope::Strict);

@@ -54,7 +54,7 @@ fn check_size(input: &str) -> Result<(), ManifestError> {
 }
 
 /// "N bytes" for a known size; "larger" when only a capped read saw it (stdin).
-fn size_text(size: Option<u64>) -> String {
+pub fn size_text(size: Option<u64>) -> String {
     size.map_or_else(|| "larger".to_owned(), |n| format!("{n} bytes"))
 }
 

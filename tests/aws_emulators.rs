@@ -719,18 +719,12 @@ fn the_local_kms_recipe_gives_a_working_environment() {
         "{exports}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret.yaml");
-    std::fs::write(
-        &secret,
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: prod}\nstringData: {password: s3cr3t}\n",
-    )
-    .unwrap();
+    let manifest = secret_manifest("prod", "db", &[("password", "s3cr3t")]);
+    let secret = temp_file(&dir, "secret.yaml", manifest.as_bytes());
     let cli = || {
-        let mut cmd = assert_cmd::Command::cargo_bin("kmseal").unwrap();
-        cmd.env_clear()
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Nothing but the recipe's exports (they bring the credentials).
+        let mut cmd = kmseal(false);
+        cmd.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     };
     let sealed = cli().args(["seal", "-f"]).arg(&secret).output().unwrap();

@@ -1,6 +1,8 @@
 //! The `kmseal` command line: in-process through `cli::execute` with the in-memory KMS, and a
 //! few runs of the real binary for what needs no KMS.
 
+mod common;
+
 use std::io::Cursor;
 
 use assert_cmd::Command;
@@ -179,8 +181,7 @@ async fn merge_into_updates_the_file_in_place() {
     let key = kms.create_key();
     let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db.yaml");
-    std::fs::write(&file, &sealed.stdout).unwrap();
+    let file = common::temp_file(&dir, "db.yaml", sealed.stdout.as_bytes());
     let merged = run(
         &kms,
         &[
@@ -320,8 +321,7 @@ async fn pubkey_then_offline_seal() {
     assert!(pem.stdout.contains(&format!("# key-arn: {rsa_key}")));
     assert!(pem.stdout.contains("-----BEGIN PUBLIC KEY-----"));
     let dir = tempfile::tempdir().unwrap();
-    let pem_path = dir.path().join("key.pem");
-    std::fs::write(&pem_path, &pem.stdout).unwrap();
+    let pem_path = common::temp_file(&dir, "key.pem", pem.stdout.as_bytes());
     let sealed = run(
         &kms,
         &["seal", "--public-key", pem_path.to_str().unwrap()],
@@ -442,8 +442,7 @@ async fn merge_keeps_the_scope_of_the_file() {
     .await;
     assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db.yaml");
-    std::fs::write(&file, &sealed.stdout).unwrap();
+    let file = common::temp_file(&dir, "db.yaml", sealed.stdout.as_bytes());
     let merged = run(
         &kms,
         &[
@@ -619,8 +618,7 @@ async fn usage_errors_exit_2_and_merge_into_needs_no_name() {
 
     let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db.yaml");
-    std::fs::write(&file, &sealed.stdout).unwrap();
+    let file = common::temp_file(&dir, "db.yaml", sealed.stdout.as_bytes());
     let merged = run(
         &kms,
         &[
@@ -780,38 +778,29 @@ async fn binary_verify_exits_4_without_credentials_or_network() {
     let key = kms.create_key();
     let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db.yaml");
-    std::fs::write(&file, &sealed.stdout).unwrap();
+    let file = common::temp_file(&dir, "db.yaml", sealed.stdout.as_bytes());
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let endpoint = format!("http://127.0.0.1:{closed}");
-    let base = |cmd: &mut Command| {
-        cmd.env_clear()
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
+    let verify = |credentials: bool| {
+        let mut cmd = common::kmseal(credentials);
+        cmd.env("AWS_MAX_ATTEMPTS", "1")
             .env("AWS_REGION", "eu-west-1")
             .args(["verify", "--endpoint", &endpoint, "-f"])
             .arg(&file);
+        cmd
     };
-    let mut unreachable = Command::cargo_bin("kmseal").unwrap();
-    base(&mut unreachable);
-    unreachable
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+    verify(true)
         .assert()
         .code(EXIT_VERIFY_UNCHECKED)
         .stdout(predicate::str::contains("[unreachable]"))
         // The root cause, not the SDK's wrapper chain.
         .stdout(predicate::str::contains("DispatchFailure").not())
         .stdout(predicate::str::contains("ConnectorError").not());
-    let mut no_credentials = Command::cargo_bin("kmseal").unwrap();
-    base(&mut no_credentials);
-    no_credentials
+    verify(false)
         .assert()
         .code(EXIT_VERIFY_UNCHECKED)
         .stdout(predicate::str::contains("[credentials]"))
@@ -829,8 +818,7 @@ async fn merge_into_writes_safely_beside_the_file() {
     let key = kms.create_key();
     let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
     let dir = tempfile::tempdir().unwrap();
-    let real = dir.path().join("real.yaml");
-    std::fs::write(&real, &sealed.stdout).unwrap();
+    let real = common::temp_file(&dir, "real.yaml", sealed.stdout.as_bytes());
     let link = dir.path().join("db.yaml");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let victim = dir.path().join("victim");
@@ -879,14 +867,11 @@ async fn the_public_key_file_wins_over_kmseal_key_and_conflicts_with_another_key
     let rsa_key = kms.add_rsa_key(rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap());
     let pem = run(&kms, &["pubkey", "--key", &rsa_key], "").await;
     let dir = tempfile::tempdir().unwrap();
-    let pem_path = dir.path().join("key.pem");
-    std::fs::write(&pem_path, &pem.stdout).unwrap();
-    let secret_path = dir.path().join("secret.yaml");
-    std::fs::write(&secret_path, SECRET).unwrap();
+    let pem_path = common::temp_file(&dir, "key.pem", pem.stdout.as_bytes());
+    let secret_path = common::temp_file(&dir, "secret.yaml", SECRET.as_bytes());
     let seal = || {
-        let mut cmd = Command::cargo_bin("kmseal").unwrap();
-        cmd.env_clear()
-            .args(["seal", "--public-key"])
+        let mut cmd = common::kmseal(false);
+        cmd.args(["seal", "--public-key"])
             .arg(&pem_path)
             .arg("-f")
             .arg(&secret_path);
@@ -920,16 +905,8 @@ async fn the_public_key_file_wins_over_kmseal_key_and_conflicts_with_another_key
 #[test]
 fn binary_without_a_region_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let secret_path = dir.path().join("secret.yaml");
-    std::fs::write(&secret_path, SECRET).unwrap();
-    Command::cargo_bin("kmseal")
-        .unwrap()
-        .env_clear()
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+    let secret_path = common::temp_file(&dir, "secret.yaml", SECRET.as_bytes());
+    common::kmseal(true)
         .args(["seal", "--key", "alias/kmseal", "-f"])
         .arg(&secret_path)
         .assert()
@@ -949,8 +926,7 @@ async fn binary_verify_names_the_http_status_of_a_non_kms_answer() {
     let key = kms.create_key();
     let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db.yaml");
-    std::fs::write(&file, &sealed.stdout).unwrap();
+    let file = common::temp_file(&dir, "db.yaml", sealed.stdout.as_bytes());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -972,16 +948,9 @@ async fn binary_verify_names_the_http_status_of_a_non_kms_answer() {
         }
     });
     let out = tokio::task::spawn_blocking(move || {
-        Command::cargo_bin("kmseal")
-            .unwrap()
-            .env_clear()
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+        common::kmseal(true)
             .env("AWS_MAX_ATTEMPTS", "1")
             .env("AWS_REGION", "eu-west-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
             .args(["verify", "--endpoint", &endpoint, "-f"])
             .arg(&file)
             .output()

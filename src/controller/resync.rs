@@ -1,6 +1,6 @@
 //! The periodic resync, spread evenly: every object is looked at again once per resync
 //! interval, a slice of them each second, instead of a timer per object (kube-runtime's
-//! scheduler keeps about 800 bytes per timer: 8 MiB at 10,000 objects) that would also fire in
+//! scheduler kept about 7 MB for 10,000 of them in a heap profile) that would also fire in
 //! one burst for all the objects a cold start reconciled together.
 
 use std::hash::{Hash, Hasher};
