@@ -29,7 +29,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code: the command line itself is wrong.
 pub const EXIT_USAGE: i32 = 2;
-/// Exit code: `verify` found at least one item that does not decrypt.
+/// Exit code: `verify` found at least one item that does not decrypt; `validate` found at least
+/// one error in the manifests.
 pub const EXIT_VERIFY_FAILED: i32 = 3;
 /// Exit code: `verify` could not check some items because of where it runs (no credentials,
 /// KMS unreachable or unavailable, throttled, access denied): the items may be fine.
@@ -53,12 +54,16 @@ Examples:
   kmseal pubkey --key alias/kmseal-rsa > kmseal.pem
   kmseal seal -f secret.yaml --public-key kmseal.pem > db.encrypted.yaml
 
+  # Check manifests offline (no KMS, no credentials), e.g. in CI or a pre-commit hook
+  kmseal validate deploy/ --key-policy key-policy.yaml
+
   # Check every item through KMS without printing plaintext; then recover the Secret
   kmseal verify -f db.encrypted.yaml
   kmseal unseal -f db.encrypted.yaml
 
-Exit codes: 0 success, 1 failure (message on stderr), 2 usage error, 3 verify found bad items,
-4 verify could not check items (credentials, network, KMS access: fix that and run it again).
+Exit codes: 0 success, 1 failure (message on stderr; for validate: a file could not be read),
+2 usage error, 3 verify found bad items or validate found errors, 4 verify could not check items
+(credentials, network, KMS access: fix that and run it again).
 AWS: credentials from the SDK's default chain (IRSA web identity, profiles, environment);
 region from --region, AWS_REGION or the profile, or the key ARN; endpoint from --endpoint,
 AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL; retries from AWS_MAX_ATTEMPTS and AWS_RETRY_MODE.";
@@ -120,6 +125,9 @@ pub enum Command {
     Unseal(UnsealArgs),
     /// Save the public key of an RSA KMS key for `seal --public-key`.
     Pubkey(PubkeyArgs),
+    /// Check EncryptedSecret manifests offline (no KMS, no credentials): schema, envelopes,
+    /// sizes, key policy; and refuse plain Secrets with data.
+    Validate(ValidateArgs),
     /// Print the EncryptedSecret CustomResourceDefinition.
     Crd,
     /// Print a shell completion script, e.g. `source <(kmseal completion bash)`.
@@ -189,6 +197,47 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Files or directories to check; a directory means every .yaml, .yml and .json file in
+    /// it and below (hidden ones and symlinked directories skipped); `-` for stdin.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// A file or directory to check, as with kubectl (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// Namespace of objects that name none (as `kubectl apply -n`); needed to check the key
+    /// policy for them.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The controller's key policy file: check that each namespace uses only keys it may.
+    #[arg(long, value_name = "FILE")]
+    pub key_policy: Option<PathBuf>,
+    /// Keys every namespace may use (the controller's --allowed-keys), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "KEYS")]
+    pub allowed_keys: Vec<String>,
+    /// Accept plain KMS ciphertext items with cluster scope (the controller's flag of the same
+    /// name).
+    #[arg(long)]
+    pub allow_cluster_scope_plain_items: bool,
+    /// Secret types that may be produced (the controller's --allowed-secret-types).
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    pub allowed_secret_types: Vec<String>,
+    /// Report plain Secrets with data as warnings rather than errors.
+    #[arg(long)]
+    pub allow_plain_secrets: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: ReportFormat,
+}
+
+/// How `validate` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
 pub struct UnsealArgs {
     /// EncryptedSecret manifest(s); `-` for stdin.
     #[arg(
@@ -233,7 +282,7 @@ impl Command {
         match self {
             Command::Seal(args) => args.public_key.is_none(),
             Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) => true,
-            Command::Crd | Command::Completion { .. } => false,
+            Command::Crd | Command::Completion { .. } | Command::Validate(_) => false,
         }
     }
 }
@@ -400,6 +449,7 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
             }
         }
         Command::Verify(args) => verify(need_kms()?, args, io).await,
+        Command::Validate(args) => validate_command(args, io),
         Command::Unseal(args) => unseal(need_kms()?, args, io).await,
     }
 }
@@ -422,23 +472,37 @@ fn read_manifest(path: &Path, io: &mut Io<'_>) -> Result<Zeroizing<String>, CliE
 }
 
 fn read_input(path: &Path, stdin: &mut dyn Read) -> Result<Zeroizing<String>, CliError> {
+    let (bytes, size) = read_capped(path, stdin)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    Ok(manifest_text(bytes, size)?)
+}
+
+/// The bytes of a file (or of stdin for `-`), read up to just over the manifest limit, and the
+/// file's size where known. `Err` only for I/O failures.
+fn read_capped(path: &Path, stdin: &mut dyn Read) -> std::io::Result<(Vec<u8>, Option<u64>)> {
     let limit = manifest::MAX_INPUT_LEN as u64 + 1;
     let mut bytes = Vec::new();
     if path == Path::new("-") {
         stdin.take(limit).read_to_end(&mut bytes)?;
+        Ok((bytes, None))
     } else {
-        let file = std::fs::File::open(path)
-            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let file = std::fs::File::open(path)?;
         let size = file.metadata().map(|m| m.len()).ok();
-        file.take(limit)
-            .read_to_end(&mut bytes)
-            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        if bytes.len() > manifest::MAX_INPUT_LEN {
-            let _ = Zeroizing::new(bytes);
-            return Err(manifest::ManifestError::TooLarge(size).into());
-        }
+        file.take(limit).read_to_end(&mut bytes)?;
+        Ok((bytes, size))
     }
-    Ok(manifest::text(bytes)?)
+}
+
+/// [`manifest::text`], reporting a too-large file with its real size.
+fn manifest_text(
+    bytes: Vec<u8>,
+    size: Option<u64>,
+) -> Result<Zeroizing<String>, manifest::ManifestError> {
+    if bytes.len() > manifest::MAX_INPUT_LEN {
+        let _ = Zeroizing::new(bytes);
+        return Err(manifest::ManifestError::TooLarge(size));
+    }
+    manifest::text(bytes)
 }
 
 /// `-n` and `--name` fill in what a manifest leaves out; where it says otherwise, they conflict
@@ -745,6 +809,157 @@ fn cli_rules() -> Rules<'static> {
         policy: &UNRESTRICTED.0,
         aliases: &UNRESTRICTED.1,
     }
+}
+
+/// How deep `validate` walks into directories.
+const MAX_DIRECTORY_DEPTH: usize = 32;
+
+/// The files `validate` checks for `path`: the path itself, or for a directory its manifest
+/// files, sorted. Hidden entries and symlinked directories are skipped (no loops).
+fn manifest_files(path: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let is_dir = if depth == 0 {
+        std::fs::metadata(path)?.is_dir()
+    } else {
+        std::fs::symlink_metadata(path)?.is_dir()
+    };
+    if !is_dir {
+        out.push(path.to_owned());
+        return Ok(());
+    }
+    if depth >= MAX_DIRECTORY_DEPTH {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for entry in entries {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&entry) else {
+            continue;
+        };
+        if meta.is_dir() {
+            manifest_files(&entry, depth + 1, out)?;
+        } else if !meta.file_type().is_symlink()
+            || std::fs::metadata(&entry).is_ok_and(|m| m.is_file())
+        {
+            let manifest = entry
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            if manifest {
+                out.push(entry);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The key policy `validate` checks against: like the controller's, but with no flags any key
+/// (its `--allow-any-key`), since a repository may be checked before a policy exists.
+fn validate_policy(args: &ValidateArgs) -> Result<KeyPolicy, CliError> {
+    let mut policy = if args.key_policy.is_none() && args.allowed_keys.is_empty() {
+        KeyPolicy::any_key()
+    } else {
+        let mut rules = KeyPolicy::rules_for_all_namespaces(&args.allowed_keys)
+            .map_err(|e| usage(format!("--allowed-keys: {e}")))?;
+        if let Some(path) = &args.key_policy {
+            rules.extend(crate::config::read_policy_file(path)?);
+        }
+        KeyPolicy::from_rules(rules)
+    };
+    policy.allow_cluster_scope_plain_items = args.allow_cluster_scope_plain_items;
+    Ok(policy)
+}
+
+fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
+    use crate::validate::{Options, Validator};
+    let paths: Vec<&PathBuf> = args.paths.iter().chain(&args.files).collect();
+    if paths.is_empty() {
+        return Err(usage(
+            "name the files or directories to check (or - for stdin), e.g. kmseal validate deploy/",
+        ));
+    }
+    if let Some(ns) = &args.namespace {
+        crate::binding::validate_namespace(ns).map_err(|e| usage(format!("--namespace: {e}")))?;
+    }
+    let policy = validate_policy(args)?;
+    let types = if args.allowed_secret_types.is_empty() {
+        crate::policy::SecretTypes::default()
+    } else {
+        crate::policy::SecretTypes::new(&args.allowed_secret_types)
+            .map_err(|e| usage(format!("--allowed-secret-types: {e}")))?
+    };
+    let aliases = ResolvedAliases::new();
+    let options = Options {
+        rules: Rules {
+            policy: &policy,
+            aliases: &aliases,
+        },
+        types: &types,
+        namespace: args.namespace.as_deref(),
+        allow_plain_secrets: args.allow_plain_secrets,
+    };
+    let mut validator = Validator::new();
+    let mut unreadable = false;
+    for path in paths {
+        let mut files = Vec::new();
+        if path.as_path() == Path::new("-") {
+            files.push(path.clone());
+        } else if let Err(e) = manifest_files(path, 0, &mut files) {
+            validator.file_error(
+                &path.display().to_string(),
+                "unreadable",
+                format!("cannot read it: {e}"),
+            );
+            unreadable = true;
+            continue;
+        }
+        for file in files {
+            let shown = if file.as_path() == Path::new("-") {
+                "<stdin>".to_owned()
+            } else {
+                file.display().to_string()
+            };
+            if file.as_path() == Path::new("-") && io.stdin_is_terminal {
+                writeln!(io.stderr, "reading manifests from stdin (end with Ctrl-D)")?;
+            }
+            match read_capped(&file, io.stdin) {
+                Ok((bytes, size)) => match manifest_text(bytes, size) {
+                    Ok(text) => validator.check_text(&shown, &text, &options),
+                    Err(e) => validator.file_error(&shown, "not_a_manifest", e.to_string()),
+                },
+                Err(e) => {
+                    unreadable = true;
+                    validator.file_error(&shown, "unreadable", format!("cannot read it: {e}"));
+                }
+            }
+        }
+    }
+    let report = validator.finish();
+    match args.output {
+        ReportFormat::Json => {
+            let json = serde_json::to_string_pretty(&report).map_err(|e| fail(e.to_string()))?;
+            writeln!(io.stdout, "{json}")?;
+        }
+        ReportFormat::Text => {
+            for finding in &report.findings {
+                writeln!(io.stdout, "{finding}")?;
+            }
+            writeln!(io.stdout, "{}", report.summary())?;
+        }
+    }
+    Ok(if unreadable {
+        EXIT_ERROR
+    } else if report.errors > 0 {
+        EXIT_VERIFY_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
 async fn verify<K: Kms>(kms: &K, args: &VerifyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {

@@ -20,3 +20,4 @@ pub mod reconcile;
 pub mod seal;
 pub mod server;
 pub mod telemetry;
+pub mod validate;

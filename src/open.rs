@@ -465,6 +465,56 @@ pub async fn open_all<K: Kms>(
     Ok(opened)
 }
 
+/// What an item is, as far as can be told without KMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub format: ItemFormat,
+    /// The value's length once opened, for an envelope (plain KMS ciphertext does not say).
+    pub plaintext_len: Option<usize>,
+}
+
+/// Every check of [`open_all`] that needs no KMS, item by item (`kmseal validate`): the whole
+/// object's (`Err`), then each item's decoding, size, binding target and key policy. That a
+/// value was sealed for this namespace and name, and is intact, only KMS and the data key can
+/// tell.
+pub fn check_offline(
+    es: &EncryptedSecret,
+    namespace: &str,
+    name: &str,
+    rules: Rules<'_>,
+) -> Result<BTreeMap<String, Result<Checked, OpenError>>, OpenError> {
+    check_object(es)?;
+    Ok(plan(es, namespace, name, rules)
+        .items
+        .into_iter()
+        .map(|(item, planned)| {
+            let checked = match planned {
+                Planned::Failed(e) => Err(e),
+                Planned::Envelope { envelope, .. } => {
+                    let header = envelope.header;
+                    Ok(Checked {
+                        format: ItemFormat::Envelope {
+                            version: header.version,
+                            scope: header.scope,
+                            algorithm: header.algorithm,
+                            wrapped_at: header.wrapped_at,
+                            key_material_id: header.key_material_id,
+                        },
+                        plaintext_len: Some(
+                            envelope.ciphertext.len().saturating_sub(envelope::TAG_LEN),
+                        ),
+                    })
+                }
+                Planned::Plain { scope, .. } => Ok(Checked {
+                    format: ItemFormat::PlainKms { scope },
+                    plaintext_len: None,
+                }),
+            };
+            (item, checked)
+        })
+        .collect())
+}
+
 /// Opens every item of `es` independently and reports on each (the CLI's `verify` and
 /// `unseal`). Every call is made, failed or not.
 pub async fn open_each<K: Kms>(

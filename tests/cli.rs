@@ -3,56 +3,15 @@
 
 mod common;
 
-use std::io::Cursor;
+use common::{run, run_on};
 
 use assert_cmd::Command;
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use kmseal::cli::{
-    self, Cli, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_VERIFY_UNCHECKED, Io,
+    self, Cli, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_VERIFY_UNCHECKED,
 };
 use kmseal::kms::{Kms, MemoryKms};
-use kmseal::random::OsRandom;
 use predicates::prelude::*;
-
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(kms: &MemoryKms, args: &[&str], stdin: &str) -> Outcome {
-    run_on(kms, args, stdin, false).await
-}
-
-/// `terminal`: whether stdin counts as a terminal.
-async fn run_on(kms: &MemoryKms, args: &[&str], stdin: &str, terminal: bool) -> Outcome {
-    let mut argv = vec!["kmseal"];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("arguments parse");
-    let mut input = Cursor::new(stdin.as_bytes().to_vec());
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut rng = OsRandom;
-    let mut io = Io {
-        stdin: &mut input,
-        stdout: &mut stdout,
-        stderr: &mut stderr,
-        now: 1_764_000_000,
-        rng: &mut rng,
-        stdin_is_terminal: terminal,
-    };
-    let code = match cli::execute(&cli, Some(kms), &mut io).await {
-        Ok(code) => code,
-        Err(e) => {
-            io.stderr.write_all(e.message.as_bytes()).unwrap();
-            e.code
-        }
-    };
-    Outcome {
-        code,
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
-}
 
 const SECRET: &str = "\
 apiVersion: v1

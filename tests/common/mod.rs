@@ -150,3 +150,50 @@ pub fn irsa<'a>(
     .env("AWS_REGION", region)
     .env("AWS_ENDPOINT_URL", endpoint)
 }
+
+/// What an in-process CLI run gave.
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the CLI in-process with `kms` and `stdin`, as `cli::run` would (without spawning).
+pub async fn run(kms: &kmseal::kms::MemoryKms, args: &[&str], stdin: &str) -> Outcome {
+    run_on(kms, args, stdin, false).await
+}
+
+/// `terminal`: whether stdin counts as a terminal.
+pub async fn run_on(
+    kms: &kmseal::kms::MemoryKms,
+    args: &[&str],
+    stdin: &str,
+    terminal: bool,
+) -> Outcome {
+    let mut argv = vec!["kmseal"];
+    argv.extend_from_slice(args);
+    let cli = <kmseal::cli::Cli as clap::Parser>::try_parse_from(argv).expect("arguments parse");
+    let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut rng = kmseal::random::OsRandom;
+    let mut io = kmseal::cli::Io {
+        stdin: &mut input,
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        now: 1_764_000_000,
+        rng: &mut rng,
+        stdin_is_terminal: terminal,
+    };
+    let code = match kmseal::cli::execute(&cli, Some(kms), &mut io).await {
+        Ok(code) => code,
+        Err(e) => {
+            io.stderr.write_all(e.message.as_bytes()).unwrap();
+            e.code
+        }
+    };
+    Outcome {
+        code,
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
