@@ -2,8 +2,8 @@
 # Install, start and stop the two AWS KMS/STS emulators that kmseal's
 # integration tests run against, both on loopback only:
 #
-#   moto        (moto_server, Python 3.11 venv; the same venv carries boto3 and
-#                the AWS CLI v1 that the tests drive)
+#   moto        (moto_server, Python 3.11 venv; the same venv carries boto3,
+#                the AWS CLI v1 and pre-commit, which the tests drive)
 #   LocalStack  (localstack-core in host mode, Python >= 3.12 venv)
 #
 # Usage: scripts/emulators.sh install [moto]|start|stop|env
@@ -39,6 +39,7 @@ MOTO_REQUIREMENTS=(
     'boto3==1.44.5'
     'botocore==1.44.5'
     'awscli==1.46.3'
+    'pre-commit==4.7.0'
 )
 # localstack-core 2026.x needs Python >= 3.12. cbor2 is held below 6 for this
 # localstack release; service-identity is what twisted (LocalStack's gateway)
@@ -179,7 +180,7 @@ cmd_install() {
     local moto_py ls_py
     moto_py=$(find_moto_python)
     ensure_venv moto "$MOTO_VENV" "$moto_py" \
-        'import moto.server, boto3, awscli' "${MOTO_REQUIREMENTS[@]}"
+        'import moto.server, boto3, awscli, pre_commit' "${MOTO_REQUIREMENTS[@]}"
     "$MOTO_VENV/bin/aws" --version >/dev/null
     [[ $only == moto ]] && return 0
     ls_py=$(find_localstack_python)
@@ -403,6 +404,7 @@ export KMSEAL_TEST_MOTO_URL=$moto_url
 export KMSEAL_TEST_LOCALSTACK_URL=$ls_url
 export KMSEAL_TEST_PYTHON=$MOTO_VENV/bin/python
 export KMSEAL_TEST_AWS_CLI=$MOTO_VENV/bin/aws
+export KMSEAL_TEST_PRE_COMMIT=$MOTO_VENV/bin/pre-commit
 EOF
     mv "$ENV_FILE.tmp" "$ENV_FILE"
     log "wrote $ENV_FILE"

@@ -536,3 +536,101 @@ fn a_symlink_loop_is_not_followed() {
         "{output:?}"
     );
 }
+
+/// The hook definitions users point pre-commit at, run by pre-commit itself.
+#[tokio::test]
+async fn the_pre_commit_hook_refuses_a_plain_secret() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let hooks: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo.join(".pre-commit-hooks.yaml")).unwrap(),
+    )
+    .unwrap();
+    // The cargo-built hook and the PATH one differ only in how kmseal is installed.
+    let (built, system) = (&hooks[0], &hooks[1]);
+    assert_eq!(built["language"], "rust");
+    assert_eq!(system["language"], "system");
+    for field in ["entry", "types", "exclude"] {
+        assert_eq!(built[field], system[field], "{field}");
+    }
+
+    let Some(pre_commit) = common::pre_commit() else {
+        return;
+    };
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let work = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    temp_file(
+        &work,
+        "sealed.yaml",
+        sealed(&kms, &key, "prod", "db").await.as_bytes(),
+    );
+    temp_file(&work, "plain.yaml", secret("prod", "leak").as_bytes());
+    std::fs::create_dir(work.path().join("templates")).unwrap();
+    temp_file(&work, "templates/chart.yaml", b"{{ .Values.x }}: [\n");
+    git(&["add", "."]);
+
+    let kmseal_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kmseal"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        kmseal_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let run_hook = |files: &[&str]| {
+        let mut args = vec![
+            "try-repo",
+            repo.to_str().unwrap(),
+            "kmseal-validate-system",
+            "--color",
+            "never",
+            "--files",
+        ];
+        args.extend_from_slice(files);
+        std::process::Command::new(&pre_commit)
+            .args(&args)
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .env("PRE_COMMIT_HOME", cache.path())
+            .output()
+            .unwrap()
+    };
+    let passed = run_hook(&["sealed.yaml", "templates/chart.yaml"]);
+    assert!(passed.status.success(), "{passed:?}");
+    let refused = run_hook(&["sealed.yaml", "plain.yaml"]);
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stdout.contains("plain.yaml: document 1: Secret prod/leak: error [plain_secret]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PLAINTEXT));
+}
+
+/// A value in the old envelope format still opens, so it is only a warning.
+#[tokio::test]
+async fn envelope_v1_items_are_a_warning() {
+    let kms = MemoryKms::new("eu-west-1");
+    let vectors: Value = serde_json::from_str(include_str!("vectors/envelope_v1.json")).unwrap();
+    let vector = &vectors["vectors"][0];
+    let manifest = json!({
+        "apiVersion": "kmseal.dev/v1alpha1",
+        "kind": "EncryptedSecret",
+        "metadata": {"name": vector["name"], "namespace": vector["namespace"]},
+        "spec": {"encryptedData": {vector["item"].as_str().unwrap(): vector["sealed_base64"]}},
+    })
+    .to_string();
+    let (code, report) = json_report(&kms, &["-"], &manifest).await;
+    assert_eq!(code, EXIT_OK, "{report:#}");
+    assert_eq!(codes(&report), [pair("warning", "old_format")]);
+}

@@ -197,3 +197,8 @@ pub async fn run_on(
         stderr: String::from_utf8(stderr).unwrap(),
     }
 }
+
+/// pre-commit, installed by `scripts/emulators.sh` in the moto venv.
+pub fn pre_commit() -> Option<PathBuf> {
+    emulator("pre-commit", "KMSEAL_TEST_PRE_COMMIT").map(|e| PathBuf::from(e.url))
+}
