@@ -170,7 +170,7 @@ pub struct SealArgs {
     pub key_from_env: bool,
     /// What the values are bound to: strict (namespace and name), namespace, or cluster.
     /// Default: strict. With --merge-into, the file's items must have this scope.
-    #[arg(long)]
+    #[arg(long, value_parser = ScopeParser)]
     pub scope: Option<Scope>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
@@ -287,6 +287,41 @@ impl Command {
     }
 }
 
+/// Parses `--scope` as [`Scope`]'s `FromStr` does (aliases included), and lists its values for
+/// help and completions.
+#[derive(Clone)]
+struct ScopeParser;
+
+impl clap::builder::TypedValueParser for ScopeParser {
+    type Value = Scope;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Scope, clap::Error> {
+        let invalid = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
+                .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("--scope is not valid UTF-8".to_owned()))?;
+        text.parse().map_err(invalid)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            Scope::ALL
+                .into_iter()
+                .map(|s| clap::builder::PossibleValue::new(s.as_str())),
+        ))
+    }
+}
+
 /// A failure that ends the command.
 #[derive(Debug)]
 pub struct CliError {
@@ -339,14 +374,20 @@ impl Random for &mut dyn Random {
     }
 }
 
-/// The command's name as invoked: `kubectl kmseal` when run as a kubectl plugin.
-fn bin_name(args: &[OsString]) -> &'static str {
-    let invoked = args
-        .first()
+/// The name kubectl runs for completing `kubectl kmseal ...` (a link to this binary).
+pub const PLUGIN_COMPLETION_NAME: &str = "kubectl_complete-kmseal";
+
+/// The file name this binary was run as.
+fn invoked_as(args: &[OsString]) -> &str {
+    args.first()
         .and_then(|a| Path::new(a).file_name())
         .and_then(|n| n.to_str())
-        .unwrap_or("kmseal");
-    if invoked.starts_with("kubectl-kmseal") {
+        .unwrap_or("kmseal")
+}
+
+/// The command's name as invoked: `kubectl kmseal` when run as a kubectl plugin.
+fn bin_name(args: &[OsString]) -> &'static str {
+    if invoked_as(args).starts_with("kubectl-kmseal") {
         "kubectl kmseal"
     } else {
         "kmseal"
@@ -361,6 +402,18 @@ pub async fn run(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
+    if invoked_as(&args).starts_with(PLUGIN_COMPLETION_NAME) {
+        let words: Vec<String> = args
+            .iter()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let answer = crate::plugin_completion::render(&Cli::command(), &words);
+        return match stdout.write_all(answer.as_bytes()) {
+            Ok(()) => EXIT_OK,
+            Err(_) => EXIT_ERROR,
+        };
+    }
     let command = Cli::command().bin_name(bin_name(&args));
     let cli = match command.try_get_matches_from(&args).and_then(|m| {
         let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m)?;

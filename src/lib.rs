@@ -14,6 +14,7 @@ pub mod kms;
 pub mod manifest;
 pub mod metrics;
 pub mod open;
+pub mod plugin_completion;
 pub mod policy;
 pub mod random;
 pub mod reconcile;

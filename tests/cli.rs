@@ -387,6 +387,110 @@ fn binary_works_as_a_kubectl_plugin() {
     assert!(help.contains("Usage: kubectl kmseal"), "{help}");
 }
 
+/// kubectl completes `kubectl kmseal ...` by running `kubectl_complete-kmseal` with the words.
+#[test]
+fn binary_completes_arguments_for_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let completer = dir.path().join("kubectl_complete-kmseal");
+    std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin("kmseal"), &completer).unwrap();
+    let complete = |words: &[&str]| {
+        let out = std::process::Command::new(&completer)
+            .args(words)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let scopes = complete(&["seal", "--scope", ""]);
+    assert_eq!(scopes, "strict\nnamespace\ncluster\n:4\n");
+    let subcommands = complete(&["va"]);
+    assert!(subcommands.starts_with("validate\t"), "{subcommands}");
+    // A path: the shell completes file names.
+    assert_eq!(complete(&["validate", ""]), ":0\n");
+}
+
+/// krew-release-bot's rendering of `.krew.yaml`: `{{ .TagName }}` and `addURIAndSha`.
+fn render_krew_template(template: &str, tag: &str) -> String {
+    let mut out = String::new();
+    for line in template.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if let Some(call) = trimmed.strip_prefix("{{addURIAndSha \"") {
+            let (url, rest) = call.split_once('"').unwrap();
+            assert_eq!(rest, " .TagName }}", "{line}");
+            let url = url.replace("{{ .TagName }}", tag);
+            out.push_str(&format!(
+                "{indent}uri: {url}\n{indent}sha256: {}\n",
+                "ab".repeat(32)
+            ));
+        } else {
+            out.push_str(&line.replace("{{ .TagName }}", tag));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn the_krew_manifest_installs_the_kmseal_binary_on_every_platform() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(root.join(".krew.yaml")).unwrap();
+    let rendered = render_krew_template(&template, "v1.2.3");
+    assert!(!rendered.contains("{{"), "{rendered}");
+    let plugin: serde_json::Value = serde_saphyr::from_str(&rendered).unwrap();
+    assert_eq!(
+        plugin["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(plugin["kind"], "Plugin");
+    // krew links `bin` as kubectl-<name>; the binary recognises that name (test above).
+    assert_eq!(plugin["metadata"]["name"], "kmseal");
+    let spec = &plugin["spec"];
+    assert_eq!(spec["version"], "v1.2.3");
+    for field in ["homepage", "shortDescription", "description"] {
+        assert!(
+            spec[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field}"
+        );
+    }
+    let mut seen = Vec::new();
+    for platform in spec["platforms"].as_array().unwrap() {
+        let labels = &platform["selector"]["matchLabels"];
+        let (os, arch) = (
+            labels["os"].as_str().unwrap(),
+            labels["arch"].as_str().unwrap(),
+        );
+        seen.push(format!("{os}/{arch}"));
+        let uri = platform["uri"].as_str().unwrap();
+        assert_eq!(
+            uri,
+            format!(
+                "https://github.com/kmseal/kmseal/releases/download/v1.2.3/kmseal-v1.2.3-{os}-{arch}.tar.gz"
+            )
+        );
+        assert_eq!(platform["sha256"].as_str().unwrap().len(), 64);
+        // The CLI binary, as Cargo.toml names it, and the license krew's index requires.
+        assert_eq!(platform["bin"], "kmseal");
+        let files: Vec<&str> = platform["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["from"].as_str().unwrap())
+            .collect();
+        assert_eq!(files, ["kmseal", "LICENSE"]);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["darwin/amd64", "darwin/arm64", "linux/amd64", "linux/arm64"]
+    );
+    assert!(assert_cmd::cargo::cargo_bin("kmseal").exists());
+    let license = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    assert!(license.contains("Apache License") && license.contains("Version 2.0"));
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("license = \"Apache-2.0\""));
+}
+
 /// The scope comes from `--scope` (strict by default), never from the file's headers, which
 /// nothing authenticates before KMS opens them; a file of another scope is refused unchanged.
 #[tokio::test]
