@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::binding::EncryptionContext;
 use crate::kms::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,6 +212,21 @@ impl<K: Kms> Kms for MeteredKms<K> {
         let started = Instant::now();
         let result = self.inner.describe_key(key_id).await;
         self.metrics.observe_kms("DescribeKey", started, &result);
+        result
+    }
+
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.re_encrypt(request).await;
+        self.metrics.observe_kms("ReEncrypt", started, &result);
+        result
+    }
+
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.last_rotation(key_id).await;
+        self.metrics
+            .observe_kms("ListKeyRotations", started, &result);
         result
     }
 }

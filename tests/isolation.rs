@@ -22,7 +22,7 @@ use kmseal::controller::{Admission, Reconciled, Reconciler};
 use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
 use kmseal::kms::{
     AwsKms, CachingKms, DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError,
-    KmsErrorKind, MemoryKms, PublicKeyInfo,
+    KmsErrorKind, MemoryKms, PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use kmseal::policy::{KeyPolicy, SecretTypes};
 use kmseal::random::OsRandom;
@@ -73,6 +73,12 @@ impl<K: Kms> Kms for Counting<K> {
     }
     async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
         self.inner.describe_key(key_id).await
+    }
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        self.inner.re_encrypt(request).await
+    }
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        self.inner.last_rotation(key_id).await
     }
 }
 
@@ -579,6 +585,12 @@ impl Kms for Denying {
         unreachable!()
     }
     async fn describe_key(&self, _: &str) -> Result<KeyDescription, KmsError> {
+        unreachable!()
+    }
+    async fn re_encrypt(&self, _: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        unreachable!()
+    }
+    async fn last_rotation(&self, _: &str) -> Result<Option<u64>, KmsError> {
         unreachable!()
     }
 }

@@ -645,6 +645,17 @@ impl<K: kmseal::kms::Kms> kmseal::kms::Kms for Faulty<K> {
         self.fault("kms:DescribeKey").await?;
         self.inner.describe_key(key_id).await
     }
+    async fn re_encrypt(
+        &self,
+        request: kmseal::kms::ReEncryptRequest<'_>,
+    ) -> Result<kmseal::kms::ReEncrypted, kmseal::kms::KmsError> {
+        self.fault("kms:ReEncrypt").await?;
+        self.inner.re_encrypt(request).await
+    }
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, kmseal::kms::KmsError> {
+        self.fault("kms:ListKeyRotations").await?;
+        self.inner.last_rotation(key_id).await
+    }
 }
 
 struct Faults {

@@ -11,7 +11,7 @@ use kmseal::binding::{EncryptionContext, Scope};
 use kmseal::envelope;
 use kmseal::kms::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, MemoryKms,
-    PublicKeyInfo,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use kmseal::open::{self, ItemFormat, OpenError, Opened, Rules};
 use kmseal::policy::{KeyPolicy, ResolvedAliases};
@@ -295,6 +295,12 @@ impl Kms for LyingKms<'_> {
     }
     async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
         self.0.describe_key(key_id).await
+    }
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        self.0.re_encrypt(request).await
+    }
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        self.0.last_rotation(key_id).await
     }
 }
 

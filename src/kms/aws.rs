@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use crate::arn::KmsArn;
 use crate::binding::EncryptionContext;
@@ -339,6 +339,90 @@ impl Kms for AwsKms {
     async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
         self.describe(key_id).await
     }
+
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        const ACTION: &str = "kms:ReEncrypt";
+        let key_id = request.destination_key_id;
+        let (region, destination) = self.route(ACTION, key_id)?;
+        let (source_region, source) = self.route(ACTION, request.source_key_id)?;
+        if source_region != region {
+            return Err(KmsError::new(
+                KmsErrorKind::Configuration,
+                ACTION,
+                Some(key_id),
+                format!(
+                    "the value is wrapped under a key in {source_region} and ReEncrypt cannot move it to {region}; seal it again under the new key"
+                ),
+            ));
+        }
+        let source_algorithm = match request.source_algorithm {
+            WrapAlgorithm::KmsSymmetric => EncryptionAlgorithmSpec::SymmetricDefault,
+            WrapAlgorithm::RsaOaepSha256 => EncryptionAlgorithmSpec::RsaesOaepSha256,
+        };
+        let output = self
+            .client(&region)
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(request.ciphertext))
+            .source_key_id(source)
+            .source_encryption_algorithm(source_algorithm)
+            .set_source_encryption_context(
+                (!request.source_context.is_empty()).then(|| to_hash_map(request.source_context)),
+            )
+            .destination_key_id(destination)
+            .destination_encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
+            .set_destination_encryption_context(
+                (!request.destination_context.is_empty())
+                    .then(|| to_hash_map(request.destination_context)),
+            )
+            .send()
+            .await
+            .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+        Ok(ReEncrypted {
+            key_arn: output
+                .key_id
+                .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?,
+            key_material_id: output
+                .destination_key_material_id
+                .filter(|id| !id.is_empty()),
+            wrapped: output
+                .ciphertext_blob
+                .ok_or_else(|| malformed(ACTION, key_id, &region, "no CiphertextBlob"))?
+                .into_inner(),
+        })
+    }
+
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        const ACTION: &str = "kms:ListKeyRotations";
+        /// A bound on pages: a key rotated daily for decades has fewer.
+        const MAX_PAGES: usize = 1000;
+        let (region, routed_key) = self.route(ACTION, key_id)?;
+        let mut latest: Option<u64> = None;
+        let mut marker: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let output = self
+                .client(&region)
+                .list_key_rotations()
+                .key_id(&routed_key)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+            for rotation in output.rotations() {
+                if let Some(date) = rotation.rotation_date()
+                    && let Ok(secs) = u64::try_from(date.secs())
+                {
+                    latest = latest.max(Some(secs));
+                }
+            }
+            match output.next_marker() {
+                Some(next) if output.truncated() && !next.is_empty() => {
+                    marker = Some(next.to_owned())
+                }
+                _ => return Ok(latest),
+            }
+        }
+        Ok(latest)
+    }
 }
 
 impl AwsKms {
@@ -364,6 +448,9 @@ impl AwsKms {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             current_key_material_id: metadata.current_key_material_id,
+            deletion_date: metadata
+                .deletion_date
+                .and_then(|d| u64::try_from(d.secs()).ok()),
         })
     }
 }

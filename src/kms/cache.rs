@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 
@@ -178,6 +179,14 @@ impl<K: Kms> Kms for CachingKms<K> {
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
         self.inner.describe_key(key_id).await
+    }
+
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        self.inner.re_encrypt(request).await
+    }
+
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        self.inner.last_rotation(key_id).await
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 
@@ -343,6 +343,16 @@ impl<K: Kms> Kms for FairKms<K> {
     async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
         let _permit = self.gate.acquire(OPERATOR).await;
         self.inner.describe_key(key_id).await
+    }
+
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        let _permit = self.gate.acquire(OPERATOR).await;
+        self.inner.re_encrypt(request).await
+    }
+
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        let _permit = self.gate.acquire(OPERATOR).await;
+        self.inner.last_rotation(key_id).await
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 
@@ -109,6 +109,18 @@ impl<K: Kms> Kms for HealthKms<K> {
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
         let result = self.inner.describe_key(key_id).await;
+        self.health.record(&result);
+        result
+    }
+
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        let result = self.inner.re_encrypt(request).await;
+        self.health.record(&result);
+        result
+    }
+
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        let result = self.inner.last_rotation(key_id).await;
         self.health.record(&result);
         result
     }

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use super::{
     DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 use crate::envelope::{DataKey, WrapAlgorithm};
@@ -27,14 +27,24 @@ use crate::envelope::{DataKey, WrapAlgorithm};
 const BLOB_MAGIC: &[u8] = b"memkms1";
 
 enum Material {
-    Symmetric(Zeroizing<[u8; 32]>),
+    /// Every material the key had, oldest first; the last is current.
+    Symmetric(Vec<Version>),
     Rsa(Box<PrivateKey>),
+}
+
+/// One key material of a symmetric key.
+struct Version {
+    bytes: Zeroizing<[u8; 32]>,
+    /// When it replaced the previous one (Unix seconds); `None` for the first.
+    rotated_at: Option<u64>,
 }
 
 struct Key {
     arn: String,
     material: Material,
     enabled: bool,
+    /// Scheduled for deletion at this time (Unix seconds): unusable, as in KMS.
+    deletion_date: Option<u64>,
 }
 
 #[derive(Default)]
@@ -53,6 +63,8 @@ pub struct CallCounts {
     pub decrypt: AtomicU64,
     pub get_public_key: AtomicU64,
     pub describe_key: AtomicU64,
+    pub re_encrypt: AtomicU64,
+    pub list_key_rotations: AtomicU64,
 }
 
 pub struct MemoryKms {
@@ -96,18 +108,41 @@ impl MemoryKms {
     /// Creates a symmetric key and returns its ARN.
     pub fn create_key(&self) -> String {
         let arn = self.new_arn("");
-        let mut material = Zeroizing::new([0u8; 32]);
-        // A test double: an OS RNG failure is a broken machine, not a case to handle.
-        crate::random::fill(&mut *material).expect("OS random number generator");
         self.lock().keys.insert(
             arn.clone(),
             Key {
                 arn: arn.clone(),
-                material: Material::Symmetric(material),
+                material: Material::Symmetric(vec![Version {
+                    bytes: random_material(),
+                    rotated_at: None,
+                }]),
                 enabled: true,
+                deletion_date: None,
             },
         );
         arn
+    }
+
+    /// Rotates a symmetric key's material at `at` (Unix seconds), as automatic rotation or
+    /// `RotateKeyOnDemand` do: the key id stays, old ciphertexts still decrypt.
+    pub fn rotate_key(&self, arn: &str, at: u64) {
+        if let Some(Key {
+            material: Material::Symmetric(versions),
+            ..
+        }) = self.lock().keys.get_mut(arn)
+        {
+            versions.push(Version {
+                bytes: random_material(),
+                rotated_at: Some(at),
+            });
+        }
+    }
+
+    /// Schedules a key for deletion at `date` (Unix seconds): it can no longer be used.
+    pub fn schedule_deletion(&self, arn: &str, date: u64) {
+        if let Some(key) = self.lock().keys.get_mut(arn) {
+            key.deletion_date = Some(date);
+        }
     }
 
     /// Adds an RSA key pair (ENCRYPT_DECRYPT) and returns its ARN.
@@ -119,6 +154,7 @@ impl MemoryKms {
                 arn: arn.clone(),
                 material: Material::Rsa(Box::new(private)),
                 enabled: true,
+                deletion_date: None,
             },
         );
         arn
@@ -149,6 +185,8 @@ impl MemoryKms {
             + self.calls.decrypt.load(Ordering::Relaxed)
             + self.calls.get_public_key.load(Ordering::Relaxed)
             + self.calls.describe_key.load(Ordering::Relaxed)
+            + self.calls.re_encrypt.load(Ordering::Relaxed)
+            + self.calls.list_key_rotations.load(Ordering::Relaxed)
     }
 
     /// The tenant of every `Decrypt` so far, in arrival order.
@@ -156,10 +194,10 @@ impl MemoryKms {
         self.lock().decrypt_tenants.clone()
     }
 
-    /// A stable, fake key material id for a key (AWS reports 64 hex digits).
-    fn material_id(arn: &str) -> String {
+    /// A stable, fake id for a key's `version`th material (AWS reports 64 hex digits).
+    fn material_id(arn: &str, version: usize) -> String {
         use sha2::{Digest, Sha256};
-        Sha256::digest(arn.as_bytes())
+        Sha256::digest(format!("{arn}#{version}").as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
@@ -199,6 +237,12 @@ impl MemoryKms {
         if !key.enabled {
             return Err(err(KmsErrorKind::KeyDisabled, "key is disabled"));
         }
+        if key.deletion_date.is_some() {
+            return Err(err(
+                KmsErrorKind::KeyDisabled,
+                "KMSInvalidStateException: key is pending deletion",
+            ));
+        }
         Ok(key)
     }
 
@@ -220,6 +264,115 @@ fn context_aad(context: &EncryptionContext) -> Vec<u8> {
     aad
 }
 
+fn random_material() -> Zeroizing<[u8; 32]> {
+    let mut material = Zeroizing::new([0u8; 32]);
+    // A test double: an OS RNG failure is a broken machine, not a case to handle.
+    crate::random::fill(&mut *material).expect("OS random number generator");
+    material
+}
+
+/// Wraps `plaintext` under the key's current material. Returns the blob (which names the key
+/// and the material) and the material's id.
+fn wrap(
+    key: &Key,
+    context: &EncryptionContext,
+    plaintext: &[u8],
+    action: &'static str,
+    key_id: &str,
+) -> Result<(Vec<u8>, String), KmsError> {
+    let err = |kind, detail: &str| KmsError::new(kind, action, Some(key_id), detail);
+    let Material::Symmetric(versions) = &key.material else {
+        return Err(err(
+            KmsErrorKind::KeyUsage,
+            "asymmetric keys cannot generate data keys or be re-encrypted to",
+        ));
+    };
+    let version = versions.len() - 1;
+    let mut nonce = [0u8; 12];
+    crate::random::fill(&mut nonce).map_err(|_| err(KmsErrorKind::Unavailable, "no randomness"))?;
+    let sealed = Aes256Gcm::new((&*versions[version].bytes).into())
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad: &context_aad(context),
+            },
+        )
+        .map_err(|_| err(KmsErrorKind::Other, "encrypt"))?;
+    let mut wrapped = BLOB_MAGIC.to_vec();
+    wrapped.extend_from_slice(&(key.arn.len() as u16).to_be_bytes());
+    wrapped.extend_from_slice(key.arn.as_bytes());
+    wrapped.extend_from_slice(&(version as u16).to_be_bytes());
+    wrapped.extend_from_slice(&nonce);
+    wrapped.extend_from_slice(&sealed);
+    Ok((wrapped, MemoryKms::material_id(&key.arn, version)))
+}
+
+/// A blob's parts: the key ARN, the material version, the nonce and the sealed bytes.
+fn parse_blob(blob: &[u8]) -> Option<(&str, usize, [u8; 12], &[u8])> {
+    let rest = blob.strip_prefix(BLOB_MAGIC)?;
+    let arn_len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+    let rest = rest.get(2..)?;
+    let arn = std::str::from_utf8(rest.get(..arn_len)?).ok()?;
+    let rest = rest.get(arn_len..)?;
+    let version = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+    let nonce: [u8; 12] = rest.get(2..14)?.try_into().ok()?;
+    Some((arn, version, nonce, rest.get(14..)?))
+}
+
+impl MemoryKms {
+    /// Opens a symmetric blob as `Decrypt` (and `ReEncrypt`'s source side) does: the key it
+    /// names must be the one asked for, usable, and the context must match.
+    fn unwrap_blob<'s>(
+        &self,
+        state: &'s State,
+        action: &'static str,
+        key_id: Option<&str>,
+        blob: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<(&'s Key, Zeroizing<Vec<u8>>, String), KmsError> {
+        let invalid = || {
+            KmsError::new(
+                KmsErrorKind::InvalidCiphertext,
+                action,
+                key_id,
+                "InvalidCiphertextException",
+            )
+        };
+        let (blob_arn, version, nonce, sealed) = parse_blob(blob).ok_or_else(invalid)?;
+        if let Some(key_id) = key_id {
+            let wanted = self.resolve(state, key_id);
+            if wanted.as_deref() != Some(blob_arn) {
+                return Err(KmsError::new(
+                    KmsErrorKind::InvalidCiphertext,
+                    action,
+                    Some(key_id),
+                    "IncorrectKeyException: the ciphertext was encrypted under another key",
+                ));
+            }
+        }
+        let key = self.usable(state, action, blob_arn)?;
+        let Material::Symmetric(versions) = &key.material else {
+            return Err(invalid());
+        };
+        let material = versions.get(version).ok_or_else(invalid)?;
+        let plaintext = Aes256Gcm::new((&*material.bytes).into())
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &context_aad(context),
+                },
+            )
+            .map_err(|_| invalid())?;
+        Ok((
+            key,
+            Zeroizing::new(plaintext),
+            Self::material_id(&key.arn, version),
+        ))
+    }
+}
+
 impl Kms for MemoryKms {
     async fn generate_data_key(
         &self,
@@ -231,45 +384,21 @@ impl Kms for MemoryKms {
         let action = "kms:GenerateDataKey";
         let state = self.lock();
         let key = self.usable(&state, action, key_id)?;
-        let Material::Symmetric(material) = &key.material else {
-            return Err(KmsError::new(
-                KmsErrorKind::KeyUsage,
-                action,
-                Some(key_id),
-                "asymmetric keys cannot generate data keys",
-            ));
-        };
-        let rng_failed = |_| {
+        let mut data_key = Zeroizing::new([0u8; 32]);
+        crate::random::fill(&mut *data_key).map_err(|_| {
             KmsError::new(
                 KmsErrorKind::Unavailable,
                 action,
                 Some(key_id),
                 "no randomness",
             )
-        };
-        let mut data_key = Zeroizing::new([0u8; 32]);
-        crate::random::fill(&mut *data_key).map_err(rng_failed)?;
+        })?;
         let plaintext = DataKey::from_slice(&data_key[..])
             .map_err(|_| KmsError::new(KmsErrorKind::Other, action, Some(key_id), "key"))?;
-        let mut nonce = [0u8; 12];
-        crate::random::fill(&mut nonce).map_err(rng_failed)?;
-        let sealed = Aes256Gcm::new((&**material).into())
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext.expose(),
-                    aad: &context_aad(context),
-                },
-            )
-            .map_err(|_| KmsError::new(KmsErrorKind::Other, action, Some(key_id), "encrypt"))?;
-        let mut wrapped = BLOB_MAGIC.to_vec();
-        wrapped.extend_from_slice(&(key.arn.len() as u16).to_be_bytes());
-        wrapped.extend_from_slice(key.arn.as_bytes());
-        wrapped.extend_from_slice(&nonce);
-        wrapped.extend_from_slice(&sealed);
+        let (wrapped, material_id) = wrap(key, context, plaintext.expose(), action, key_id)?;
         Ok(GeneratedKey {
             key_arn: key.arn.clone(),
-            key_material_id: Some(Self::material_id(&key.arn)),
+            key_material_id: Some(material_id),
             plaintext,
             wrapped,
         })
@@ -291,47 +420,16 @@ impl Kms for MemoryKms {
         };
         match request.algorithm {
             WrapAlgorithm::KmsSymmetric => {
-                let blob = request.ciphertext;
-                let rest = blob.strip_prefix(BLOB_MAGIC).ok_or_else(invalid)?;
-                if rest.len() < 2 {
-                    return Err(invalid());
-                }
-                let arn_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                let rest = &rest[2..];
-                if rest.len() < arn_len + 12 {
-                    return Err(invalid());
-                }
-                let blob_arn = std::str::from_utf8(&rest[..arn_len]).map_err(|_| invalid())?;
-                if let Some(key_id) = request.key_id {
-                    let wanted = self.resolve(&state, key_id);
-                    if wanted.as_deref() != Some(blob_arn) {
-                        return Err(KmsError::new(
-                            KmsErrorKind::InvalidCiphertext,
-                            action,
-                            Some(key_id),
-                            "IncorrectKeyException: the ciphertext was encrypted under another key",
-                        ));
-                    }
-                }
-                let key = self.usable(&state, action, blob_arn)?;
-                let Material::Symmetric(material) = &key.material else {
-                    return Err(invalid());
-                };
-                let nonce: [u8; 12] = rest[arn_len..arn_len + 12]
-                    .try_into()
-                    .map_err(|_| invalid())?;
-                let plaintext = Aes256Gcm::new((&**material).into())
-                    .decrypt(
-                        &Nonce::from(nonce),
-                        Payload {
-                            msg: &rest[arn_len + 12..],
-                            aad: &context_aad(request.context),
-                        },
-                    )
-                    .map_err(|_| invalid())?;
+                let (key, plaintext, _) = self.unwrap_blob(
+                    &state,
+                    action,
+                    request.key_id,
+                    request.ciphertext,
+                    request.context,
+                )?;
                 Ok(Decrypted {
                     key_arn: key.arn.clone(),
-                    plaintext: Zeroizing::new(plaintext),
+                    plaintext,
                 })
             }
             WrapAlgorithm::RsaOaepSha256 => {
@@ -420,11 +518,211 @@ impl Kms for MemoryKms {
             ));
         }
         let key = &state.keys[&arn];
+        let key_state = match (key.deletion_date, key.enabled) {
+            (Some(_), _) => "PendingDeletion",
+            (None, true) => "Enabled",
+            (None, false) => "Disabled",
+        };
         Ok(KeyDescription {
             key_arn: key.arn.clone(),
-            key_state: if key.enabled { "Enabled" } else { "Disabled" }.to_owned(),
-            current_key_material_id: matches!(key.material, Material::Symmetric(_))
-                .then(|| Self::material_id(&key.arn)),
+            key_state: key_state.to_owned(),
+            current_key_material_id: match &key.material {
+                Material::Symmetric(versions) => {
+                    Some(Self::material_id(&key.arn, versions.len() - 1))
+                }
+                Material::Rsa(_) => None,
+            },
+            deletion_date: key.deletion_date,
         })
+    }
+
+    async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
+        self.calls.re_encrypt.fetch_add(1, Ordering::Relaxed);
+        self.pause().await;
+        let state = self.lock();
+        let destination_id = request.destination_key_id;
+        let destination = self.usable(&state, "kms:ReEncryptTo", destination_id)?;
+        let plaintext = match request.source_algorithm {
+            WrapAlgorithm::KmsSymmetric => {
+                self.unwrap_blob(
+                    &state,
+                    "kms:ReEncryptFrom",
+                    Some(request.source_key_id),
+                    request.ciphertext,
+                    request.source_context,
+                )?
+                .1
+            }
+            WrapAlgorithm::RsaOaepSha256 => {
+                let action = "kms:ReEncryptFrom";
+                let source = self.usable(&state, action, request.source_key_id)?;
+                let Material::Rsa(private) = &source.material else {
+                    return Err(KmsError::new(
+                        KmsErrorKind::KeyUsage,
+                        action,
+                        Some(request.source_key_id),
+                        "InvalidKeyUsageException: symmetric key used with an RSA algorithm",
+                    ));
+                };
+                Zeroizing::new(
+                    private
+                        .decrypt(Oaep::<Sha256>::new(), request.ciphertext)
+                        .map_err(|_| {
+                            KmsError::new(
+                                KmsErrorKind::InvalidCiphertext,
+                                action,
+                                Some(request.source_key_id),
+                                "InvalidCiphertextException",
+                            )
+                        })?,
+                )
+            }
+        };
+        let (wrapped, material_id) = wrap(
+            destination,
+            request.destination_context,
+            &plaintext,
+            "kms:ReEncryptTo",
+            destination_id,
+        )?;
+        Ok(ReEncrypted {
+            key_arn: destination.arn.clone(),
+            key_material_id: Some(material_id),
+            wrapped,
+        })
+    }
+
+    async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        self.calls
+            .list_key_rotations
+            .fetch_add(1, Ordering::Relaxed);
+        self.pause().await;
+        let state = self.lock();
+        let arn = self.resolve(&state, key_id).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::KeyNotFound,
+                "kms:ListKeyRotations",
+                Some(key_id),
+                "key does not exist",
+            )
+        })?;
+        Ok(match &state.keys[&arn].material {
+            Material::Symmetric(versions) => versions.iter().filter_map(|v| v.rotated_at).max(),
+            Material::Rsa(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(ns: &str) -> EncryptionContext {
+        EncryptionContext::from([("kmseal.dev/namespace".to_owned(), ns.to_owned())])
+    }
+
+    fn decrypt<'a>(
+        key: &'a str,
+        blob: &'a [u8],
+        context: &'a EncryptionContext,
+    ) -> DecryptRequest<'a> {
+        DecryptRequest::new(Some(key), blob, WrapAlgorithm::KmsSymmetric, context, "t")
+    }
+
+    fn re<'a>(
+        ciphertext: &'a [u8],
+        source: &'a str,
+        destination: &'a str,
+        source_context: &'a EncryptionContext,
+        destination_context: &'a EncryptionContext,
+    ) -> ReEncryptRequest<'a> {
+        ReEncryptRequest {
+            ciphertext,
+            source_key_id: source,
+            source_algorithm: WrapAlgorithm::KmsSymmetric,
+            source_context,
+            destination_key_id: destination,
+            destination_context,
+        }
+    }
+
+    #[tokio::test]
+    async fn rotated_material_still_decrypts_and_reencrypt_moves_to_the_current_one() {
+        let kms = MemoryKms::new("eu-west-1");
+        let key = kms.create_key();
+        let ctx = context("a");
+        let old = kms.generate_data_key(&key, &ctx).await.unwrap();
+        let before = kms.describe_key(&key).await.unwrap();
+        assert_eq!(before.current_key_material_id, old.key_material_id);
+        assert_eq!(kms.last_rotation(&key).await.unwrap(), None);
+
+        kms.rotate_key(&key, 1_800_000_000);
+        let after = kms.describe_key(&key).await.unwrap();
+        assert_ne!(
+            after.current_key_material_id,
+            before.current_key_material_id
+        );
+        assert_eq!(kms.last_rotation(&key).await.unwrap(), Some(1_800_000_000));
+        // Old ciphertext still opens.
+        let opened = kms
+            .decrypt(decrypt(&key, &old.wrapped, &ctx))
+            .await
+            .unwrap();
+        assert_eq!(&opened.plaintext[..], &old.plaintext.expose()[..]);
+
+        // Same key, current material; the data key is unchanged, the context is checked.
+        let blob = &old.wrapped;
+        let moved = kms
+            .re_encrypt(re(blob, &key, &key, &ctx, &ctx))
+            .await
+            .unwrap();
+        assert_eq!(moved.key_material_id, after.current_key_material_id);
+        let reopened = kms
+            .decrypt(decrypt(&key, &moved.wrapped, &ctx))
+            .await
+            .unwrap();
+        assert_eq!(&reopened.plaintext[..], &old.plaintext.expose()[..]);
+        let err = kms
+            .re_encrypt(re(blob, &key, &key, &context("b"), &ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::InvalidCiphertext);
+
+        // Another key; permissions are checked on both sides.
+        let other = kms.create_key();
+        let moved = kms
+            .re_encrypt(re(blob, &key, &other, &ctx, &ctx))
+            .await
+            .unwrap();
+        assert_eq!(moved.key_arn, other);
+        kms.deny("kms:ReEncryptTo", &other);
+        let err = kms
+            .re_encrypt(re(blob, &key, &other, &ctx, &ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::AccessDenied);
+        kms.deny("kms:ReEncryptFrom", &key);
+        kms.allow("kms:ReEncryptTo", &other);
+        let err = kms
+            .re_encrypt(re(blob, &key, &other, &ctx, &ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::AccessDenied);
+        assert_eq!(kms.calls.re_encrypt.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn a_key_pending_deletion_says_when_and_refuses_use() {
+        let kms = MemoryKms::new("eu-west-1");
+        let key = kms.create_key();
+        kms.schedule_deletion(&key, 1_900_000_000);
+        let description = kms.describe_key(&key).await.unwrap();
+        assert_eq!(description.key_state, "PendingDeletion");
+        assert_eq!(description.deletion_date, Some(1_900_000_000));
+        let err = kms
+            .generate_data_key(&key, &context("a"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::KeyDisabled);
     }
 }

@@ -97,6 +97,32 @@ pub struct KeyDescription {
     pub key_state: String,
     /// The current key material, where KMS says.
     pub current_key_material_id: Option<String>,
+    /// For a key pending deletion: when it will be deleted (Unix seconds).
+    pub deletion_date: Option<u64>,
+}
+
+/// One `ReEncrypt`: a wrapped data key moved under another key (or the same key's current
+/// material) inside KMS; the plaintext data key never leaves it.
+#[derive(Debug)]
+pub struct ReEncryptRequest<'a> {
+    pub ciphertext: &'a [u8],
+    /// The key the data key is wrapped under now (KMS checks it; some emulators need it).
+    pub source_key_id: &'a str,
+    pub source_algorithm: WrapAlgorithm,
+    pub source_context: &'a EncryptionContext,
+    pub destination_key_id: &'a str,
+    pub destination_context: &'a EncryptionContext,
+}
+
+/// What `ReEncrypt` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReEncrypted {
+    /// The destination key's ARN.
+    pub key_arn: String,
+    /// The destination key material, where KMS says.
+    pub key_material_id: Option<String>,
+    /// The data key, wrapped under the destination key.
+    pub wrapped: Vec<u8>,
 }
 
 /// What `Decrypt` returned.
@@ -154,6 +180,19 @@ pub trait Kms: Send + Sync {
         &self,
         key_id: &str,
     ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send;
+
+    /// `ReEncrypt` (symmetric destination, the same algorithm KMS-wrapped envelopes use).
+    fn re_encrypt(
+        &self,
+        request: ReEncryptRequest<'_>,
+    ) -> impl Future<Output = Result<ReEncrypted, KmsError>> + Send;
+
+    /// `ListKeyRotations`: when the key's material last rotated (Unix seconds), `None` if it
+    /// never did. Only for keys of the caller's account.
+    fn last_rotation(
+        &self,
+        key_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, KmsError>> + Send;
 }
 
 /// Shared KMS stacks (one cache and one rate limit for several controllers).
@@ -185,6 +224,20 @@ impl<K: Kms> Kms for std::sync::Arc<K> {
         key_id: &str,
     ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send {
         (**self).describe_key(key_id)
+    }
+
+    fn re_encrypt(
+        &self,
+        request: ReEncryptRequest<'_>,
+    ) -> impl Future<Output = Result<ReEncrypted, KmsError>> + Send {
+        (**self).re_encrypt(request)
+    }
+
+    fn last_rotation(
+        &self,
+        key_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, KmsError>> + Send {
+        (**self).last_rotation(key_id)
     }
 }
 
