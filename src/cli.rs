@@ -23,6 +23,9 @@ use crate::policy::{KeyPolicy, ResolvedAliases};
 use crate::random::{OsRandom, Random};
 use crate::seal::{self, OfflineKey, PlainSecret, Wrapper};
 
+mod rewrap;
+pub use rewrap::RewrapArgs;
+
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: the command failed (bad input, KMS error, ...); stderr says why.
@@ -125,6 +128,9 @@ pub enum Command {
     Unseal(UnsealArgs),
     /// Save the public key of an RSA KMS key for `seal --public-key`.
     Pubkey(PubkeyArgs),
+    /// Move sealed values in files to the key and key material they should be under (KMS
+    /// ReEncrypt: no decrypt permission needed); --check only reports.
+    Rewrap(RewrapArgs),
     /// Check EncryptedSecret manifests offline (no KMS, no credentials): schema, envelopes,
     /// sizes, key policy; and refuse plain Secrets with data.
     Validate(ValidateArgs),
@@ -281,7 +287,9 @@ impl Command {
     fn needs_kms(&self) -> bool {
         match self {
             Command::Seal(args) => args.public_key.is_none(),
-            Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) => true,
+            Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) | Command::Rewrap(_) => {
+                true
+            }
             Command::Crd | Command::Completion { .. } | Command::Validate(_) => false,
         }
     }
@@ -503,6 +511,7 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
         }
         Command::Verify(args) => verify(need_kms()?, args, io).await,
         Command::Validate(args) => validate_command(args, io),
+        Command::Rewrap(args) => rewrap::rewrap(need_kms()?, args, io).await,
         Command::Unseal(args) => unseal(need_kms()?, args, io).await,
     }
 }

@@ -18,6 +18,7 @@ pub mod plugin_completion;
 pub mod policy;
 pub mod random;
 pub mod reconcile;
+pub mod rotation;
 pub mod seal;
 pub mod server;
 pub mod telemetry;

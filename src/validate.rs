@@ -536,6 +536,40 @@ fn check_encrypted(
     (findings, Some(identity))
 }
 
+/// The EncryptedSecret documents of a file's text (also those inside Lists), as generic values,
+/// in order; other documents are skipped, plain Secrets without keeping their values.
+pub fn encrypted_secret_documents(text: &str) -> Result<Vec<Value>, ManifestError> {
+    fn collect(doc: Doc, out: &mut Vec<Value>) {
+        let Doc::Object(object) = doc else {
+            return;
+        };
+        let kind = object.fields.get("kind").and_then(Value::as_str);
+        let api_version = object.fields.get("apiVersion").and_then(Value::as_str);
+        if kind.is_some_and(|k| k.ends_with("List")) {
+            for item in object.items.into_iter().flatten() {
+                collect(item, out);
+            }
+        } else if kind == Some(api::KIND) && api_version == Some(api::API_VERSION) {
+            out.push(Value::Object(object.fields));
+        }
+    }
+    if text.len() > manifest::MAX_INPUT_LEN {
+        return Err(ManifestError::TooLarge(Some(text.len() as u64)));
+    }
+    let docs: Vec<Doc> = serde_saphyr::from_multiple(text).map_err(|e| {
+        ManifestError::Syntax(
+            e.location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default(),
+        )
+    })?;
+    let mut out = Vec::new();
+    for doc in docs {
+        collect(doc, &mut out);
+    }
+    Ok(out)
+}
+
 /// The CRD's schema, which the API server checks objects against.
 fn crd_schema() -> &'static JSONSchemaProps {
     static SCHEMA: std::sync::LazyLock<JSONSchemaProps> = std::sync::LazyLock::new(|| {

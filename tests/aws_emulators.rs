@@ -859,3 +859,131 @@ async fn re_encrypt_and_rotation_facts_on_both_emulators() {
         assert!(pending.deletion_date.is_some(), "{}", emu.name);
     }
 }
+
+/// `kmseal rewrap` through the binary on moto: an alias moved to another key, then that key's
+/// material rotated (moto gives no material ids, so the wrap time is compared with
+/// `ListKeyRotations`' date).
+#[test]
+fn rewrap_follows_an_alias_and_a_rotation_on_moto() {
+    let Some(emu) = moto() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = rt.block_on(admin(&emu.url, REGION));
+    let (first, second) = rt.block_on(async {
+        (
+            create_symmetric_key(&admin).await,
+            create_symmetric_key(&admin).await,
+        )
+    });
+    let bare = |arn: &str| arn.rsplit('/').next().unwrap().to_owned();
+    let alias = format!("alias/rewrap-{}", bare(&first));
+    rt.block_on(
+        admin
+            .create_alias()
+            .alias_name(&alias)
+            .target_key_id(bare(&first))
+            .send(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = kmseal(true)
+        .args([
+            "seal",
+            "--key",
+            &alias,
+            "--endpoint",
+            &emu.url,
+            "--region",
+            REGION,
+        ])
+        .write_stdin(secret_manifest(
+            "prod",
+            "db",
+            &[("password", "hunter2-plaintext")],
+        ))
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    let path = temp_file(&dir, "db.yaml", &sealed.stdout);
+    let file = path.to_str().unwrap();
+    let rewrap = |check: bool| {
+        let mut cmd = kmseal(true);
+        cmd.args(["rewrap", "--endpoint", &emu.url, "--region", REGION, file]);
+        if check {
+            cmd.arg("--check");
+        }
+        cmd.output().unwrap()
+    };
+    assert_eq!(
+        rewrap(true).status.code(),
+        Some(0),
+        "{}",
+        stdout(&rewrap(true))
+    );
+
+    rt.block_on(
+        admin
+            .update_alias()
+            .alias_name(&alias)
+            .target_key_id(bare(&second))
+            .send(),
+    )
+    .unwrap();
+    let check = rewrap(true);
+    assert_eq!(
+        check.status.code(),
+        Some(3),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    assert!(
+        stdout(&check).contains("[KeyChanged]"),
+        "{}",
+        stdout(&check)
+    );
+    let done = rewrap(false);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&done),
+        stderr(&done)
+    );
+    let verified = kmseal(true)
+        .args([
+            "verify",
+            "--endpoint",
+            &emu.url,
+            "--region",
+            REGION,
+            "-f",
+            file,
+        ])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", stdout(&verified));
+    assert!(
+        stdout(&verified).contains(&format!("key {second}")),
+        "{}",
+        stdout(&verified)
+    );
+
+    // Rotation dates have one-second resolution: rotate after the wrap's second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    rt.block_on(admin.rotate_key_on_demand().key_id(&second).send())
+        .unwrap();
+    let check = rewrap(true);
+    assert_eq!(check.status.code(), Some(3), "{}", stdout(&check));
+    assert!(
+        stdout(&check).contains("[MaterialRotated]"),
+        "{}",
+        stdout(&check)
+    );
+    assert_eq!(rewrap(false).status.code(), Some(0));
+    assert_eq!(
+        rewrap(true).status.code(),
+        Some(0),
+        "{}",
+        stdout(&rewrap(true))
+    );
+}

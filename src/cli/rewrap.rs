@@ -1,0 +1,452 @@
+//! `kmseal rewrap`: moves the sealed values in files to the key and key material they should be
+//! under, with KMS `ReEncrypt`. The data keys never leave KMS, so a rotation bot needs no
+//! decrypt permission, and only the changed value strings differ in the files.
+//!
+//! The key a value should be under is its object's `spec.keyId` (an alias there is followed to
+//! the key it points to now), else `--key`, else the key it is under (then only rotated key
+//! material makes it stale). The decisions are [`crate::rotation`]'s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::Args;
+
+use super::{
+    CliError, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, EXIT_VERIFY_UNCHECKED, Io, fail,
+    manifest_files, manifest_text, read_capped, usage, write_atomically,
+};
+use crate::api::EncryptedSecret;
+use crate::arn;
+use crate::binding::Scope;
+use crate::envelope::{Envelope, Header, WrapAlgorithm};
+use crate::kms::{Kms, KmsError, ReEncryptRequest};
+use crate::open::{self, Decoded};
+use crate::rotation::{self, KeyFacts, Stale};
+
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// Files or directories to rewrap in place; a directory means every .yaml, .yml and .json
+    /// file in it and below.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// A file or directory, as with kubectl (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// The key for objects whose spec.keyId is empty. To move values to another key, change
+    /// spec.keyId (or the alias it names) and run rewrap.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Namespace of objects that name none (their values are bound to it).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Change nothing; list stale values and exit 3 if there are any (a CI gate).
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// What KMS says about each key, asked once per key per run.
+struct Facts<'k, K> {
+    kms: &'k K,
+    known: HashMap<String, Result<KeyFacts, KmsError>>,
+}
+
+impl<K: Kms> Facts<'_, K> {
+    async fn get(&mut self, key_id: &str) -> Result<KeyFacts, KmsError> {
+        if let Some(known) = self.known.get(key_id) {
+            return known.clone();
+        }
+        let facts = match self.kms.describe_key(key_id).await {
+            Ok(description) => {
+                // Where KMS will not list rotations (another account's key, some emulators),
+                // material ids are the only signal.
+                let last_rotation = self
+                    .kms
+                    .last_rotation(&description.key_arn)
+                    .await
+                    .ok()
+                    .flatten();
+                Ok(KeyFacts {
+                    key_arn: description.key_arn,
+                    state: description.key_state,
+                    current_material_id: description.current_key_material_id,
+                    last_rotation,
+                    deletion_date: description.deletion_date,
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(f) = &facts {
+            self.known.insert(f.key_arn.clone(), facts.clone());
+        }
+        self.known.insert(key_id.to_owned(), facts.clone());
+        facts
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    values: usize,
+    stale: usize,
+    rewrapped: usize,
+    cannot: usize,
+    failed: usize,
+    unchecked: usize,
+    /// Values under a disabled key or one pending deletion, that stay there.
+    at_risk: usize,
+}
+
+/// Where a value is, for messages.
+struct Place<'a> {
+    file: &'a str,
+    object: String,
+    item: &'a str,
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} {}", self.file, self.object, self.item)
+    }
+}
+
+/// Stale values of one object that share a data key: one `ReEncrypt` moves them all.
+struct Group {
+    reason: Stale,
+    header: Header,
+    items: Vec<(String, String, Box<Envelope>)>,
+}
+
+struct Run<'r, 'k, 'io, K> {
+    facts: Facts<'k, K>,
+    tally: Tally,
+    args: &'r RewrapArgs,
+    io: &'r mut Io<'io>,
+}
+
+pub async fn rewrap<K: Kms>(kms: &K, args: &RewrapArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
+    let paths: Vec<&PathBuf> = args.paths.iter().chain(&args.files).collect();
+    if paths.is_empty() {
+        return Err(usage(
+            "name the files or directories to rewrap, e.g. kmseal rewrap deploy/ (add --check to only report)",
+        ));
+    }
+    if paths.iter().any(|p| p.as_path() == Path::new("-")) {
+        return Err(usage(
+            "rewrap changes files in place and cannot read stdin; name the files",
+        ));
+    }
+    let mut run = Run {
+        facts: Facts {
+            kms,
+            known: HashMap::new(),
+        },
+        tally: Tally::default(),
+        args,
+        io,
+    };
+    for path in paths {
+        let mut files = Vec::new();
+        manifest_files(path, 0, &mut files)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        for file in files {
+            run.file(&file).await?;
+        }
+    }
+    let t = &run.tally;
+    writeln!(
+        run.io.stdout,
+        "{} value(s): {} stale, {} rewrapped, {} to seal again, {} on a key at risk, {} failed, {} blocked (credentials, network or KMS access)",
+        t.values, t.stale, t.rewrapped, t.cannot, t.at_risk, t.failed, t.unchecked
+    )?;
+    // What is left for a person: stale values rewrap cannot move (or, with --check, any), and
+    // values on a key that is disabled or about to be deleted.
+    let left_stale = t.at_risk + if args.check { t.stale } else { t.cannot };
+    Ok(if t.unchecked > 0 {
+        EXIT_VERIFY_UNCHECKED
+    } else if t.failed > 0 {
+        EXIT_ERROR
+    } else if left_stale > 0 {
+        EXIT_VERIFY_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+impl<K: Kms> Run<'_, '_, '_, K> {
+    async fn file(&mut self, path: &Path) -> Result<(), CliError> {
+        let shown = path.display().to_string();
+        let (bytes, size) = read_capped(path, self.io.stdin)
+            .map_err(|e| fail(format!("cannot read {shown}: {e}")))?;
+        let text = match manifest_text(bytes, size)
+            .and_then(|text| crate::validate::encrypted_secret_documents(&text).map(|d| (text, d)))
+        {
+            Ok(found) => found,
+            Err(e) => {
+                writeln!(self.io.stderr, "skipped {shown}: {e}")?;
+                return Ok(());
+            }
+        };
+        let (text, documents) = text;
+        let mut replacements: Vec<(String, String)> = Vec::new();
+        for document in documents {
+            match serde_json::from_value::<EncryptedSecret>(document) {
+                Ok(es) => self.object(&shown, &es, &mut replacements).await?,
+                Err(_) => {
+                    self.tally.failed += 1;
+                    writeln!(
+                        self.io.stdout,
+                        "FAILED  {shown}: an EncryptedSecret that is not valid; run kmseal validate {shown}"
+                    )?;
+                }
+            }
+        }
+        if replacements.is_empty() {
+            return Ok(());
+        }
+        let mut updated = text.to_string();
+        for (old, new) in &replacements {
+            // Values are unique (random nonces and data keys); anything else is a file this
+            // command should not guess about.
+            if updated.matches(old.as_str()).count() != 1 {
+                return Err(fail(format!(
+                    "{shown}: a sealed value is not written as one string on one line (or appears twice), so it cannot be replaced in place; nothing in this file was changed"
+                )));
+            }
+            updated = updated.replacen(old.as_str(), new, 1);
+        }
+        write_atomically(path, updated.as_bytes())
+    }
+
+    async fn object(
+        &mut self,
+        file: &str,
+        es: &EncryptedSecret,
+        replacements: &mut Vec<(String, String)>,
+    ) -> Result<(), CliError> {
+        let name = es.metadata.name.clone().unwrap_or_default();
+        let namespace = es
+            .metadata
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| self.args.namespace.clone())
+            .unwrap_or_default();
+        let object = if namespace.is_empty() {
+            name.clone()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        let desired_id = es
+            .spec
+            .key_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .or_else(|| self.args.key.clone());
+        let mut groups: BTreeMap<(String, Vec<u8>), Group> = BTreeMap::new();
+        for (item, value) in &es.spec.encrypted_data {
+            let place = Place {
+                file,
+                object: object.clone(),
+                item,
+            };
+            let envelope = match open::decode_item(value) {
+                Ok(Decoded::Envelope(envelope)) => envelope,
+                Ok(Decoded::Plain(_)) => {
+                    writeln!(
+                        self.io.stdout,
+                        "skipped {place}: plain KMS ciphertext; re-encrypt it with aws kms re-encrypt, or seal it with kmseal seal"
+                    )?;
+                    continue;
+                }
+                Err(e) => {
+                    writeln!(
+                        self.io.stdout,
+                        "skipped {place}: not a valid sealed value ({e}); run kmseal validate"
+                    )?;
+                    continue;
+                }
+            };
+            self.tally.values += 1;
+            let header = &envelope.header;
+            if namespace.is_empty() && header.scope != Scope::Cluster {
+                self.tally.failed += 1;
+                writeln!(
+                    self.io.stdout,
+                    "FAILED  {place}: the value is bound to a namespace and the manifest names none; pass -n/--namespace"
+                )?;
+                continue;
+            }
+            let own = match self.facts.get(&header.key_arn).await {
+                Ok(own) => own,
+                Err(e) => {
+                    self.kms_failure(&place, &e)?;
+                    continue;
+                }
+            };
+            let target = match &desired_id {
+                Some(id) => match self.facts.get(id).await {
+                    Ok(target) => target,
+                    Err(e) => {
+                        self.kms_failure(&place, &e)?;
+                        continue;
+                    }
+                },
+                None => own.clone(),
+            };
+            let Some(reason) = rotation::staleness(header, &target) else {
+                if let Some(risk) = rotation::risk(&own, self.io.now) {
+                    self.tally.at_risk += 1;
+                    writeln!(
+                        self.io.stdout,
+                        "RISK    {place} [{}]: under {}: {risk}",
+                        risk.reason(),
+                        header.key_arn
+                    )?;
+                }
+                continue;
+            };
+            self.tally.stale += 1;
+            if let Err(why) = rotation::rewrappable(header) {
+                self.tally.cannot += 1;
+                writeln!(
+                    self.io.stdout,
+                    "SEAL    {place} [{reason}]: stale, and rewrap cannot move it: {why}"
+                )?;
+                continue;
+            }
+            if self.args.check {
+                writeln!(
+                    self.io.stdout,
+                    "STALE   {place} [{reason}]: {}",
+                    describe_move(reason, header, &target)
+                )?;
+                continue;
+            }
+            groups
+                .entry((header.key_arn.clone(), header.wrapped_key.clone()))
+                .or_insert_with(|| Group {
+                    reason,
+                    header: header.clone(),
+                    items: Vec::new(),
+                })
+                .items
+                .push((item.clone(), value.clone(), envelope));
+        }
+        for group in groups.into_values() {
+            let target_id = desired_id.clone().unwrap_or(group.header.key_arn.clone());
+            let target = match self.facts.get(&target_id).await {
+                Ok(target) => target,
+                Err(e) => {
+                    for (item, _, _) in &group.items {
+                        let place = Place {
+                            file,
+                            object: object.clone(),
+                            item,
+                        };
+                        self.kms_failure(&place, &e)?;
+                    }
+                    continue;
+                }
+            };
+            let moved = self.move_group(&group, &namespace, &name, &target).await;
+            for (item, old, envelope) in &group.items {
+                let place = Place {
+                    file,
+                    object: object.clone(),
+                    item,
+                };
+                match &moved {
+                    Ok(header) => match envelope.rewrapped(header) {
+                        Ok(bytes) => {
+                            self.tally.rewrapped += 1;
+                            writeln!(
+                                self.io.stdout,
+                                "rewrapped {place} [{}]: {}",
+                                group.reason,
+                                describe_move(group.reason, &group.header, &target)
+                            )?;
+                            replacements.push((old.clone(), BASE64.encode(bytes)));
+                        }
+                        Err(e) => {
+                            self.tally.failed += 1;
+                            writeln!(self.io.stdout, "FAILED  {place}: {e}")?;
+                        }
+                    },
+                    Err(e) => self.kms_failure(&place, e)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `ReEncrypt` for a group: the new wrapping, checked to be under the target key.
+    async fn move_group(
+        &mut self,
+        group: &Group,
+        namespace: &str,
+        name: &str,
+        target: &KeyFacts,
+    ) -> Result<Header, KmsError> {
+        let (_, _, envelope) = &group.items[0];
+        let binding = envelope.binding_for(namespace, name);
+        let context = binding.context_v2();
+        let moved = self
+            .facts
+            .kms
+            .re_encrypt(ReEncryptRequest {
+                ciphertext: &group.header.wrapped_key,
+                source_key_id: &group.header.key_arn,
+                source_algorithm: WrapAlgorithm::KmsSymmetric,
+                source_context: &context,
+                destination_key_id: &target.key_arn,
+                destination_context: &context,
+            })
+            .await?;
+        if !arn::same_key(&moved.key_arn, &target.key_arn) {
+            return Err(KmsError::new(
+                crate::kms::KmsErrorKind::WrongKey,
+                "kms:ReEncrypt",
+                Some(&target.key_arn),
+                moved.key_arn,
+            ));
+        }
+        Ok(Header {
+            wrapped_at: self.io.now,
+            key_arn: moved.key_arn,
+            key_material_id: moved.key_material_id,
+            wrapped_key: moved.wrapped,
+            ..group.header.clone()
+        })
+    }
+
+    fn kms_failure(&mut self, place: &Place<'_>, e: &KmsError) -> Result<(), CliError> {
+        // Credentials, network or KMS access: the values may be fine, the run is not.
+        if e.is_environment() {
+            self.tally.unchecked += 1;
+        } else {
+            self.tally.failed += 1;
+        }
+        writeln!(self.io.stdout, "FAILED  {place} [{}]: {e}", e.category())?;
+        Ok(())
+    }
+}
+
+fn describe_move(reason: Stale, header: &Header, target: &KeyFacts) -> String {
+    match reason {
+        Stale::KeyChanged => format!(
+            "under {}, should be under {}",
+            header.key_arn, target.key_arn
+        ),
+        Stale::MaterialRotated => format!(
+            "under older key material of {} (current: {})",
+            target.key_arn,
+            target
+                .current_material_id
+                .as_deref()
+                .unwrap_or("rotated since the value was wrapped")
+        ),
+    }
+}

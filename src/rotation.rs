@@ -1,0 +1,251 @@
+//! Key rotation planning: which sealed values are no longer under the key and key material they
+//! should be, and which keys put values at risk.
+//!
+//! Pure: decided from an envelope's clear header (key ARN, key material id, wrap time, version)
+//! and what KMS says about keys ([`KeyFacts`]: one `DescribeKey`, and `ListKeyRotations` where
+//! KMS answers it, per distinct key). Nothing here calls KMS or needs a data key.
+
+use std::fmt;
+
+use crate::arn;
+use crate::envelope::{Header, Version, WrapAlgorithm};
+
+/// What KMS says about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFacts {
+    /// The key's ARN (an alias resolved).
+    pub key_arn: String,
+    /// e.g. `Enabled`, `Disabled`, `PendingDeletion`.
+    pub state: String,
+    /// The key's current material, where KMS says (`DescribeKey`'s `CurrentKeyMaterialId`).
+    pub current_material_id: Option<String>,
+    /// When the material last rotated (Unix seconds); `None`: never, or KMS would not say.
+    pub last_rotation: Option<u64>,
+    /// For a key pending deletion: when (Unix seconds).
+    pub deletion_date: Option<u64>,
+}
+
+/// Why a value should be re-wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stale {
+    /// Wrapped under another key than the one it should be (`spec.keyId`, `--key`, or an alias
+    /// that now points elsewhere).
+    KeyChanged,
+    /// Under the right key, but under material older than the key's current one.
+    MaterialRotated,
+}
+
+impl Stale {
+    /// A fixed reason, for conditions, metrics and output.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Stale::KeyChanged => "KeyChanged",
+            Stale::MaterialRotated => "MaterialRotated",
+        }
+    }
+}
+
+impl fmt::Display for Stale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// Whether a value under `header` is stale, given the key it should be under. `None`: current,
+/// as far as KMS lets anyone tell (a material change is seen from material ids when both are
+/// known, else from the wrap time against the last rotation, else not at all).
+pub fn staleness(header: &Header, desired: &KeyFacts) -> Option<Stale> {
+    if !arn::same_key(&header.key_arn, &desired.key_arn) {
+        return Some(Stale::KeyChanged);
+    }
+    match (&header.key_material_id, &desired.current_material_id) {
+        (Some(item), Some(current)) => (item != current).then_some(Stale::MaterialRotated),
+        _ => desired
+            .last_rotation
+            .filter(|&rotated| header.wrapped_at < rotated)
+            .map(|_| Stale::MaterialRotated),
+    }
+}
+
+/// Why a stale value cannot be re-wrapped in place (it must be sealed again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRewrappable {
+    /// Envelope v1 authenticates its wrapping, so it cannot be swapped.
+    OldFormat,
+    /// Wrapped offline with an RSA key: its format fixes the wrapping algorithm.
+    RsaWrapped,
+}
+
+impl fmt::Display for NotRewrappable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotRewrappable::OldFormat => {
+                "it is envelope v1, whose wrapping cannot be replaced; seal it again with kmseal seal (that needs kms:Decrypt, or the plaintext)"
+            }
+            NotRewrappable::RsaWrapped => {
+                "it was sealed offline with an RSA key; seal it again with kmseal seal --public-key for the new key"
+            }
+        })
+    }
+}
+
+/// Whether `ReEncrypt` can move a value's data key (v2, KMS-wrapped).
+pub fn rewrappable(header: &Header) -> Result<(), NotRewrappable> {
+    if header.version == Version::V1 {
+        return Err(NotRewrappable::OldFormat);
+    }
+    if header.algorithm != WrapAlgorithm::KmsSymmetric {
+        return Err(NotRewrappable::RsaWrapped);
+    }
+    Ok(())
+}
+
+/// A key that puts the values under it at risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRisk {
+    Disabled,
+    /// Values under it open until the deletion, then never again.
+    PendingDeletion {
+        days_left: u64,
+    },
+}
+
+impl KeyRisk {
+    pub fn reason(self) -> &'static str {
+        match self {
+            KeyRisk::Disabled => "KeyDisabled",
+            KeyRisk::PendingDeletion { .. } => "KeyPendingDeletion",
+        }
+    }
+}
+
+impl fmt::Display for KeyRisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRisk::Disabled => f.write_str(
+                "the key is disabled: its values do not open until it is enabled again (kms:EnableKey), or they are moved to another key",
+            ),
+            KeyRisk::PendingDeletion { days_left } => write!(
+                f,
+                "the key is pending deletion in {days_left} day(s): cancel it (kms:CancelKeyDeletion), or move the values to another key before then; after it they never open again"
+            ),
+        }
+    }
+}
+
+/// The risk a key's state puts on values under it, at `now` (Unix seconds).
+pub fn risk(facts: &KeyFacts, now: u64) -> Option<KeyRisk> {
+    match facts.state.as_str() {
+        "Disabled" => Some(KeyRisk::Disabled),
+        "PendingDeletion" | "PendingReplicaDeletion" => Some(KeyRisk::PendingDeletion {
+            days_left: facts
+                .deletion_date
+                .map_or(0, |date| date.saturating_sub(now).div_ceil(86_400)),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::Scope;
+
+    const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    const OTHER: &str =
+        "arn:aws:kms:eu-west-1:111122223333:key/9999abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn header(key: &str, material: Option<&str>, wrapped_at: u64) -> Header {
+        Header {
+            version: Version::V2,
+            scope: Scope::Strict,
+            algorithm: WrapAlgorithm::KmsSymmetric,
+            wrapped_at,
+            key_arn: key.to_owned(),
+            key_material_id: material.map(str::to_owned),
+            wrapped_key: vec![1],
+        }
+    }
+
+    fn facts(key: &str, current: Option<&str>, last_rotation: Option<u64>) -> KeyFacts {
+        KeyFacts {
+            key_arn: key.to_owned(),
+            state: "Enabled".to_owned(),
+            current_material_id: current.map(str::to_owned),
+            last_rotation,
+            deletion_date: None,
+        }
+    }
+
+    #[test]
+    fn another_key_is_stale_whatever_the_material() {
+        let h = header(KEY, Some("m1"), 100);
+        assert_eq!(
+            staleness(&h, &facts(OTHER, Some("m1"), None)),
+            Some(Stale::KeyChanged)
+        );
+        assert_eq!(staleness(&h, &facts(KEY, Some("m1"), None)), None);
+    }
+
+    #[test]
+    fn material_ids_decide_when_both_are_known() {
+        let h = header(KEY, Some("m1"), 100);
+        assert_eq!(
+            staleness(&h, &facts(KEY, Some("m2"), None)),
+            Some(Stale::MaterialRotated)
+        );
+        // Known ids win over dates, which are only the fallback.
+        assert_eq!(staleness(&h, &facts(KEY, Some("m1"), Some(200))), None);
+    }
+
+    #[test]
+    fn without_ids_the_wrap_time_is_compared_with_the_last_rotation() {
+        let h = header(KEY, None, 100);
+        assert_eq!(
+            staleness(&h, &facts(KEY, Some("m2"), Some(150))),
+            Some(Stale::MaterialRotated)
+        );
+        assert_eq!(staleness(&h, &facts(KEY, None, Some(100))), None);
+        assert_eq!(staleness(&h, &facts(KEY, None, Some(50))), None);
+        // Neither ids nor dates (an emulator without ListKeyRotations): cannot tell.
+        assert_eq!(staleness(&h, &facts(KEY, Some("m2"), None)), None);
+        let with_id = header(KEY, Some("m1"), 100);
+        assert_eq!(
+            staleness(&with_id, &facts(KEY, None, Some(150))),
+            Some(Stale::MaterialRotated)
+        );
+    }
+
+    #[test]
+    fn only_kms_wrapped_v2_values_can_be_rewrapped() {
+        let mut h = header(KEY, None, 1);
+        assert_eq!(rewrappable(&h), Ok(()));
+        h.algorithm = WrapAlgorithm::RsaOaepSha256;
+        assert_eq!(rewrappable(&h), Err(NotRewrappable::RsaWrapped));
+        h.version = Version::V1;
+        assert_eq!(rewrappable(&h), Err(NotRewrappable::OldFormat));
+    }
+
+    #[test]
+    fn disabled_and_deleted_keys_are_risks_with_days_left() {
+        let mut f = facts(KEY, None, None);
+        assert_eq!(risk(&f, 0), None);
+        f.state = "Disabled".into();
+        assert_eq!(risk(&f, 0), Some(KeyRisk::Disabled));
+        f.state = "PendingDeletion".into();
+        f.deletion_date = Some(10 * 86_400);
+        assert_eq!(
+            risk(&f, 0),
+            Some(KeyRisk::PendingDeletion { days_left: 10 })
+        );
+        assert_eq!(
+            risk(&f, 86_400 + 1),
+            Some(KeyRisk::PendingDeletion { days_left: 9 })
+        );
+        assert_eq!(
+            risk(&f, 20 * 86_400),
+            Some(KeyRisk::PendingDeletion { days_left: 0 })
+        );
+        assert!(risk(&f, 0).unwrap().to_string().contains("10 day(s)"));
+    }
+}
