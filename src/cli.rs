@@ -23,7 +23,9 @@ use crate::policy::{KeyPolicy, ResolvedAliases};
 use crate::random::{OsRandom, Random};
 use crate::seal::{self, OfflineKey, PlainSecret, Wrapper};
 
+mod keys;
 mod rewrap;
+pub use keys::KeysArgs;
 pub use rewrap::RewrapArgs;
 
 /// Exit code: success.
@@ -131,6 +133,8 @@ pub enum Command {
     /// Move sealed values in files to the key and key material they should be under (KMS
     /// ReEncrypt: no decrypt permission needed); --check only reports.
     Rewrap(RewrapArgs),
+    /// Inventory of sealed files: keys, key materials, wrap times, stale values.
+    Keys(KeysArgs),
     /// Check EncryptedSecret manifests offline (no KMS, no credentials): schema, envelopes,
     /// sizes, key policy; and refuse plain Secrets with data.
     Validate(ValidateArgs),
@@ -290,6 +294,7 @@ impl Command {
             Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) | Command::Rewrap(_) => {
                 true
             }
+            Command::Keys(args) => !args.offline,
             Command::Crd | Command::Completion { .. } | Command::Validate(_) => false,
         }
     }
@@ -512,6 +517,7 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
         Command::Verify(args) => verify(need_kms()?, args, io).await,
         Command::Validate(args) => validate_command(args, io),
         Command::Rewrap(args) => rewrap::rewrap(need_kms()?, args, io).await,
+        Command::Keys(args) => keys::keys(kms, args, io).await,
         Command::Unseal(args) => unseal(need_kms()?, args, io).await,
     }
 }

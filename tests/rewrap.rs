@@ -231,7 +231,93 @@ async fn what_rewrap_cannot_fix_is_reported_and_left_alone() {
     assert_eq!(out.code, EXIT_ERROR, "{}", out.stdout);
     assert!(out.stdout.contains("pass -n/--namespace"), "{}", out.stdout);
 
+    // Plain `aws kms encrypt` items are named and left alone.
+    let plain = sealed.replace(
+        "    password: ",
+        "    token: AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8w\n    password: ",
+    );
+    let path = temp_file(&denied_dir, "plain.yaml", plain.as_bytes());
+    let out = rewrap(&kms, &["--check", path.to_str().unwrap()]).await;
+    assert!(
+        out.stdout.contains("db token: plain KMS ciphertext"),
+        "{}",
+        out.stdout
+    );
+
     // Nothing named, or stdin: usage errors.
     assert_eq!(rewrap(&kms, &[]).await.code, EXIT_USAGE);
     assert_eq!(rewrap(&kms, &["-"]).await.code, EXIT_USAGE);
+}
+
+#[tokio::test]
+async fn the_inventory_shows_keys_materials_and_stale_values() {
+    let kms = MemoryKms::new("eu-west-1");
+    let (first, second) = (kms.create_key(), kms.create_key());
+    kms.create_alias("alias/app", &first);
+    let dir = tempfile::tempdir().unwrap();
+    temp_file(
+        &dir,
+        "a.yaml",
+        seal(&kms, "alias/app", "prod", "a", "yaml")
+            .await
+            .as_bytes(),
+    );
+    temp_file(
+        &dir,
+        "b.yaml",
+        seal(&kms, &first, "prod", "b", "yaml").await.as_bytes(),
+    );
+    temp_file(
+        &dir,
+        "c.json",
+        seal(&kms, &second, "dev", "c", "json").await.as_bytes(),
+    );
+    temp_file(&dir, "other.yaml", b"kind: ConfigMap\napiVersion: v1\n");
+    kms.create_alias("alias/app", &second);
+    kms.schedule_deletion(&second, 1_900_000_000);
+    let root = dir.path().to_str().unwrap();
+
+    let out = run(&kms, &["keys", "-o", "json", root], "").await;
+    assert_eq!(out.code, EXIT_OK, "{}", out.stderr);
+    let inventory: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(inventory["encryptedSecrets"], 3);
+    let keys = inventory["keys"].as_array().unwrap();
+    let of = |arn: &str| keys.iter().find(|k| k["keyArn"] == arn).unwrap().clone();
+    let (a, b) = (of(&first), of(&second));
+    assert_eq!(
+        (a["objects"].clone(), a["values"].clone()),
+        (2.into(), 4.into())
+    );
+    assert_eq!(a["state"], "Enabled");
+    // Only the object sealed under the alias should move: the other names its key.
+    assert_eq!(a["stale"], serde_json::json!({"KeyChanged": 2}));
+    assert_eq!(a["formats"], serde_json::json!({"v2": 4}));
+    assert_eq!(a["materialIds"].as_array().unwrap().len(), 1);
+    assert_eq!(b["state"], "PendingDeletion");
+    assert_eq!(b["deletionDate"], "2030-03-17T17:46:40Z");
+    assert_eq!(b["stale"], serde_json::json!({}));
+
+    let text = run(&kms, &["keys", root], "").await;
+    assert!(
+        text.stdout
+            .contains("stale: 2 KeyChanged (kmseal rewrap moves them)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("2 key(s), 3 EncryptedSecret(s) in 3 file(s)"),
+        "{}",
+        text.stdout
+    );
+
+    // Offline: what the files say, no KMS call.
+    let calls = kms.total_calls();
+    let offline = run(&kms, &["keys", "--offline", "-o", "json", root], "").await;
+    assert_eq!(offline.code, EXIT_OK);
+    assert_eq!(kms.total_calls(), calls);
+    let inventory: serde_json::Value = serde_json::from_str(&offline.stdout).unwrap();
+    assert!(inventory["keys"][0].get("state").is_none());
+    assert!(inventory["keys"][0].get("stale").is_none());
+    assert_eq!(inventory["keys"][0]["values"], 4);
 }

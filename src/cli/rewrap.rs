@@ -47,13 +47,20 @@ pub struct RewrapArgs {
 }
 
 /// What KMS says about each key, asked once per key per run.
-struct Facts<'k, K> {
+pub(super) struct Facts<'k, K> {
     kms: &'k K,
     known: HashMap<String, Result<KeyFacts, KmsError>>,
 }
 
-impl<K: Kms> Facts<'_, K> {
-    async fn get(&mut self, key_id: &str) -> Result<KeyFacts, KmsError> {
+impl<'k, K: Kms> Facts<'k, K> {
+    pub(super) fn new(kms: &'k K) -> Self {
+        Facts {
+            kms,
+            known: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn get(&mut self, key_id: &str) -> Result<KeyFacts, KmsError> {
         if let Some(known) = self.known.get(key_id) {
             return known.clone();
         }
@@ -137,10 +144,7 @@ pub async fn rewrap<K: Kms>(kms: &K, args: &RewrapArgs, io: &mut Io<'_>) -> Resu
         ));
     }
     let mut run = Run {
-        facts: Facts {
-            kms,
-            known: HashMap::new(),
-        },
+        facts: Facts::new(kms),
         tally: Tally::default(),
         args,
         io,
