@@ -2,8 +2,9 @@
 # The project's test command: ./scripts/test.sh [extra cargo-nextest args]
 #
 # Installs and starts the moto and LocalStack KMS/STS emulators on loopback
-# (scripts/emulators.sh), then runs rustfmt, clippy and the whole test suite
-# against them. The emulators are stopped on any exit.
+# (scripts/emulators.sh), installs the other tools the tests drive
+# (scripts/tools.sh: helm 3 and 4, kubernetes-validate, shellcheck), then runs
+# rustfmt, clippy and the whole test suite against them. The emulators are stopped on any exit.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,12 @@ cargo --version
 
 section "Installing emulators"
 emulators install
+
+section "Installing test tools (helm 3 and 4, kubernetes-validate, shellcheck)"
+bash "$REPO_ROOT/scripts/tools.sh" install
+tools_env=$(bash "$REPO_ROOT/scripts/tools.sh" env)
+eval "$tools_env"
+printf '%s\n' "$tools_env"
 
 cleanup() {
     local rc=$?

@@ -91,8 +91,9 @@ pub struct ControllerArgs {
     #[arg(long, env = "KMSEAL_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 
-    /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "KMSEAL_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    /// Address for /healthz, /readyz and /metrics; `[::]` serves IPv4 and IPv6 (falling back
+    /// to `0.0.0.0` where IPv6 is off).
+    #[arg(long, env = "KMSEAL_METRICS_ADDRESS", default_value = "[::]:8080")]
     pub metrics_address: SocketAddr,
 
     /// Log format (filter with RUST_LOG, e.g. `info,kmseal=debug`).

@@ -46,6 +46,20 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Binds the ops listener. The default, `[::]`, takes IPv4 and IPv6 connections on Linux
+/// (dual stack), so probes work on IPv4, IPv6 and dual-stack clusters alike; on a node whose
+/// kernel has IPv6 turned off it falls back to `0.0.0.0` on the same port.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(address).await {
+        Err(e) if address.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let ipv4 = SocketAddr::from(([0, 0, 0, 0], address.port()));
+            tracing::info!(error = %e, %ipv4, "IPv6 is not available here; serving on IPv4 only");
+            tokio::net::TcpListener::bind(ipv4).await
+        }
+        other => other,
+    }
+}
+
 /// Serves until `shutdown` completes.
 pub async fn serve(
     address: SocketAddr,
@@ -53,7 +67,7 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = bind(address).await?;
     axum::serve(listener, router(metrics, ready))
         .with_graceful_shutdown(shutdown)
         .await
@@ -89,5 +103,22 @@ mod tests {
         let metrics = get(address, "/metrics").await;
         assert!(metrics.contains("kmseal_managed_objects 3"), "{metrics}");
         assert!(metrics.contains("openmetrics-text"), "{metrics}");
+    }
+
+    /// The default address serves probes over both IP versions (on this machine's kernel,
+    /// which has IPv6; the fallback is for kernels without it).
+    #[tokio::test]
+    async fn the_default_address_serves_ipv4_and_ipv6() {
+        let listener = bind("[::]:0".parse().unwrap()).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = router(Arc::new(Metrics::new()), Arc::new(AtomicBool::new(true)));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        for host in ["127.0.0.1", "[::1]"] {
+            let address: SocketAddr = format!("{host}:{port}").parse().unwrap();
+            assert!(
+                get(address, "/healthz").await.starts_with("HTTP/1.1 200"),
+                "{host}"
+            );
+        }
     }
 }

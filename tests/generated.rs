@@ -40,8 +40,8 @@ fn chart_crd_matches_the_rust_types() {
     );
 }
 
-/// Without a helm binary here, at least the chart's environment variables must be ones the
-/// controller reads, so a renamed flag cannot silently drop a setting.
+/// Even without helm (tests/chart.rs renders the chart), the chart's environment variables must
+/// be ones the controller reads, so a renamed flag cannot silently drop a setting.
 #[test]
 fn chart_sets_only_variables_the_controller_reads() {
     use clap::CommandFactory;

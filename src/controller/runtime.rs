@@ -437,7 +437,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
             ready.clone(),
             shutdown.clone(),
         );
-        let listener = tokio::net::TcpListener::bind(address)
+        let listener = crate::server::bind(address)
             .await
             .map_err(|source| RunError::Server { address, source })?;
         tokio::spawn(async move {

@@ -202,3 +202,23 @@ pub async fn run_on(
 pub fn pre_commit() -> Option<PathBuf> {
     emulator("pre-commit", "KMSEAL_TEST_PRE_COMMIT").map(|e| PathBuf::from(e.url))
 }
+
+/// A tool installed by `scripts/tools.sh` (helm, kubernetes-validate, shellcheck), named by the
+/// variable its `env` exports. Like the emulators: skipped when absent, unless the run requires
+/// them (`KMSEAL_REQUIRE_EMULATORS`, set by `scripts/test.sh`).
+pub fn tool(name: &'static str, var: &str) -> Option<PathBuf> {
+    match std::env::var(var) {
+        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ if std::env::var_os("KMSEAL_REQUIRE_EMULATORS").is_some() => {
+            panic!(
+                "{var} is not set, but KMSEAL_REQUIRE_EMULATORS is: install the tools with scripts/tools.sh install and eval \"$(scripts/tools.sh env)\""
+            )
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: {name} is not installed ({var} unset). Run ./scripts/test.sh, which installs it, to run this test."
+            );
+            None
+        }
+    }
+}

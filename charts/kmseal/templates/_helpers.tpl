@@ -1,17 +1,73 @@
-{{- define "kmseal.name" -}}kmseal-controller{{- end -}}
+{{/* The chart's name, for labels. */}}
+{{- define "kmseal.name" -}}
+{{- default "kmseal" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Namespaced resources: <release>-kmseal, or the release name when it already says kmseal.
+Two releases (the --selector sharding) never share a name. */}}
+{{- define "kmseal.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "kmseal.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Cluster-scoped resources also carry the release namespace: the same release name in two
+namespaces must not collide. */}}
+{{- define "kmseal.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kmseal.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 
 {{- define "kmseal.serviceAccountName" -}}
-{{- default (include "kmseal.name" .) .Values.serviceAccount.name -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kmseal.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.create=false needs serviceAccount.name: the existing ServiceAccount the controller runs as" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kmseal.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "kmseal.labels" -}}
-app.kubernetes.io/name: kmseal
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "kmseal.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "kmseal.selectorLabels" -}}
-app.kubernetes.io/name: kmseal
+app.kubernetes.io/name: {{ include "kmseal.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* What the controller does in the namespaces it serves; the same rules whether granted
+cluster-wide or per namespace. */}}
+{{- define "kmseal.rules" -}}
+- apiGroups: ["kmseal.dev"]
+  resources: ["encryptedsecrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["kmseal.dev"]
+  resources: ["encryptedsecrets/status"]
+  verbs: ["get", "patch"]
+# Secrets are listed and watched as metadata only (and filtered by label); get is for the
+# ownership check of a Secret that is not yet managed. A Secret is created (never upserted)
+# and replaced whole with a resourceVersion precondition (update); it is never patched.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "update"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end -}}

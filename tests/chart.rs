@@ -1,0 +1,489 @@
+//! The Helm chart, rendered by helm 3.17 and helm 4.1 and checked: `helm lint --strict`, strict
+//! schema validation for Kubernetes 1.31 to 1.34, and what a platform team relies on (RBAC
+//! scope, names that do not collide, the values schema refusing typos, restricted pod security,
+//! leader election, IRSA and its emulation).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:alias/kmseal";
+const KUBERNETES: &[&str] = &["1.31.0", "1.32.0", "1.33.0", "1.34.0"];
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/kmseal")
+}
+
+fn helms() -> Vec<(&'static str, PathBuf)> {
+    [
+        ("helm 3", "KMSEAL_TEST_HELM3"),
+        ("helm 4", "KMSEAL_TEST_HELM4"),
+    ]
+    .into_iter()
+    .filter_map(|(name, var)| common::tool(name, var).map(|path| (name, path)))
+    .collect()
+}
+
+/// `helm template` of the chart as release `release` in `namespace`: the objects, or helm's
+/// error.
+fn render(helm: &Path, release: &str, namespace: &str, set: &[&str]) -> Result<Vec<Value>, String> {
+    let mut command = Command::new(helm);
+    command.args(["template", release]).arg(chart()).args([
+        "--namespace",
+        namespace,
+        "--include-crds",
+    ]);
+    for value in set {
+        command.args(["--set", value]);
+    }
+    let out = command.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objects, kind);
+    assert_eq!(found.len(), 1, "one {kind}: {objects:#?}");
+    found[0]
+}
+
+fn env(deployment: &Value) -> Vec<(String, Value)> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+        .collect()
+}
+
+fn env_value(deployment: &Value, name: &str) -> Option<Value> {
+    env(deployment)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+/// The variations CI renders: the defaults and one for each way teams install it.
+fn variations() -> Vec<(&'static str, Vec<String>)> {
+    let keys = format!("kms.allowedKeys={{{KEY}}}");
+    vec![
+        ("defaults", vec![keys.clone()]),
+        (
+            "namespaced",
+            vec![keys.clone(), "controller.namespaces={team-a,team-b}".into()],
+        ),
+        (
+            "highly available",
+            vec![
+                keys.clone(),
+                "replicaCount=3".into(),
+                "podDisruptionBudget.enabled=true".into(),
+            ],
+        ),
+        (
+            "IRSA",
+            vec![
+                keys.clone(),
+                "serviceAccount.roleArn=arn:aws:iam::111122223333:role/kmseal".into(),
+            ],
+        ),
+        (
+            "ServiceMonitor",
+            vec![keys.clone(), "metrics.serviceMonitor.enabled=true".into()],
+        ),
+        (
+            "all options",
+            vec![
+                "kms.keyPolicy[0].key=arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+                "kms.keyPolicy[0].namespaces={payments,payments-*}".into(),
+                "kms.allowedSecretTypes={Opaque,kubernetes.io/tls}".into(),
+                "controller.namespaces={payments}".into(),
+                "controller.selector=shard=a".into(),
+                "controller.extraArgs={--resync-interval=300}".into(),
+                "controller.extraEnv[0].name=EXTRA".into(),
+                "controller.extraEnv[0].value=enabled".into(),
+                "irsaEmulation.enabled=true".into(),
+                "irsaEmulation.roleArn=arn:aws:iam::000000000000:role/kmseal".into(),
+                "aws.endpoint=http://moto.kmseal-e2e:5000".into(),
+                "aws.region=us-east-1".into(),
+                "replicaCount=2".into(),
+                "podDisruptionBudget.enabled=true".into(),
+                "networkPolicy.enabled=true".into(),
+                "metrics.serviceMonitor.enabled=true".into(),
+                "podLabels.team=platform".into(),
+                "podAnnotations.note=x".into(),
+                "priorityClassName=system-cluster-critical".into(),
+                "imagePullSecrets[0].name=registry".into(),
+                "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+                "topologySpreadConstraints[0].maxSkew=1".into(),
+                "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname".into(),
+                "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway".into(),
+                "topologySpreadConstraints[0].labelSelector.matchLabels.app=kmseal".into(),
+                "extraVolumes[0].name=tmp".into(),
+                "extraVolumes[0].emptyDir.medium=Memory".into(),
+                "extraVolumeMounts[0].name=tmp".into(),
+                "extraVolumeMounts[0].mountPath=/tmp".into(),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn every_variation_lints_and_validates_strictly_for_kubernetes_1_31_to_1_34() {
+    let helms = helms();
+    let Some(validate) = common::tool("kubernetes-validate", "KMSEAL_TEST_KUBERNETES_VALIDATE")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (helm_name, helm) in &helms {
+        for (variation, set) in variations() {
+            let mut lint = Command::new(helm);
+            lint.args(["lint", "--strict"]).arg(chart());
+            for value in &set {
+                lint.args(["--set", value]);
+            }
+            let out = lint.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{helm_name} lint, {variation}: {out:?}"
+            );
+
+            let set: Vec<&str> = set.iter().map(String::as_str).collect();
+            let objects = render(helm, "kmseal", "kmseal", &set)
+                .unwrap_or_else(|e| panic!("{helm_name}, {variation}: {e}"));
+            // kubernetes-validate knows no ServiceMonitor (a CRD): it must select the metrics
+            // Service and scrape its port.
+            for monitor in find(&objects, "ServiceMonitor") {
+                let service = one(&objects, "Service");
+                let wanted = monitor["spec"]["selector"]["matchLabels"]
+                    .as_object()
+                    .unwrap();
+                for (label, value) in wanted {
+                    assert_eq!(&service["metadata"]["labels"][label], value, "{variation}");
+                }
+                let port = &monitor["spec"]["endpoints"][0]["port"];
+                assert_eq!(&service["spec"]["ports"][0]["name"], port, "{variation}");
+            }
+            let known: Vec<&Value> = objects
+                .iter()
+                .filter(|o| o["kind"] != "ServiceMonitor")
+                .collect();
+            let file = dir.path().join("rendered.yaml");
+            let mut text = String::new();
+            for object in &known {
+                text.push_str("---\n");
+                text.push_str(&serde_json::to_string(object).unwrap());
+                text.push('\n');
+            }
+            std::fs::write(&file, text).unwrap();
+            for version in KUBERNETES {
+                let out = Command::new(&validate)
+                    .args(["--strict", "--quiet", "-k", version])
+                    .arg(&file)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{helm_name}, {variation}, Kubernetes {version}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn watched_namespaces_get_roles_and_no_cluster_wide_access() {
+    for (helm_name, helm) in helms() {
+        let objects = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &format!("kms.allowedKeys={{{KEY}}}"),
+                "controller.namespaces={team-a,team-b}",
+            ],
+        )
+        .unwrap();
+        assert!(find(&objects, "ClusterRole").is_empty(), "{helm_name}");
+        assert!(
+            find(&objects, "ClusterRoleBinding").is_empty(),
+            "{helm_name}"
+        );
+        let roles = find(&objects, "Role");
+        let namespaces: Vec<&str> = roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect();
+        // One per watched namespace, and the Lease's in the release namespace.
+        assert_eq!(namespaces, ["team-a", "team-b", "kmseal"], "{helm_name}");
+        let secrets = roles[0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"] == serde_json::json!(["secrets"]))
+            .unwrap();
+        assert_eq!(
+            secrets["verbs"],
+            serde_json::json!(["get", "list", "watch", "create", "update"])
+        );
+        let lease = roles[2]["rules"][0].clone();
+        assert_eq!(lease["resources"], serde_json::json!(["leases"]));
+        assert_eq!(
+            lease["verbs"],
+            serde_json::json!(["get", "create", "patch"])
+        );
+        for binding in find(&objects, "RoleBinding") {
+            assert_eq!(binding["subjects"][0]["namespace"], "kmseal");
+            assert_eq!(binding["subjects"][0]["name"], "kmseal");
+        }
+        let deployment = one(&objects, "Deployment");
+        assert_eq!(
+            env_value(deployment, "KMSEAL_NAMESPACES"),
+            Some("team-a,team-b".into())
+        );
+    }
+}
+
+#[test]
+fn two_releases_never_share_a_name() {
+    fn names(objects: &[Value]) -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] != "CustomResourceDefinition")
+            .map(|o| {
+                format!(
+                    "{}/{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["namespace"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+    let keys = format!("kms.allowedKeys={{{KEY}}}");
+    for (helm_name, helm) in helms() {
+        // Two shards in one namespace, and one release name in two namespaces.
+        let a = names(&render(&helm, "shard-a", "kmseal", &[&keys]).unwrap());
+        let b = names(&render(&helm, "shard-b", "kmseal", &[&keys]).unwrap());
+        let c = names(&render(&helm, "shard-a", "other", &[&keys]).unwrap());
+        for (x, y) in [(&a, &b), (&a, &c)] {
+            let shared: Vec<&String> = x.iter().filter(|n| y.contains(n)).collect();
+            assert!(shared.is_empty(), "{helm_name}: {shared:?}");
+        }
+        // Each shard elects its own leader.
+        let objects = render(&helm, "shard-a", "kmseal", &[&keys]).unwrap();
+        assert_eq!(
+            env_value(one(&objects, "Deployment"), "KMSEAL_LEADER_ELECTION_LEASE"),
+            Some("shard-a-kmseal".into())
+        );
+        // A release named after the chart is not doubled.
+        let objects = render(&helm, "kmseal", "kmseal", &[&keys]).unwrap();
+        assert_eq!(one(&objects, "Deployment")["metadata"]["name"], "kmseal");
+    }
+}
+
+#[test]
+fn the_values_schema_and_the_templates_refuse_mistakes() {
+    let keys = format!("kms.allowedKeys={{{KEY}}}");
+    for (helm_name, helm) in helms() {
+        for (mistake, set, expected) in [
+            (
+                "a misspelt value",
+                vec![keys.as_str(), "replicaCont=3"],
+                "replicaCont",
+            ),
+            (
+                "a number as text",
+                vec![keys.as_str(), "replicaCount=two"],
+                "replicaCount",
+            ),
+            (
+                "a bare alias",
+                vec!["kms.allowedKeys={alias/kmseal}"],
+                "allowedKeys",
+            ),
+            ("no key at all", vec![], "kms.allowedKeys"),
+            (
+                "no ServiceAccount",
+                vec![keys.as_str(), "serviceAccount.create=false"],
+                "serviceAccount.name",
+            ),
+            (
+                "an environment variable's value as a number",
+                vec![
+                    keys.as_str(),
+                    "controller.extraEnv[0].name=X",
+                    "controller.extraEnv[0].value=1",
+                ],
+                "extraEnv",
+            ),
+            (
+                "IRSA emulation without a role",
+                vec![keys.as_str(), "irsaEmulation.enabled=true"],
+                "irsaEmulation.roleArn",
+            ),
+        ] {
+            let err = render(&helm, "kmseal", "kmseal", &set)
+                .err()
+                .unwrap_or_else(|| panic!("{helm_name}: {mistake} was accepted"));
+            assert!(err.contains(expected), "{helm_name}, {mistake}: {err}");
+        }
+        // An existing ServiceAccount is used, not created.
+        let objects = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &keys,
+                "serviceAccount.create=false",
+                "serviceAccount.name=kms-reader",
+            ],
+        )
+        .unwrap();
+        assert!(find(&objects, "ServiceAccount").is_empty());
+        assert_eq!(
+            one(&objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"],
+            "kms-reader"
+        );
+    }
+}
+
+#[test]
+fn the_pod_meets_the_restricted_pod_security_standard_and_serves_probes_on_both_ip_versions() {
+    for (helm_name, helm) in helms() {
+        let objects = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[&format!("kms.allowedKeys={{{KEY}}}")],
+        )
+        .unwrap();
+        let deployment = one(&objects, "Deployment");
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{helm_name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let container = &pod["containers"][0];
+        let security = &container["securityContext"];
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(
+            env_value(deployment, "KMSEAL_METRICS_ADDRESS"),
+            Some("[::]:8080".into())
+        );
+        // Leader election is on with one replica too: a rolling update runs two pods briefly.
+        assert_eq!(deployment["spec"]["replicas"], 1);
+        assert_eq!(
+            env_value(deployment, "KMSEAL_LEADER_ELECTION"),
+            Some("true".into())
+        );
+        assert_eq!(find(&objects, "Role").len(), 1);
+        // Every KMSEAL_ variable is one the controller reads.
+        use clap::CommandFactory;
+        let known: Vec<String> = kmseal::config::ControllerArgs::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        for (name, _) in env(deployment) {
+            if name.starts_with("KMSEAL_") {
+                assert!(known.contains(&name), "{helm_name}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn irsa_and_its_emulation_are_what_eks_gives_a_pod() {
+    for (helm_name, helm) in helms() {
+        let role = "arn:aws:iam::111122223333:role/kmseal";
+        let objects = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &format!("kms.allowedKeys={{{KEY}}}"),
+                &format!("serviceAccount.roleArn={role}"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            one(&objects, "ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+            role,
+            "{helm_name}"
+        );
+
+        let objects = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &format!("kms.allowedKeys={{{KEY}}}"),
+                "irsaEmulation.enabled=true",
+                &format!("irsaEmulation.roleArn={role}"),
+            ],
+        )
+        .unwrap();
+        let deployment = one(&objects, "Deployment");
+        let token = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
+        assert_eq!(env_value(deployment, "AWS_ROLE_ARN"), Some(role.into()));
+        assert_eq!(
+            env_value(deployment, "AWS_WEB_IDENTITY_TOKEN_FILE"),
+            Some(token.into())
+        );
+        let pod = &deployment["spec"]["template"]["spec"];
+        let source = &pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(source["audience"], "sts.amazonaws.com");
+        assert_eq!(source["path"], "token");
+        let mount = &pod["containers"][0]["volumeMounts"][0];
+        assert_eq!(
+            format!("{}/token", mount["mountPath"].as_str().unwrap()),
+            token
+        );
+    }
+}
+
+/// helm 4 renders NOTES.txt on a client-side dry run (helm 3 still wants a cluster there).
+#[test]
+fn the_install_notes_say_how_to_check_kms_and_upgrade_the_crd() {
+    let Some(helm) = common::tool("helm 4", "KMSEAL_TEST_HELM4") else {
+        return;
+    };
+    let out = Command::new(helm)
+        .args(["install", "--dry-run=client", "shard-a"])
+        .arg(chart())
+        .args([
+            "--namespace",
+            "kmseal",
+            "--set",
+            &format!("kms.allowedKeys={{{KEY}}}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let notes = &text[text.find("NOTES:").expect("notes")..];
+    assert!(notes.contains("exec deploy/shard-a-kmseal"), "{notes}");
+    assert!(notes.contains("--check-kms-key"), "{notes}");
+    assert!(
+        notes.contains("helm upgrade` never changes CRDs"),
+        "{notes}"
+    );
+    assert!(notes.contains("kmseal seal --key"), "{notes}");
+}
