@@ -14,18 +14,13 @@
 mod fake_api;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::response::Response;
 use fake_api::Fake;
 use futures::StreamExt;
-use http_body_util::BodyExt;
 use kmseal::binding::Scope;
 use kmseal::kms::AwsKms;
 use kmseal::random::OsRandom;
@@ -254,41 +249,10 @@ async fn main() {
 
     // The fake API server, over HTTP.
     let requests = Arc::new(AtomicU64::new(0));
-    let app = {
-        let (fake, requests) = (fake.clone(), requests.clone());
-        axum::Router::new().fallback(move |request: Request| {
-            let (fake, requests) = (fake.clone(), requests.clone());
-            async move {
-                if !request.uri().path().contains("/leases") {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                }
-                let (parts, body) = request.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let response = fake.respond(&parts, &body);
-                let (parts, body) = response.into_parts();
-                Response::from_parts(parts, Body::new(body))
-            }
-        })
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let api_port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let api_port = fake_api::serve_http(fake.clone(), requests.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::File::create(&kubeconfig)
-        .and_then(|mut f| {
-            write!(
-                f,
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://127.0.0.1:{api_port}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n"
-            )
-        })
-        .expect("kubeconfig");
+    std::fs::write(&kubeconfig, fake_api::kubeconfig(api_port, false)).expect("kubeconfig");
 
     let mut phases = Vec::new();
     for name in ["cold start", "restart"] {

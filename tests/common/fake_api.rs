@@ -42,6 +42,10 @@ pub struct State {
     pub es_requests: Vec<String>,
 }
 
+/// The bearer token of the "user" identity: requests with it are a person's (kubectl), not the
+/// controller's (whose kubeconfig has no credentials).
+pub const USER_TOKEN: &str = "e2e-user";
+
 /// The fake API server's state, shared with the test.
 #[derive(Clone, Default)]
 pub struct Fake(pub Arc<Mutex<State>>);
@@ -152,7 +156,145 @@ impl Fake {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let query = request.uri.query().unwrap_or("");
+        let user = request
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == format!("Bearer {USER_TOKEN}").as_bytes());
+        if user && let Some(response) = self.handle_user(&request.method, request.uri.path(), body)
+        {
+            return response;
+        }
         self.handle(&request.method, request.uri.path(), query, accept, body)
+    }
+
+    /// What a person (or the end-to-end checks) does through kubectl: create, replace and
+    /// delete EncryptedSecrets and Secrets, and read Secrets whole. Requests the controller
+    /// also makes (lists, watches, one EncryptedSecret) are answered by [`Fake::handle`].
+    fn handle_user(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Option<Response<ResponseBody>> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let mut state = self.lock();
+        let parse = || serde_json::from_slice::<Value>(body).unwrap();
+        Some(match (method.as_str(), segments.as_slice()) {
+            ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                match state.secrets.get(&((*ns).to_owned(), (*name).to_owned())) {
+                    Some(secret) => ok(secret.clone()),
+                    None => not_found(),
+                }
+            }
+            ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => {
+                let mut secret = parse();
+                secret["metadata"]["namespace"] = (*ns).into();
+                let key = key_of(&secret);
+                if state.secrets.contains_key(&key) {
+                    return Some(status(StatusCode::CONFLICT, "AlreadyExists"));
+                }
+                secret["metadata"]["resourceVersion"] = state.bump().into();
+                secret["metadata"]["uid"] = format!("uid-{}", state.version).into();
+                state.secrets.insert(key, secret.clone());
+                state.notify_secret(None, Some(&secret));
+                ok(secret)
+            }
+            ("PUT", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                let mut secret = parse();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(before) = state.secrets.get(&key).cloned() else {
+                    return Some(not_found());
+                };
+                let wanted = &secret["metadata"]["resourceVersion"];
+                if !wanted.is_null() && *wanted != before["metadata"]["resourceVersion"] {
+                    return Some(status(StatusCode::CONFLICT, "Conflict"));
+                }
+                secret["metadata"]["resourceVersion"] = state.bump().into();
+                state.secrets.insert(key, secret.clone());
+                state.notify_secret(Some(&before), Some(&secret));
+                ok(secret)
+            }
+            ("DELETE", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(before) = state.secrets.remove(&key) else {
+                    return Some(not_found());
+                };
+                state.notify_secret(Some(&before), None);
+                ok(before)
+            }
+            (
+                "POST",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                ],
+            ) => {
+                let mut object = parse();
+                object["metadata"]["namespace"] = (*ns).into();
+                let key = key_of(&object);
+                if state.encrypted.contains_key(&key) {
+                    return Some(status(StatusCode::CONFLICT, "AlreadyExists"));
+                }
+                object["metadata"]["resourceVersion"] = state.bump().into();
+                object["metadata"]["uid"] = format!("uid-{}", state.version).into();
+                object["metadata"]["generation"] = 1.into();
+                state.encrypted.insert(key, object.clone());
+                state.notify_es("ADDED", &object);
+                ok(object)
+            }
+            (
+                "PUT",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                    name,
+                ],
+            ) => {
+                let mut object = parse();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(before) = state.encrypted.get(&key).cloned() else {
+                    return Some(not_found());
+                };
+                // The main resource cannot change the status; the spec bumps the generation.
+                object["status"] = before["status"].clone();
+                object["metadata"]["uid"] = before["metadata"]["uid"].clone();
+                let generation = before["metadata"]["generation"].as_i64().unwrap_or(1);
+                object["metadata"]["generation"] =
+                    (generation + i64::from(object["spec"] != before["spec"])).into();
+                object["metadata"]["resourceVersion"] = state.bump().into();
+                state.encrypted.insert(key, object.clone());
+                state.notify_es("MODIFIED", &object);
+                ok(object)
+            }
+            (
+                "DELETE",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                    name,
+                ],
+            ) => {
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(before) = state.encrypted.remove(&key) else {
+                    return Some(not_found());
+                };
+                state.notify_es("DELETED", &before);
+                ok(before)
+            }
+            _ => return None,
+        })
     }
 
     fn handle(
@@ -500,6 +642,47 @@ fn stream(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<ResponseBody> {
     use futures::StreamExt;
     let frames = rx.map(|bytes| Ok::<_, Infallible>(http_body::Frame::data(bytes)));
     Response::new(StreamBody::new(frames).boxed_unsync())
+}
+
+/// Serves the fake over HTTP on loopback, as an API server process would; `requests` counts
+/// the requests other than Lease ones. Returns the port.
+pub async fn serve_http(fake: Fake, requests: Arc<std::sync::atomic::AtomicU64>) -> u16 {
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (fake, requests) = (fake.clone(), requests.clone());
+        async move {
+            if !request.uri().path().contains("/leases") {
+                requests.fetch_add(1, Ordering::Relaxed);
+            }
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let response = fake.respond(&parts, &body);
+            let (parts, body) = response.into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// A kubeconfig for the fake at `port`; with `user`, the person's identity (see
+/// [`USER_TOKEN`]), else the controller's.
+pub fn kubeconfig(port: u16, user: bool) -> String {
+    let credentials = if user {
+        format!("{{token: {USER_TOKEN}}}")
+    } else {
+        "{}".to_owned()
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: fake\n  user: {credentials}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n"
+    )
 }
 
 /// A client of the fake; `calls` counts its requests other than Lease ones.
