@@ -103,3 +103,34 @@ fn the_release_publishes_what_the_chart_and_krew_expect() {
     assert!(read(".github/workflows/ci.yml").contains("run: bash .ci/run"));
     assert!(read(".ci/run").contains("exec ./scripts/test.sh"));
 }
+
+/// The image cannot be built here (no registry); its Dockerfile at least keeps its promises.
+#[test]
+fn the_dockerfile_pins_its_bases_and_runs_as_nonroot() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let images: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("ARG ").filter(|a| a.contains("_IMAGE=")))
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for image in images {
+        let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "not pinned by digest: {image}"
+        );
+    }
+    assert!(dockerfile.contains("FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS build"));
+    assert!(dockerfile.contains("--mount=type=cache,target=/usr/local/cargo/registry"));
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(dockerfile.contains("org.opencontainers.image.source"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/kmseal-controller\"]"));
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for dir in ["target/", ".emulators/", ".tools/", ".git/"] {
+        assert!(
+            ignored.lines().any(|l| l == dir),
+            "{dir} is sent to the build"
+        );
+    }
+}
