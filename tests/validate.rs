@@ -634,3 +634,101 @@ async fn envelope_v1_items_are_a_warning() {
     assert_eq!(code, EXIT_OK, "{report:#}");
     assert_eq!(codes(&report), [pair("warning", "old_format")]);
 }
+
+/// Every EncryptedSecret the CLI writes validates against the CRD's openAPIV3Schema, checked by
+/// an independent validator (check-jsonschema), not only by `kmseal validate`'s own walker.
+#[tokio::test]
+async fn the_clis_manifests_validate_against_the_crd_schema_independently() {
+    let Some(checker) = common::tool("check-jsonschema", "KMSEAL_TEST_CHECK_JSONSCHEMA") else {
+        return;
+    };
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let crd: Value = serde_saphyr::from_str(&kmseal::cli::crd_yaml().unwrap()).unwrap();
+    let schema = temp_file(
+        &dir,
+        "schema.json",
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            .to_string()
+            .as_bytes(),
+    );
+
+    let mut manifests: Vec<Value> = Vec::new();
+    let yaml = sealed(&kms, &key, "prod", "db").await;
+    manifests.push(serde_saphyr::from_str(&yaml).unwrap());
+    let json = run(
+        &kms,
+        &["seal", "--key", &key, "-o", "json"],
+        &secret("dev", "api"),
+    )
+    .await;
+    manifests.push(serde_json::from_str(&json.stdout).unwrap());
+    let literals = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "tls",
+            "-n",
+            "web",
+            "--scope",
+            "namespace",
+            "--type",
+            "kubernetes.io/tls",
+            "--from-literal",
+            "tls.crt=x",
+            "--from-literal",
+            "tls.key=y",
+        ],
+        "",
+    )
+    .await;
+    manifests.push(serde_saphyr::from_str(&literals.stdout).unwrap());
+    let file = temp_file(&dir, "db.yaml", yaml.as_bytes());
+    let merged = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--from-literal",
+            "extra=z",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    manifests.push(serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap());
+
+    for (i, manifest) in manifests.iter().enumerate() {
+        assert_eq!(manifest["kind"], "EncryptedSecret", "{manifest}");
+        let instance = temp_file(
+            &dir,
+            &format!("instance-{i}.json"),
+            manifest.to_string().as_bytes(),
+        );
+        let out = std::process::Command::new(&checker)
+            .arg("--schemafile")
+            .arg(&schema)
+            .arg(&instance)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{manifest}: {out:?}");
+    }
+    // And the checker does refuse what the schema forbids.
+    let mut bad = manifests[0].clone();
+    bad["spec"]["encryptedData"]["x"] = json!(5);
+    let instance = temp_file(&dir, "bad.json", bad.to_string().as_bytes());
+    let out = std::process::Command::new(&checker)
+        .arg("--schemafile")
+        .arg(&schema)
+        .arg(&instance)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
