@@ -28,6 +28,7 @@ use crate::reconcile::{
 pub mod admission;
 pub mod body;
 pub mod fake;
+pub mod key_facts;
 pub mod recent;
 pub mod resync;
 pub mod runtime;
@@ -450,7 +451,14 @@ pub struct Reconciler<K, A> {
     kms_waiting: Mutex<HashMap<(String, String), KmsWaiting>>,
     /// Objects the KMS budget turned away, brought back when it has room.
     pub deferred: Arc<WaitingRoom>,
+    /// What KMS says about keys, for the `KeyCurrent` condition (refreshed in the background).
+    pub key_facts: Arc<key_facts::KeyFactsCache>,
+    /// Objects whose values are not current: (reason, values), for the `stale_values` gauge.
+    not_current: Mutex<HashMap<(String, String), NotCurrent>>,
 }
+
+/// An object's values that are not current: the `KeyCurrent` reason and how many.
+type NotCurrent = (&'static str, usize);
 
 /// An object waiting for KMS to come back.
 #[derive(Debug, Clone)]
@@ -505,6 +513,90 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             failures: Mutex::new(HashMap::new()),
             kms_waiting: Mutex::new(HashMap::new()),
             deferred: Arc::new(WaitingRoom::new()),
+            key_facts: Arc::new(key_facts::KeyFactsCache::new()),
+            not_current: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What the object's `KeyCurrent` condition should be (see [`reconcile::with_key_current`]):
+    /// judged from its items' clear headers and the key facts known so far, with no KMS call.
+    /// `keys`: the items' keys when already read (a settled object has no values).
+    fn key_current(
+        &self,
+        es: &EncryptedSecret,
+        keys: Option<&open::ItemKeys>,
+    ) -> Option<Option<crate::api::Condition>> {
+        let read;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => {
+                read = open::item_keys(es).ok()?;
+                &read
+            }
+        };
+        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+        // The key the object names, as the key policy lets it name one (an alias of the policy
+        // is followed to where it points now); never a key the namespace may not use.
+        let snapshot = self.admission.snapshot();
+        let desired = snapshot
+            .policy
+            .plain_key_id(namespace, es.spec.key_id.as_deref(), &snapshot.aliases)
+            .ok()
+            .flatten()
+            .map(|id| snapshot.aliases.get(&id).cloned().unwrap_or(id));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let facts = |id: &str| self.key_facts.get(id);
+        let verdict =
+            crate::rotation::key_current(&keys.wrappings, desired.as_deref(), &facts, now)?;
+        let key = Self::key(es);
+        let condition = match verdict {
+            crate::rotation::KeyCurrent::Current => {
+                self.note_not_current(key, None);
+                None
+            }
+            crate::rotation::KeyCurrent::NotCurrent {
+                reason,
+                values,
+                message,
+            } => {
+                self.note_not_current(key, Some((reason, values)));
+                Some(crate::api::Condition {
+                    type_: reconcile::KEY_CURRENT.to_owned(),
+                    status: "False".to_owned(),
+                    reason: reason.to_owned(),
+                    message,
+                    last_transition_time: Some(now_rfc3339()),
+                    observed_generation: es.metadata.generation,
+                })
+            }
+        };
+        Some(condition)
+    }
+
+    /// Keeps the `stale_values` gauge: what this object contributes now.
+    fn note_not_current(&self, key: (String, String), now: Option<NotCurrent>) {
+        let mut map = self.not_current.lock().unwrap_or_else(|e| e.into_inner());
+        let before = match now {
+            Some(entry) => map.insert(key, entry),
+            None => map.remove(&key),
+        };
+        if before == now {
+            return;
+        }
+        if let Some((reason, values)) = before {
+            self.metrics
+                .stale_values
+                .get_or_create(&ReasonLabels { reason })
+                .dec_by(values as i64);
+        }
+        if let Some((reason, values)) = now {
+            self.metrics
+                .stale_values
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(values as i64);
         }
     }
 
@@ -579,6 +671,17 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         self.waiting()
             .retain(|(namespace, name), _| exists(namespace, name));
         self.deferred.retain(&exists);
+        let gone: Vec<_> = self
+            .not_current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|(namespace, name)| !exists(namespace, name))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.note_not_current(key, None);
+        }
         self.recent.retain(exists);
     }
 
@@ -706,11 +809,27 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         match plan {
             Plan::UpToDate => {
                 self.record_success(es);
+                let verdict = self.key_current(es, settled.map(|s| &s.keys));
+                let status = es.status.clone().unwrap_or_default();
+                let next = reconcile::with_key_current(status, verdict);
+                if reconcile::status_changed(es, &next) {
+                    self.api.apply_status(es, &next).await?;
+                    self.recent.wrote_status(es, &next);
+                }
                 Ok((Reconciled::UpToDate, Action::await_change()))
             }
-            Plan::Reject { reason, message } => self.fail(es, failed(reason, message), None).await,
+            Plan::Reject { reason, message } => {
+                let keys = settled.map(|s| &s.keys);
+                self.report_keys(es, &failed(reason, message), None, keys)
+                    .await?;
+                Ok((
+                    Reconciled::Failed(reason),
+                    Action::requeue(self.record_failure(es)),
+                ))
+            }
             Plan::Refuse { message } => {
-                self.report(es, &failed(reason::SECRET_EXISTS, message), None)
+                let keys = settled.map(|s| &s.keys);
+                self.report_keys(es, &failed(reason::SECRET_EXISTS, message), None, keys)
                     .await?;
                 // The Secret watch only sees managed Secrets, so look again for a hand-over.
                 Ok((
@@ -869,7 +988,20 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         outcome: &Outcome,
         detail: Option<&str>,
     ) -> Result<(), ApiError> {
+        self.report_keys(es, outcome, detail, None).await
+    }
+
+    /// [`Reconciler::report`] with the items' keys read already (`es` may be a settled object,
+    /// kept without its values).
+    async fn report_keys(
+        &self,
+        es: &EncryptedSecret,
+        outcome: &Outcome,
+        detail: Option<&str>,
+        keys: Option<&open::ItemKeys>,
+    ) -> Result<(), ApiError> {
         let next = reconcile::next_status(es, outcome, &now_rfc3339());
+        let next = reconcile::with_key_current(next, self.key_current(es, keys));
         if let Some(event) = reconcile::transition_event(es, outcome) {
             let (namespace, name) = Self::key(es);
             if outcome.ready {

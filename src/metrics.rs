@@ -26,7 +26,7 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// A Ready condition reason (see `reconcile::reason`).
+    /// A Ready or KeyCurrent condition reason (see `reconcile::reason`, `rotation`).
     pub reason: &'static str,
 }
 
@@ -60,6 +60,9 @@ pub struct Metrics {
     pub kms_duration: Family<OperationLabels, Histogram>,
     pub data_key_cache: Family<CacheLabels, Counter>,
     pub managed_objects: Gauge,
+    /// Sealed values not under the key and material they should be, or under a key at risk,
+    /// by `KeyCurrent` reason.
+    pub stale_values: Family<ReasonLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -121,6 +124,12 @@ impl Metrics {
             "EncryptedSecrets the controller currently manages",
             managed_objects.clone(),
         );
+        let stale_values = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "stale_values",
+            "Sealed values not under the key and key material they should be, or under a key that is disabled or pending deletion, by KeyCurrent reason",
+            stale_values.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -131,6 +140,7 @@ impl Metrics {
             kms_duration,
             data_key_cache,
             managed_objects,
+            stale_values,
         }
     }
 

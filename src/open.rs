@@ -554,6 +554,22 @@ pub struct ItemKeys {
     /// The scope of the plain KMS ciphertext items, if there are any (their key is
     /// `spec.keyId`).
     pub plain_scope: Option<Scope>,
+    /// How the envelope items are wrapped, for rotation: one entry per distinct (key,
+    /// material, version, algorithm); usually one per object (one data key).
+    pub wrappings: Vec<Wrapping>,
+}
+
+/// How some envelope items are wrapped, as their clear headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrapping {
+    pub key_arn: String,
+    pub key_material_id: Option<String>,
+    /// The oldest wrap time among them (Unix seconds).
+    pub wrapped_at: u64,
+    pub version: Version,
+    pub algorithm: WrapAlgorithm,
+    /// How many items.
+    pub items: usize,
 }
 
 /// The keys of every item, from the first bytes of each value (no KMS): what the key policy is
@@ -582,6 +598,26 @@ pub fn item_keys(es: &EncryptedSecret) -> Result<ItemKeys, Failure> {
         let bytes = BASE64.decode(prefix).map_err(|_| fail(OpenError::Base64))?;
         if envelope::is_envelope(&bytes) {
             let (header, _) = envelope::parse_header(&bytes).map_err(|e| fail(e.into()))?;
+            let same = |w: &&mut Wrapping| {
+                w.key_arn == header.key_arn
+                    && w.key_material_id == header.key_material_id
+                    && w.version == header.version
+                    && w.algorithm == header.algorithm
+            };
+            match keys.wrappings.iter_mut().find(same) {
+                Some(w) => {
+                    w.items += 1;
+                    w.wrapped_at = w.wrapped_at.min(header.wrapped_at);
+                }
+                None => keys.wrappings.push(Wrapping {
+                    key_arn: header.key_arn.clone(),
+                    key_material_id: header.key_material_id.clone(),
+                    wrapped_at: header.wrapped_at,
+                    version: header.version,
+                    algorithm: header.algorithm,
+                    items: 1,
+                }),
+            }
             keys.envelope_keys.push(header.key_arn);
         } else {
             keys.plain_scope = Some(plain_scope(es).map_err(fail)?);

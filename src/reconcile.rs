@@ -389,6 +389,34 @@ pub struct Outcome {
     pub applied: Option<(String, String)>,
 }
 
+/// The type of the condition that says whether an object's values are under the key and key
+/// material they should be (present only when they are not, so current objects cost no write).
+pub const KEY_CURRENT: &str = "KeyCurrent";
+
+/// `status` with its `KeyCurrent` condition set (`Some(Some(_))`), removed (`Some(None)`), or
+/// left as it is (`None`: not known yet). `lastTransitionTime` stays while the condition's
+/// status does.
+pub fn with_key_current(
+    mut status: EncryptedSecretStatus,
+    verdict: Option<Option<Condition>>,
+) -> EncryptedSecretStatus {
+    let Some(verdict) = verdict else {
+        return status;
+    };
+    let old = status
+        .conditions
+        .iter()
+        .position(|c| c.type_ == KEY_CURRENT)
+        .map(|i| status.conditions.remove(i));
+    if let Some(mut condition) = verdict {
+        if let Some(old) = old.filter(|o| o.status == condition.status) {
+            condition.last_transition_time = old.last_transition_time;
+        }
+        status.conditions.push(condition);
+    }
+    status
+}
+
 /// The next status: `lastTransitionTime` moves only when the Ready status flips, and what a
 /// failure cannot know (keys, the last apply) is carried over.
 pub fn next_status(es: &EncryptedSecret, outcome: &Outcome, now: &str) -> EncryptedSecretStatus {

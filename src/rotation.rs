@@ -55,16 +55,114 @@ impl fmt::Display for Stale {
 /// as far as KMS lets anyone tell (a material change is seen from material ids when both are
 /// known, else from the wrap time against the last rotation, else not at all).
 pub fn staleness(header: &Header, desired: &KeyFacts) -> Option<Stale> {
-    if !arn::same_key(&header.key_arn, &desired.key_arn) {
+    stale_wrapping(
+        &header.key_arn,
+        header.key_material_id.as_deref(),
+        header.wrapped_at,
+        desired,
+    )
+}
+
+fn stale_wrapping(
+    key_arn: &str,
+    material_id: Option<&str>,
+    wrapped_at: u64,
+    desired: &KeyFacts,
+) -> Option<Stale> {
+    if !arn::same_key(key_arn, &desired.key_arn) {
         return Some(Stale::KeyChanged);
     }
-    match (&header.key_material_id, &desired.current_material_id) {
+    match (material_id, desired.current_material_id.as_deref()) {
         (Some(item), Some(current)) => (item != current).then_some(Stale::MaterialRotated),
         _ => desired
             .last_rotation
-            .filter(|&rotated| header.wrapped_at < rotated)
+            .filter(|&rotated| wrapped_at < rotated)
             .map(|_| Stale::MaterialRotated),
     }
+}
+
+/// What the controller reports about an object's keys (its `KeyCurrent` condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCurrent {
+    /// Every value is under the key it should be, on its current material, and no key is at
+    /// risk.
+    Current,
+    /// Something needs doing: `reason` is the condition's reason, `values` how many values.
+    NotCurrent {
+        reason: &'static str,
+        values: usize,
+        message: String,
+    },
+}
+
+/// The `KeyCurrent` verdict for an object's wrappings, given the key they should be under
+/// (`desired`, a key id or alias the object names; `None`: the key each is under) and what KMS
+/// says about keys (`facts`; `None` for a key not known yet). `None`: not every needed fact is
+/// known, so nothing is said. A key at risk comes first (values will stop opening), then a key
+/// change, then rotated material.
+pub fn key_current(
+    wrappings: &[crate::open::Wrapping],
+    desired: Option<&str>,
+    facts: &dyn Fn(&str) -> Option<KeyFacts>,
+    now: u64,
+) -> Option<KeyCurrent> {
+    let target = match desired {
+        Some(id) => Some(facts(id)?),
+        None => None,
+    };
+    let (mut at_risk, mut changed, mut rotated) = (None::<(KeyRisk, String, usize)>, 0, 0);
+    let mut changed_from = None;
+    for w in wrappings {
+        let own = facts(&w.key_arn)?;
+        let target = target.as_ref().unwrap_or(&own);
+        let stale = stale_wrapping(
+            &w.key_arn,
+            w.key_material_id.as_deref(),
+            w.wrapped_at,
+            target,
+        );
+        if let Some(r) = risk(&own, now) {
+            let entry = at_risk.get_or_insert((r, w.key_arn.clone(), 0));
+            entry.2 += w.items;
+        }
+        match stale {
+            Some(Stale::KeyChanged) => {
+                changed += w.items;
+                changed_from.get_or_insert_with(|| w.key_arn.clone());
+            }
+            Some(Stale::MaterialRotated) => rotated += w.items,
+            None => {}
+        }
+    }
+    let fix =
+        "re-wrap them in Git with kmseal rewrap (no decrypt permission needed), or seal them again";
+    Some(if let Some((r, key, values)) = at_risk {
+        KeyCurrent::NotCurrent {
+            reason: r.reason(),
+            values,
+            message: format!("{values} value(s) are under key {key}: {r}"),
+        }
+    } else if changed > 0 {
+        let to = target.map(|t| t.key_arn).unwrap_or_default();
+        KeyCurrent::NotCurrent {
+            reason: Stale::KeyChanged.reason(),
+            values: changed,
+            message: format!(
+                "{changed} value(s) are under key {}, but spec.keyId names key {to}; they still open; {fix}",
+                changed_from.unwrap_or_default()
+            ),
+        }
+    } else if rotated > 0 {
+        KeyCurrent::NotCurrent {
+            reason: Stale::MaterialRotated.reason(),
+            values: rotated,
+            message: format!(
+                "{rotated} value(s) are under older key material than their key's current one; they still open; {fix}"
+            ),
+        }
+    } else {
+        KeyCurrent::Current
+    })
 }
 
 /// Why a stale value cannot be re-wrapped in place (it must be sealed again).
@@ -214,6 +312,83 @@ mod tests {
             staleness(&with_id, &facts(KEY, None, Some(150))),
             Some(Stale::MaterialRotated)
         );
+    }
+
+    fn wrapping(
+        key: &str,
+        material: Option<&str>,
+        wrapped_at: u64,
+        items: usize,
+    ) -> crate::open::Wrapping {
+        crate::open::Wrapping {
+            key_arn: key.to_owned(),
+            key_material_id: material.map(str::to_owned),
+            wrapped_at,
+            version: Version::V2,
+            algorithm: WrapAlgorithm::KmsSymmetric,
+            items,
+        }
+    }
+
+    #[test]
+    fn the_key_current_verdict_waits_for_facts_and_puts_risk_first() {
+        let current = facts(KEY, Some("m1"), None);
+        let other = facts(OTHER, Some("o1"), None);
+        let known = |id: &str| match id {
+            KEY | "alias/app" => Some(current.clone()),
+            OTHER | "alias/new" => Some(other.clone()),
+            _ => None,
+        };
+        let w = [wrapping(KEY, Some("m1"), 10, 3)];
+        assert_eq!(key_current(&w, None, &known, 0), Some(KeyCurrent::Current));
+        assert_eq!(
+            key_current(&w, Some("alias/app"), &known, 0),
+            Some(KeyCurrent::Current)
+        );
+        // Nothing is said while a fact is missing.
+        assert_eq!(key_current(&w, Some("alias/unknown"), &known, 0), None);
+        assert_eq!(
+            key_current(&[wrapping("arn:x", None, 1, 1)], None, &known, 0),
+            None
+        );
+
+        let Some(KeyCurrent::NotCurrent {
+            reason,
+            values,
+            message,
+        }) = key_current(&w, Some("alias/new"), &known, 0)
+        else {
+            panic!("stale")
+        };
+        assert_eq!((reason, values), ("KeyChanged", 3));
+        assert!(
+            message.contains(OTHER) && message.contains("kmseal rewrap"),
+            "{message}"
+        );
+
+        let rotated = [wrapping(KEY, Some("m0"), 10, 2)];
+        assert!(matches!(
+            key_current(&rotated, None, &known, 0),
+            Some(KeyCurrent::NotCurrent {
+                reason: "MaterialRotated",
+                values: 2,
+                ..
+            })
+        ));
+
+        // A key pending deletion outranks the rest.
+        let mut doomed = current.clone();
+        doomed.state = "PendingDeletion".into();
+        doomed.deletion_date = Some(3 * 86_400);
+        let doomed_facts = |id: &str| (id == KEY).then(|| doomed.clone()).or_else(|| known(id));
+        let Some(KeyCurrent::NotCurrent {
+            reason, message, ..
+        }) = key_current(&rotated, Some("alias/new"), &doomed_facts, 0)
+        else {
+            panic!("at risk")
+        };
+        assert_eq!(reason, "KeyPendingDeletion");
+        assert!(message.contains("3 day(s)"), "{message}");
     }
 
     #[test]

@@ -938,3 +938,101 @@ async fn the_resync_looks_at_each_object_once_per_interval() {
     assert_eq!(writes(&fake), written);
     running.stop().await;
 }
+
+/// Rotation, reported (issue 8's in-cluster part): the controller judges each object's values
+/// from their clear headers and what KMS says about keys (looked up in the background), and
+/// sets a KeyCurrent=False condition only while something needs doing, so current objects
+/// cost no write. An alias moved, rotated material, a key scheduled for deletion, and back.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn stale_values_are_reported_without_a_kms_call_or_a_write_per_object() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &first);
+    let fake = Fake::default();
+    // a: sealed under the alias (spec.keyId names it); b: under the first key by its ARN.
+    fake.add_encrypted(&sealed_in(&memory, "alias/app", "prod", "a").await);
+    fake.add_encrypted(&sealed_in(&memory, &first, "prod", "b").await);
+    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    eventually("both ready", || {
+        ready(&fake, "prod", "a") && ready(&fake, "prod", "b")
+    })
+    .await;
+    let key_current = |name: &str| {
+        fake.status("prod", name)["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "KeyCurrent")
+            .cloned()
+    };
+    let stale = |r: &Running, reason: &str| {
+        counter(r, &format!("kmseal_stale_values{{reason=\"{reason}\"}}"))
+    };
+    let writes = |fake: &Fake| {
+        let state = fake.lock();
+        (state.secret_writes, state.status_writes)
+    };
+    let (secret_writes, status_writes) = writes(&fake);
+    let decrypts = memory.calls.decrypt.load(Ordering::Relaxed);
+
+    // Current: facts looked up, nothing written.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(memory.calls.describe_key.load(Ordering::Relaxed) >= 2);
+    assert_eq!((key_current("a"), key_current("b")), (None, None));
+    assert_eq!(writes(&fake), (secret_writes, status_writes));
+
+    // The alias moves: a is under another key than it names; b is not concerned.
+    memory.create_alias("alias/app", &second);
+    tokio::time::sleep(Duration::from_secs(620)).await;
+    let condition = key_current("a").expect("KeyCurrent on a");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "KeyChanged");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains(&second) && message.contains("kmseal rewrap"),
+        "{message}"
+    );
+    assert_eq!(key_current("b"), None);
+    assert_eq!(stale(&running, "KeyChanged"), 1);
+    assert_eq!(writes(&fake), (secret_writes, status_writes + 1));
+    // Still ready: the Secret is right, only its keys are not current.
+    assert!(ready(&fake, "prod", "a"));
+
+    // The first key's material rotates: b is under older material (material ids).
+    memory.rotate_key(&first, 1_800_000_000);
+    tokio::time::sleep(Duration::from_secs(620)).await;
+    assert_eq!(
+        key_current("b").expect("KeyCurrent on b")["reason"],
+        "MaterialRotated"
+    );
+    assert_eq!(stale(&running, "MaterialRotated"), 1);
+
+    // Back to the first key for the alias, and both re-sealed on its current material: nothing
+    // left to report, the conditions go, the gauge returns to zero.
+    memory.create_alias("alias/app", &first);
+    for (name, key) in [("a", "alias/app"), ("b", first.as_str())] {
+        let fresh = sealed_in(&memory, key, "prod", name).await;
+        let mut object = fake.lock().encrypted[&("prod".to_owned(), name.to_owned())].clone();
+        object["spec"] = serde_json::to_value(&fresh.spec).unwrap();
+        object["status"] = Value::Null;
+        fake.add_raw(object);
+    }
+    tokio::time::sleep(Duration::from_secs(620)).await;
+    assert_eq!((key_current("a"), key_current("b")), (None, None));
+    assert_eq!(
+        stale(&running, "KeyChanged") + stale(&running, "MaterialRotated"),
+        0
+    );
+
+    // The key scheduled for deletion: both are at risk, with the days left.
+    memory.schedule_deletion(&first, 4_000_000_000);
+    tokio::time::sleep(Duration::from_secs(620)).await;
+    let condition = key_current("b").expect("KeyCurrent on b");
+    assert_eq!(condition["reason"], "KeyPendingDeletion");
+    assert!(condition["message"].as_str().unwrap().contains("day(s)"));
+    assert_eq!(stale(&running, "KeyPendingDeletion"), 2);
+    // All of it without a Decrypt or a Secret write, but for the two re-sealed objects.
+    assert!(memory.calls.decrypt.load(Ordering::Relaxed) <= decrypts + 2);
+    assert!(writes(&fake).0 <= secret_writes + 2);
+    running.stop().await;
+}

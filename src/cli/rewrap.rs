@@ -64,26 +64,7 @@ impl<'k, K: Kms> Facts<'k, K> {
         if let Some(known) = self.known.get(key_id) {
             return known.clone();
         }
-        let facts = match self.kms.describe_key(key_id).await {
-            Ok(description) => {
-                // Where KMS will not list rotations (another account's key, some emulators),
-                // material ids are the only signal.
-                let last_rotation = self
-                    .kms
-                    .last_rotation(&description.key_arn)
-                    .await
-                    .ok()
-                    .flatten();
-                Ok(KeyFacts {
-                    key_arn: description.key_arn,
-                    state: description.key_state,
-                    current_material_id: description.current_key_material_id,
-                    last_rotation,
-                    deletion_date: description.deletion_date,
-                })
-            }
-            Err(e) => Err(e),
-        };
+        let facts = crate::kms::key_facts(self.kms, key_id).await;
         if let Ok(f) = &facts {
             self.known.insert(f.key_arn.clone(), facts.clone());
         }

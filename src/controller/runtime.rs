@@ -15,6 +15,7 @@ use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Config, Resource};
 
+use super::key_facts::{KEY_FACTS_CHECK, KEY_FACTS_TTL, KeyFactsCache};
 use super::watched::{Watched, still_current};
 use super::{Admission, KubeClusterApi, ReconcileError, Reconciler};
 use crate::config::{ConfigError, ControllerArgs};
@@ -299,6 +300,7 @@ fn scope<K: Kms>(
     kms: &Arc<K>,
     metrics: &Arc<Metrics>,
     admission: &Arc<Admission>,
+    key_facts: &Arc<KeyFactsCache>,
 ) -> Scope<K> {
     // `Api<PartialObjectMeta<Secret>>` makes metadata-only requests: no Secret data is ever
     // listed or watched.
@@ -344,12 +346,10 @@ fn scope<K: Kms>(
     });
     let api = KubeClusterApi::new(client.clone(), Some(secrets.clone()), args.pod_name.clone())
         .with_current_check(current);
-    let reconciler = Arc::new(Reconciler::new(
-        Arc::clone(kms),
-        api,
-        metrics.clone(),
-        Arc::clone(admission),
-    ));
+    let mut reconciler =
+        Reconciler::new(Arc::clone(kms), api, metrics.clone(), Arc::clone(admission));
+    reconciler.key_facts = key_facts.clone();
+    let reconciler = Arc::new(reconciler);
     // The Secret store must see every event; the controller gets the owned Secrets as
     // triggers, except the echo of its own writes.
     let recent = reconciler.recent.clone();
@@ -470,6 +470,7 @@ pub async fn run_with<K: Kms + 'static>(
 ) -> Result<(), RunError> {
     let shutdown = shutdown.shared();
     let admission = Arc::new(Admission::new(args.key_policy()?, args.secret_types()?));
+    let key_facts = Arc::new(KeyFactsCache::new());
     let lost_lease: BoxFuture<'static, RunError> = if args.leader_election {
         // A standby has nothing to sync and is healthy: it must count as ready, or a rolling
         // update of a Deployment with several replicas would wait for it forever.
@@ -518,13 +519,34 @@ pub async fn run_with<K: Kms + 'static>(
     );
     let scopes: Vec<Scope<K>> = namespaces
         .iter()
-        .map(|ns| scope(&client, ns.as_deref(), args, &kms, &metrics, &admission))
+        .map(|ns| {
+            scope(
+                &client,
+                ns.as_deref(),
+                args,
+                &kms,
+                &metrics,
+                &admission,
+                &key_facts,
+            )
+        })
         .collect();
 
     let es_stores: Vec<_> = scopes.iter().map(|s| s.controller.store()).collect();
     let reconcilers: Vec<_> = scopes.iter().map(|s| s.reconciler.clone()).collect();
     let retry: Vec<_> = reconcilers.iter().cloned().zip(retry_tx).collect();
     let recovery = kms_recovery(parts.health.clone(), retry.clone(), kms.clone());
+    // What KMS says about the keys in use, for KeyCurrent: looked up in the background; the
+    // resync sweep brings objects back to be judged with it.
+    let key_upkeep = {
+        let (key_facts, kms) = (key_facts.clone(), kms.clone());
+        async move {
+            loop {
+                tokio::time::sleep(KEY_FACTS_CHECK).await;
+                key_facts.refresh(&*kms, KEY_FACTS_TTL).await;
+            }
+        }
+    };
     let readmission = readmit_deferred(parts.gate.clone(), retry.clone());
     let resync = resync_sweep(
         es_stores.clone(),
@@ -598,6 +620,7 @@ pub async fn run_with<K: Kms + 'static>(
         _ = recovery => Ok(()),
         _ = readmission => Ok(()),
         _ = resync => Ok(()),
+        _ = key_upkeep => Ok(()),
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);

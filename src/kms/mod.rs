@@ -241,6 +241,24 @@ impl<K: Kms> Kms for std::sync::Arc<K> {
     }
 }
 
+/// What KMS says about a key, for rotation: one `DescribeKey`, then `ListKeyRotations`, whose
+/// failure (another account's key, an emulator without it) only leaves the rotation date out:
+/// material ids are then the only signal.
+pub async fn key_facts<K: Kms>(
+    kms: &K,
+    key_id: &str,
+) -> Result<crate::rotation::KeyFacts, KmsError> {
+    let description = kms.describe_key(key_id).await?;
+    let last_rotation = kms.last_rotation(&description.key_arn).await.ok().flatten();
+    Ok(crate::rotation::KeyFacts {
+        key_arn: description.key_arn,
+        state: description.key_state,
+        current_material_id: description.current_key_material_id,
+        last_rotation,
+        deletion_date: description.deletion_date,
+    })
+}
+
 /// A small, fixed set of failure categories: metric labels, condition reasons, exit paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KmsErrorKind {
