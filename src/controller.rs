@@ -752,7 +752,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 let keys =
                     settled.map_or_else(|| open::item_keys(es).ok(), |s| Some(s.keys.clone()));
                 let key = keys
-                    .and_then(|k| k.envelope_keys.into_iter().next())
+                    .and_then(|k| k.envelope_keys().first().map(|k| (*k).to_owned()))
                     .or_else(|| es.spec.key_id.clone());
                 self.waiting().insert(
                     Self::key(es),

@@ -549,21 +549,63 @@ pub async fn open_each<K: Kms>(
 /// The keys an object's items name, read without KMS and without decoding whole values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ItemKeys {
-    /// The key ARNs in the envelope headers, sorted, without duplicates.
-    pub envelope_keys: Vec<String>,
     /// The scope of the plain KMS ciphertext items, if there are any (their key is
     /// `spec.keyId`).
     pub plain_scope: Option<Scope>,
-    /// How the envelope items are wrapped, for rotation: one entry per distinct (key,
-    /// material, version, algorithm); usually one per object (one data key).
+    /// How the envelope items are wrapped: one entry per distinct (key, material, version,
+    /// algorithm); usually one per object (one data key). The watch cache keeps this for every
+    /// settled object, so its strings are shared between objects (see [`intern`]).
     pub wrappings: Vec<Wrapping>,
+}
+
+impl ItemKeys {
+    /// The key ARNs in the envelope headers, sorted, without duplicates.
+    pub fn envelope_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.wrappings.iter().map(|w| &*w.key_arn).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// One shared copy of a string that many objects carry (key ARNs, key material ids): the
+/// watch cache holds one per settled object otherwise. Copies no object holds any more are
+/// dropped as the table grows, so it stays bounded by what is in use.
+pub fn intern(text: &str) -> std::sync::Arc<str> {
+    static TABLE: std::sync::LazyLock<std::sync::Mutex<Interner>> =
+        std::sync::LazyLock::new(|| std::sync::Mutex::new(Interner::default()));
+    TABLE.lock().unwrap_or_else(|e| e.into_inner()).get(text)
+}
+
+/// The table behind [`intern`].
+#[derive(Default)]
+struct Interner {
+    copies: HashMap<Box<str>, std::sync::Weak<str>>,
+    /// The size at which dead copies are dropped next.
+    limit: usize,
+}
+
+impl Interner {
+    fn get(&mut self, text: &str) -> std::sync::Arc<str> {
+        if let Some(shared) = self.copies.get(text).and_then(std::sync::Weak::upgrade) {
+            return shared;
+        }
+        if self.copies.len() >= self.limit.max(64) {
+            self.copies.retain(|_, weak| weak.strong_count() > 0);
+            self.limit = self.copies.len() * 2;
+        }
+        let shared: std::sync::Arc<str> = std::sync::Arc::from(text);
+        self.copies
+            .insert(text.into(), std::sync::Arc::downgrade(&shared));
+        shared
+    }
 }
 
 /// How some envelope items are wrapped, as their clear headers say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wrapping {
-    pub key_arn: String,
-    pub key_material_id: Option<String>,
+    pub key_arn: std::sync::Arc<str>,
+    pub key_material_id: Option<std::sync::Arc<str>>,
     /// The oldest wrap time among them (Unix seconds).
     pub wrapped_at: u64,
     pub version: Version,
@@ -599,8 +641,8 @@ pub fn item_keys(es: &EncryptedSecret) -> Result<ItemKeys, Failure> {
         if envelope::is_envelope(&bytes) {
             let (header, _) = envelope::parse_header(&bytes).map_err(|e| fail(e.into()))?;
             let same = |w: &&mut Wrapping| {
-                w.key_arn == header.key_arn
-                    && w.key_material_id == header.key_material_id
+                *w.key_arn == *header.key_arn
+                    && w.key_material_id.as_deref() == header.key_material_id.as_deref()
                     && w.version == header.version
                     && w.algorithm == header.algorithm
             };
@@ -610,20 +652,43 @@ pub fn item_keys(es: &EncryptedSecret) -> Result<ItemKeys, Failure> {
                     w.wrapped_at = w.wrapped_at.min(header.wrapped_at);
                 }
                 None => keys.wrappings.push(Wrapping {
-                    key_arn: header.key_arn.clone(),
-                    key_material_id: header.key_material_id.clone(),
+                    key_arn: intern(&header.key_arn),
+                    key_material_id: header.key_material_id.as_deref().map(intern),
                     wrapped_at: header.wrapped_at,
                     version: header.version,
                     algorithm: header.algorithm,
                     items: 1,
                 }),
             }
-            keys.envelope_keys.push(header.key_arn);
         } else {
             keys.plain_scope = Some(plain_scope(es).map_err(fail)?);
         }
     }
-    keys.envelope_keys.sort_unstable();
-    keys.envelope_keys.dedup();
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_strings_are_shared_and_forgotten_when_unused() {
+        let text = "arn:aws:kms:eu-west-1:111122223333:key/interned-test";
+        let (a, b) = (intern(text), intern(text));
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let weak = std::sync::Arc::downgrade(&a);
+        drop((a, b));
+        assert!(
+            weak.upgrade().is_none(),
+            "the table holds no strong reference"
+        );
+        // Many short-lived strings do not pile up; live ones stay shared.
+        let mut table = Interner::default();
+        let kept = table.get("kept");
+        for i in 0..10_000 {
+            drop(table.get(&format!("transient-{i}")));
+        }
+        assert!(table.copies.len() <= 130, "{} copies", table.copies.len());
+        assert!(std::sync::Arc::ptr_eq(&kept, &table.get("kept")));
+    }
 }

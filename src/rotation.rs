@@ -122,13 +122,13 @@ pub fn key_current(
             target,
         );
         if let Some(r) = risk(&own, now) {
-            let entry = at_risk.get_or_insert((r, w.key_arn.clone(), 0));
+            let entry = at_risk.get_or_insert((r, w.key_arn.to_string(), 0));
             entry.2 += w.items;
         }
         match stale {
             Some(Stale::KeyChanged) => {
                 changed += w.items;
-                changed_from.get_or_insert_with(|| w.key_arn.clone());
+                changed_from.get_or_insert_with(|| w.key_arn.to_string());
             }
             Some(Stale::MaterialRotated) => rotated += w.items,
             None => {}
@@ -321,8 +321,8 @@ mod tests {
         items: usize,
     ) -> crate::open::Wrapping {
         crate::open::Wrapping {
-            key_arn: key.to_owned(),
-            key_material_id: material.map(str::to_owned),
+            key_arn: key.into(),
+            key_material_id: material.map(Into::into),
             wrapped_at,
             version: Version::V2,
             algorithm: WrapAlgorithm::KmsSymmetric,

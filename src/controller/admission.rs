@@ -125,7 +125,7 @@ impl Admission {
             reject(f.error.category(), format!("{item}{}", f.error))
         })?;
         let policy_error = |e: PolicyError| reject(e.category(), e.to_string());
-        for key in &keys.envelope_keys {
+        for key in keys.envelope_keys() {
             snapshot
                 .policy
                 .check_key(namespace, key, &snapshot.aliases)
