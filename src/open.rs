@@ -45,6 +45,19 @@ pub enum ItemFormat {
     PlainKms { scope: Scope },
 }
 
+impl ItemFormat {
+    /// The format an envelope's header describes.
+    fn of(header: envelope::Header) -> Self {
+        ItemFormat::Envelope {
+            version: header.version,
+            scope: header.scope,
+            algorithm: header.algorithm,
+            wrapped_at: header.wrapped_at,
+            key_material_id: header.key_material_id,
+        }
+    }
+}
+
 /// A decrypted item.
 pub struct Opened {
     pub key_arn: String,
@@ -383,16 +396,9 @@ fn finish(
             let data_key = DataKey::from_slice(plaintext)?;
             let binding = envelope.binding_for(namespace, name);
             let value = envelope.open(&data_key, &binding, item)?;
-            let header = envelope.header;
             Ok(Opened {
                 key_arn: key_arn.clone(),
-                format: ItemFormat::Envelope {
-                    version: header.version,
-                    scope: header.scope,
-                    algorithm: header.algorithm,
-                    wrapped_at: header.wrapped_at,
-                    key_material_id: header.key_material_id,
-                },
+                format: ItemFormat::of(envelope.header),
                 plaintext: value,
             })
         }
@@ -491,18 +497,10 @@ pub fn check_offline(
             let checked = match planned {
                 Planned::Failed(e) => Err(e),
                 Planned::Envelope { envelope, .. } => {
-                    let header = envelope.header;
+                    let plaintext_len = envelope.ciphertext.len().saturating_sub(envelope::TAG_LEN);
                     Ok(Checked {
-                        format: ItemFormat::Envelope {
-                            version: header.version,
-                            scope: header.scope,
-                            algorithm: header.algorithm,
-                            wrapped_at: header.wrapped_at,
-                            key_material_id: header.key_material_id,
-                        },
-                        plaintext_len: Some(
-                            envelope.ciphertext.len().saturating_sub(envelope::TAG_LEN),
-                        ),
+                        format: ItemFormat::of(envelope.header),
+                        plaintext_len: Some(plaintext_len),
                     })
                 }
                 Planned::Plain { scope, .. } => Ok(Checked {

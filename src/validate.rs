@@ -151,50 +151,16 @@ impl Validator {
     /// A file that could not be checked: `unreadable` (I/O), `too_large` or `not_text`.
     pub fn file_error(&mut self, file: &str, code: &'static str, message: String) {
         self.files += 1;
-        self.findings.push(Finding {
-            file: file.to_owned(),
-            document: None,
-            kind: None,
-            namespace: None,
-            name: None,
-            item: None,
-            severity: Severity::Error,
-            code,
-            message,
-        });
+        self.findings.push(file_finding(file, code, message));
     }
 
     /// Checks every document of one file's text.
     pub fn check_text(&mut self, file: &str, text: &str, options: &Options<'_>) {
-        self.files += 1;
-        let file_finding = |code, message: String| Finding {
-            file: file.to_owned(),
-            document: None,
-            kind: None,
-            namespace: None,
-            name: None,
-            item: None,
-            severity: Severity::Error,
-            code,
-            message,
-        };
-        if text.len() > manifest::MAX_INPUT_LEN {
-            let message = ManifestError::TooLarge(Some(text.len() as u64)).to_string();
-            self.findings.push(file_finding("too_large", message));
-            return;
-        }
-        let docs: Vec<Doc> = match serde_saphyr::from_multiple(text) {
+        let docs = match documents(text) {
             Ok(docs) => docs,
-            Err(e) => {
-                let at = e
-                    .location()
-                    .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                    .unwrap_or_default();
-                let message = ManifestError::Syntax(at).to_string();
-                self.findings.push(file_finding("syntax", message));
-                return;
-            }
+            Err((code, e)) => return self.file_error(file, code, e.to_string()),
         };
+        self.files += 1;
         for (index, doc) in docs.into_iter().enumerate() {
             self.check_doc(file, index + 1, doc, options);
         }
@@ -536,6 +502,39 @@ fn check_encrypted(
     (findings, Some(identity))
 }
 
+/// A finding about a whole file.
+fn file_finding(file: &str, code: &'static str, message: String) -> Finding {
+    Finding {
+        file: file.to_owned(),
+        document: None,
+        kind: None,
+        namespace: None,
+        name: None,
+        item: None,
+        severity: Severity::Error,
+        code,
+        message,
+    }
+}
+
+/// A file's documents, or why there are none to check (`too_large`, `syntax`). The parser's
+/// message is withheld: it may quote the text, which may be a secret.
+fn documents(text: &str) -> Result<Vec<Doc>, (&'static str, ManifestError)> {
+    if text.len() > manifest::MAX_INPUT_LEN {
+        return Err((
+            "too_large",
+            ManifestError::TooLarge(Some(text.len() as u64)),
+        ));
+    }
+    serde_saphyr::from_multiple(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        ("syntax", ManifestError::Syntax(at))
+    })
+}
+
 /// The EncryptedSecret documents of a file's text (also those inside Lists), as generic values,
 /// in order; other documents are skipped, plain Secrets without keeping their values.
 pub fn encrypted_secret_documents(text: &str) -> Result<Vec<Value>, ManifestError> {
@@ -553,16 +552,7 @@ pub fn encrypted_secret_documents(text: &str) -> Result<Vec<Value>, ManifestErro
             out.push(Value::Object(object.fields));
         }
     }
-    if text.len() > manifest::MAX_INPUT_LEN {
-        return Err(ManifestError::TooLarge(Some(text.len() as u64)));
-    }
-    let docs: Vec<Doc> = serde_saphyr::from_multiple(text).map_err(|e| {
-        ManifestError::Syntax(
-            e.location()
-                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                .unwrap_or_default(),
-        )
-    })?;
+    let docs = documents(text).map_err(|(_, e)| e)?;
     let mut out = Vec::new();
     for doc in docs {
         collect(doc, &mut out);

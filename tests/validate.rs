@@ -705,30 +705,22 @@ async fn the_clis_manifests_validate_against_the_crd_schema_independently() {
     assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
     manifests.push(serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap());
 
-    for (i, manifest) in manifests.iter().enumerate() {
-        assert_eq!(manifest["kind"], "EncryptedSecret", "{manifest}");
-        let instance = temp_file(
-            &dir,
-            &format!("instance-{i}.json"),
-            manifest.to_string().as_bytes(),
-        );
-        let out = std::process::Command::new(&checker)
+    let check = |name: &str, manifest: &Value| {
+        let instance = temp_file(&dir, name, manifest.to_string().as_bytes());
+        std::process::Command::new(&checker)
             .arg("--schemafile")
             .arg(&schema)
             .arg(&instance)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (i, manifest) in manifests.iter().enumerate() {
+        assert_eq!(manifest["kind"], "EncryptedSecret", "{manifest}");
+        let out = check(&format!("instance-{i}.json"), manifest);
         assert!(out.status.success(), "{manifest}: {out:?}");
     }
     // And the checker does refuse what the schema forbids.
     let mut bad = manifests[0].clone();
     bad["spec"]["encryptedData"]["x"] = json!(5);
-    let instance = temp_file(&dir, "bad.json", bad.to_string().as_bytes());
-    let out = std::process::Command::new(&checker)
-        .arg("--schemafile")
-        .arg(&schema)
-        .arg(&instance)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    assert!(!check("bad.json", &bad).status.success());
 }
