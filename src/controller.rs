@@ -520,20 +520,13 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
 
     /// What the object's `KeyCurrent` condition should be (see [`reconcile::with_key_current`]):
     /// judged from its items' clear headers and the key facts known so far, with no KMS call.
-    /// `keys`: the items' keys when already read (a settled object has no values).
+    /// `keys`: the items' keys as read by the reconcile; `None` (unreadable) says nothing.
     fn key_current(
         &self,
         es: &EncryptedSecret,
         keys: Option<&open::ItemKeys>,
     ) -> Option<Option<crate::api::Condition>> {
-        let read;
-        let keys = match keys {
-            Some(keys) => keys,
-            None => {
-                read = open::item_keys(es).ok()?;
-                &read
-            }
-        };
+        let keys = keys?;
         let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
         // The key the object names, as the key policy lets it name one (an alias of the policy
         // is followed to where it points now); never a key the namespace may not use.
@@ -782,15 +775,24 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .ok_or(ReconcileError::Unnamed)?;
         let name = es.metadata.name.as_deref().ok_or(ReconcileError::Unnamed)?;
         let existing = self.api.secret_meta(namespace, name).await?;
-        let plan = match settled {
-            None => reconcile::plan(es, existing.as_ref(), self.admission.check(es)),
-            Some(settled) => reconcile::plan_with(
-                es,
-                &settled.fingerprint,
-                existing.as_ref(),
-                self.admission.check_keys(es, Ok(settled.keys.clone())),
-            ),
+        // The items' keys, read once: the key policy and the KeyCurrent verdict both use them
+        // (a settled object keeps them, having no values).
+        let read;
+        let keys = match settled {
+            Some(settled) => Ok(&settled.keys),
+            None => {
+                read = open::item_keys(es);
+                read.as_ref()
+            }
         };
+        let admitted = self.admission.check_keys(es, keys);
+        let plan = match settled {
+            None => reconcile::plan(es, existing.as_ref(), admitted),
+            Some(settled) => {
+                reconcile::plan_with(es, &settled.fingerprint, existing.as_ref(), admitted)
+            }
+        };
+        let keys = keys.ok();
         // A write needs the values, which a settled object's watched copy no longer holds.
         let whole;
         let es = match (&plan, settled) {
@@ -809,27 +811,21 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         match plan {
             Plan::UpToDate => {
                 self.record_success(es);
-                let verdict = self.key_current(es, settled.map(|s| &s.keys));
-                let status = es.status.clone().unwrap_or_default();
-                let next = reconcile::with_key_current(status, verdict);
-                if reconcile::status_changed(es, &next) {
+                // The resync's path: a status is built only when the verdict differs.
+                let verdict = self.key_current(es, keys);
+                if reconcile::key_current_differs(es.status.as_ref(), &verdict) {
+                    let status = es.status.clone().unwrap_or_default();
+                    let next = reconcile::with_key_current(status, verdict);
                     self.api.apply_status(es, &next).await?;
                     self.recent.wrote_status(es, &next);
                 }
                 Ok((Reconciled::UpToDate, Action::await_change()))
             }
             Plan::Reject { reason, message } => {
-                let keys = settled.map(|s| &s.keys);
-                self.report_keys(es, &failed(reason, message), None, keys)
-                    .await?;
-                Ok((
-                    Reconciled::Failed(reason),
-                    Action::requeue(self.record_failure(es)),
-                ))
+                self.fail(es, failed(reason, message), None, keys).await
             }
             Plan::Refuse { message } => {
-                let keys = settled.map(|s| &s.keys);
-                self.report_keys(es, &failed(reason::SECRET_EXISTS, message), None, keys)
+                self.report(es, &failed(reason::SECRET_EXISTS, message), None, keys)
                     .await?;
                 // The Secret watch only sees managed Secrets, so look again for a hand-over.
                 Ok((
@@ -837,11 +833,17 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     Action::requeue(self.record_failure(es)),
                 ))
             }
-            Plan::Create => self.apply(es, namespace, name, None).await,
+            Plan::Create => self.apply(es, namespace, name, None, keys).await,
             Plan::Replace { resource_version } => {
                 let existing = existing.unwrap_or_default();
-                self.apply(es, namespace, name, Some((&resource_version, &existing)))
-                    .await
+                self.apply(
+                    es,
+                    namespace,
+                    name,
+                    Some((&resource_version, &existing)),
+                    keys,
+                )
+                .await
             }
         }
     }
@@ -853,8 +855,9 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         es: &EncryptedSecret,
         outcome: Outcome,
         detail: Option<&str>,
+        keys: Option<&open::ItemKeys>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
-        self.report(es, &outcome, detail).await?;
+        self.report(es, &outcome, detail, keys).await?;
         Ok((
             Reconciled::Failed(outcome.reason),
             Action::requeue(self.record_failure(es)),
@@ -867,6 +870,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         namespace: &str,
         name: &str,
         replacing: Option<(&str, &ExistingSecret)>,
+        keys: Option<&open::ItemKeys>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
         let snapshot = self.admission.snapshot();
         let proceed = || self.api.is_current(es);
@@ -907,7 +911,9 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     failure.error.tenant_message()
                 );
                 let detail = failure.error.to_string();
-                return self.fail(es, failed(reason, message), Some(&detail)).await;
+                return self
+                    .fail(es, failed(reason, message), Some(&detail), keys)
+                    .await;
             }
         };
         let mut key_arns = BTreeSet::new();
@@ -966,34 +972,25 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             ),
         };
         if outcome.ready {
-            self.report(es, &outcome, None).await?;
+            self.report(es, &outcome, None, keys).await?;
             self.record_success(es);
             Ok((Reconciled::Applied, Action::await_change()))
         } else if outcome.reason == reason::SECRET_EXISTS {
-            self.report(es, &outcome, None).await?;
+            self.report(es, &outcome, None, keys).await?;
             Ok((
                 Reconciled::Refused,
                 Action::requeue(self.record_failure(es)),
             ))
         } else {
-            self.fail(es, outcome, None).await
+            self.fail(es, outcome, None, keys).await
         }
     }
 
     /// Writes the status if it changed; when the Ready condition changes, also emits an event
     /// and logs a line (INFO when ready, WARN when not, with the operator's `detail`).
+    /// `keys`: the items' keys as the reconcile read them (`es` may be a settled object, kept
+    /// without its values); without them the KeyCurrent condition is left as it is.
     async fn report(
-        &self,
-        es: &EncryptedSecret,
-        outcome: &Outcome,
-        detail: Option<&str>,
-    ) -> Result<(), ApiError> {
-        self.report_keys(es, outcome, detail, None).await
-    }
-
-    /// [`Reconciler::report`] with the items' keys read already (`es` may be a settled object,
-    /// kept without its values).
-    async fn report_keys(
         &self,
         es: &EncryptedSecret,
         outcome: &Outcome,

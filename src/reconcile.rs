@@ -393,6 +393,25 @@ pub struct Outcome {
 /// material they should be (present only when they are not, so current objects cost no write).
 pub const KEY_CURRENT: &str = "KeyCurrent";
 
+/// Whether applying `verdict` (see [`with_key_current`]) would change `status`.
+pub fn key_current_differs(
+    status: Option<&EncryptedSecretStatus>,
+    verdict: &Option<Option<Condition>>,
+) -> bool {
+    let Some(verdict) = verdict else {
+        return false;
+    };
+    let current = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == KEY_CURRENT));
+    match (current, verdict) {
+        (None, None) => false,
+        (Some(c), Some(v)) => {
+            (&c.status, &c.reason, &c.message, c.observed_generation)
+                != (&v.status, &v.reason, &v.message, v.observed_generation)
+        }
+        _ => true,
+    }
+}
+
 /// `status` with its `KeyCurrent` condition set (`Some(Some(_))`), removed (`Some(None)`), or
 /// left as it is (`None`: not known yet). `lastTransitionTime` stays while the condition's
 /// status does.
@@ -505,6 +524,41 @@ pub fn backoff_delay(failures: u32, jitter: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_current_verdict_differs_only_in_what_it_says() {
+        let condition = |reason: &str, time: &str| Condition {
+            type_: KEY_CURRENT.to_owned(),
+            status: "False".to_owned(),
+            reason: reason.to_owned(),
+            message: "m".to_owned(),
+            last_transition_time: Some(time.to_owned()),
+            observed_generation: Some(1),
+        };
+        let status = EncryptedSecretStatus {
+            conditions: vec![condition("KeyChanged", "t0")],
+            ..Default::default()
+        };
+        // Unknown, or the same verdict at another time: nothing to write.
+        assert!(!key_current_differs(Some(&status), &None));
+        assert!(!key_current_differs(
+            Some(&status),
+            &Some(Some(condition("KeyChanged", "t1")))
+        ));
+        assert!(key_current_differs(
+            Some(&status),
+            &Some(Some(condition("MaterialRotated", "t1")))
+        ));
+        assert!(key_current_differs(Some(&status), &Some(None)));
+        assert!(!key_current_differs(None, &Some(None)));
+        // Applying it keeps the transition time while the status stays False.
+        let next = with_key_current(status, Some(Some(condition("MaterialRotated", "t1"))));
+        assert_eq!(
+            next.conditions[0].last_transition_time.as_deref(),
+            Some("t0")
+        );
+        assert_eq!(next.conditions[0].reason, "MaterialRotated");
+    }
     use crate::api::{EncryptedSecretSpec, SecretTemplate, TemplateMetadata};
 
     fn es(generation: i64) -> EncryptedSecret {

@@ -773,6 +773,34 @@ struct Object {
     items: Option<Vec<Doc>>,
 }
 
+/// The `visit_*` methods for scalars and nulls of a visitor that takes any of them as `$value`
+/// (they carry nothing these readers keep).
+macro_rules! scalars_are {
+    ($value:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 impl<'de> Deserialize<'de> for Doc {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct DocVisitor;
@@ -809,27 +837,7 @@ impl<'de> Deserialize<'de> for Doc {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Doc::Other)
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Doc, E> {
-                Ok(Doc::Other)
-            }
+            scalars_are!(Doc::Other);
         }
         deserializer.deserialize_any(DocVisitor)
     }
@@ -857,27 +865,7 @@ impl<'de> Deserialize<'de> for Count {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Count(0))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
-                Ok(Count(0))
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Count, E> {
-                Ok(Count(0))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
-                Ok(Count(0))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Count, E> {
-                Ok(Count(0))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Count, E> {
-                Ok(Count(0))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Count, E> {
-                Ok(Count(0))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
-                Ok(Count(0))
-            }
+            scalars_are!(Count(0));
         }
         deserializer.deserialize_any(CountVisitor)
     }
@@ -905,27 +893,7 @@ impl<'de> Deserialize<'de> for Items {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Items(None))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Items, E> {
-                Ok(Items(None))
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Items, E> {
-                Ok(Items(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Items, E> {
-                Ok(Items(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Items, E> {
-                Ok(Items(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Items, E> {
-                Ok(Items(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Items, E> {
-                Ok(Items(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Items, E> {
-                Ok(Items(None))
-            }
+            scalars_are!(Items(None));
         }
         deserializer.deserialize_any(ItemsVisitor)
     }

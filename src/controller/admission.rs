@@ -102,14 +102,14 @@ impl Admission {
     /// items). Checked on every reconcile, so a key the policy stops allowing is noticed even
     /// when nothing else changed.
     pub fn check(&self, es: &EncryptedSecret) -> Result<(), Rejection> {
-        self.check_keys(es, open::item_keys(es))
+        self.check_keys(es, open::item_keys(es).as_ref())
     }
 
     /// [`Admission::check`] with the items' keys read already (`open::item_keys(es)`).
     pub fn check_keys(
         &self,
         es: &EncryptedSecret,
-        keys: Result<open::ItemKeys, open::Failure>,
+        keys: Result<&open::ItemKeys, &open::Failure>,
     ) -> Result<(), Rejection> {
         let reject = |category: &str, message: String| Rejection {
             reason: reconcile::reason_for_category(category),
@@ -121,7 +121,11 @@ impl Admission {
         let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
         let snapshot = self.snapshot();
         let keys = keys.map_err(|f| {
-            let item = f.item.map(|i| format!("item {i}: ")).unwrap_or_default();
+            let item = f
+                .item
+                .as_ref()
+                .map(|i| format!("item {i}: "))
+                .unwrap_or_default();
             reject(f.error.category(), format!("{item}{}", f.error))
         })?;
         let policy_error = |e: PolicyError| reject(e.category(), e.to_string());
