@@ -48,6 +48,31 @@ pub struct EncryptedSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub key_id: Option<String>,
+    /// What the controller does when values are not under the key and key material they
+    /// should be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+}
+
+/// Key rotation for this object.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// `Rewrap`: the controller moves stale values to the current key and key material with
+    /// KMS ReEncrypt, writing only those values of spec.encryptedData. `Report`: it only sets
+    /// the KeyCurrent condition. When empty: the controller's default, except `Report` for
+    /// objects that Argo CD or Flux apply (they would re-apply the old values from Git).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RotationPolicy>,
+}
+
+/// See [`RotationSpec::policy`].
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
+pub enum RotationPolicy {
+    Rewrap,
+    Report,
 }
 
 /// The limits the controller enforces, stated in the schema too, so the API server refuses an
@@ -111,6 +136,24 @@ pub struct EncryptedSecretStatus {
     /// someone else changed the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_resource_version: Option<String>,
+    /// The controller's last re-wrap of this object's values (key rotation in the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrapped: Option<RewrapRecord>,
+}
+
+/// What an in-cluster re-wrap did. The controller re-wraps an object at most once for each
+/// target: values found stale again for the same target were set back (a GitOps tool
+/// re-applying them from Git, say), and are then only reported.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewrapRecord {
+    /// Where the values were moved: the key's ARN, then `#` and the key material id, or `@`
+    /// and the time of the key's last rotation (Unix seconds), where KMS says.
+    pub target: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// How many values were moved.
+    pub values: i64,
 }
 
 /// A status condition, as in `metav1.Condition`.

@@ -75,6 +75,26 @@ pub struct ControllerArgs {
     #[arg(long, env = "KMSEAL_KMS_REQUESTS_PER_SECOND", default_value_t = 50.0)]
     pub kms_requests_per_second: f64,
 
+    /// What to do with values that are not under their current key and key material, for
+    /// objects whose spec.rotation.policy is empty and that no GitOps tool applies: `rewrap`
+    /// moves them with kms:ReEncrypt, `report` only sets the KeyCurrent condition.
+    #[arg(
+        long,
+        env = "KMSEAL_ROTATION_POLICY",
+        value_enum,
+        default_value = "rewrap"
+    )]
+    pub rotation_policy: crate::api::RotationPolicy,
+
+    /// The re-wrap budget: kms:ReEncrypt requests per second, one at a time, on top of which
+    /// they take their turn in --kms-requests-per-second like any namespace (0: unlimited).
+    #[arg(
+        long,
+        env = "KMSEAL_REWRAP_REQUESTS_PER_SECOND",
+        default_value_t = 10.0
+    )]
+    pub rewrap_requests_per_second: f64,
+
     /// How many decrypted data keys to keep in memory.
     #[arg(long, env = "KMSEAL_DATA_KEY_CACHE_SIZE", default_value_t = 4096)]
     pub data_key_cache_size: usize,

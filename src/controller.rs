@@ -31,6 +31,7 @@ pub mod fake;
 pub mod key_facts;
 pub mod recent;
 pub mod resync;
+pub mod rewrap;
 pub mod runtime;
 pub mod waiting_room;
 pub mod watched;
@@ -105,6 +106,16 @@ pub trait ClusterApi: Send + Sync {
         secret: &DesiredSecret,
     ) -> impl Future<Output = Result<String, WriteError>> + Send;
 
+    /// Sets some values of `spec.encryptedData` (a key rotation's re-wrap) with a merge patch
+    /// under its own field manager ([`REWRAP_FIELD_MANAGER`]), on condition that the object
+    /// still has `es`'s resourceVersion ([`WriteError::Conflict`] otherwise; [`WriteError::Gone`]
+    /// when deleted). Returns the object as patched.
+    fn patch_values(
+        &self,
+        es: &EncryptedSecret,
+        values: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<EncryptedSecret, WriteError>> + Send;
+
     /// Server-side applies the status subresource.
     fn apply_status(
         &self,
@@ -155,6 +166,14 @@ impl<A: ClusterApi> ClusterApi for Arc<A> {
         secret: &DesiredSecret,
     ) -> impl Future<Output = Result<String, WriteError>> + Send {
         (**self).replace_secret(secret)
+    }
+
+    fn patch_values(
+        &self,
+        es: &EncryptedSecret,
+        values: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<EncryptedSecret, WriteError>> + Send {
+        (**self).patch_values(es, values)
     }
 
     fn apply_status(
@@ -367,6 +386,30 @@ impl ClusterApi for KubeClusterApi {
         self.write_secret(secret, false).await
     }
 
+    async fn patch_values(
+        &self,
+        es: &EncryptedSecret,
+        values: &BTreeMap<String, String>,
+    ) -> Result<EncryptedSecret, WriteError> {
+        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+        let name = es.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<EncryptedSecret> = Api::namespaced(self.client.clone(), namespace);
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": es.metadata.resource_version},
+            "spec": {"encryptedData": values},
+        });
+        let params = PatchParams {
+            field_manager: Some(REWRAP_FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match api.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(patched) => Ok(patched),
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(WriteError::Conflict),
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(WriteError::Gone),
+            Err(e) => Err(WriteError::Api(e.into())),
+        }
+    }
+
     async fn apply_status(
         &self,
         es: &EncryptedSecret,
@@ -413,6 +456,10 @@ impl ClusterApi for KubeClusterApi {
 /// server for a Secret it does not see.
 const STORE_SYNC_WAIT: Duration = Duration::from_secs(30);
 
+/// The field manager of the controller's re-wraps of `spec.encryptedData` values: apart from
+/// its own, so `kubectl get --show-managed-fields` tells them from what people applied.
+pub const REWRAP_FIELD_MANAGER: &str = "kmseal-rewrap";
+
 /// What one reconcile did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {
@@ -455,6 +502,8 @@ pub struct Reconciler<K, A> {
     pub key_facts: Arc<key_facts::KeyFactsCache>,
     /// Objects whose values are not current: (reason, values), for the `stale_values` gauge.
     not_current: Mutex<HashMap<(String, String), NotCurrent>>,
+    /// Key rotation in the cluster: the policy and the queue of objects to re-wrap.
+    pub rotation: Arc<rewrap::Rotation>,
 }
 
 /// An object's values that are not current: the `KeyCurrent` reason and how many.
@@ -515,7 +564,22 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             deferred: Arc::new(WaitingRoom::new()),
             key_facts: Arc::new(key_facts::KeyFactsCache::new()),
             not_current: Mutex::new(HashMap::new()),
+            rotation: Arc::new(rewrap::Rotation::new(crate::api::RotationPolicy::Rewrap)),
         }
+    }
+
+    /// The key the object's values should be under, as the key policy lets it name one (an
+    /// alias of the policy is followed to where it points now); never a key the namespace may
+    /// not use. `None`: each value's own key.
+    fn desired_key(&self, es: &EncryptedSecret) -> Option<String> {
+        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+        let snapshot = self.admission.snapshot();
+        snapshot
+            .policy
+            .plain_key_id(namespace, es.spec.key_id.as_deref(), &snapshot.aliases)
+            .ok()
+            .flatten()
+            .map(|id| snapshot.aliases.get(&id).cloned().unwrap_or(id))
     }
 
     /// What the object's `KeyCurrent` condition should be (see [`reconcile::with_key_current`]):
@@ -527,16 +591,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         keys: Option<&open::ItemKeys>,
     ) -> Option<Option<crate::api::Condition>> {
         let keys = keys?;
-        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
-        // The key the object names, as the key policy lets it name one (an alias of the policy
-        // is followed to where it points now); never a key the namespace may not use.
-        let snapshot = self.admission.snapshot();
-        let desired = snapshot
-            .policy
-            .plain_key_id(namespace, es.spec.key_id.as_deref(), &snapshot.aliases)
-            .ok()
-            .flatten()
-            .map(|id| snapshot.aliases.get(&id).cloned().unwrap_or(id));
+        let desired = self.desired_key(es);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -553,9 +608,49 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             crate::rotation::KeyCurrent::NotCurrent {
                 reason,
                 values,
-                message,
+                mut message,
             } => {
-                self.note_not_current(key, Some((reason, values)));
+                self.note_not_current(key.clone(), Some((reason, values)));
+                let movable = reason == crate::rotation::Stale::KeyChanged.reason()
+                    || reason == crate::rotation::Stale::MaterialRotated.reason();
+                if movable {
+                    match self.rotation.policy(es) {
+                        (crate::api::RotationPolicy::Rewrap, _) => {
+                            // A re-wrap that was set back or failed stays reported as it
+                            // is; anything else is re-wrapped, and the re-wrap writes the
+                            // status.
+                            let reported = es.status.as_ref().and_then(|s| {
+                                s.conditions.iter().find(|c| {
+                                    c.type_ == reconcile::KEY_CURRENT
+                                        && c.observed_generation == es.metadata.generation
+                                        && (c.reason == rewrap::REWRAP_REVERTED
+                                            || c.reason == rewrap::REWRAP_FAILED)
+                                })
+                            });
+                            if reported.is_none()
+                                || reported.is_some_and(|c| c.reason == rewrap::REWRAP_FAILED)
+                            {
+                                self.rotation.want(&key.0, &key.1);
+                            }
+                            return None;
+                        }
+                        (crate::api::RotationPolicy::Report, source) => {
+                            message.push_str(&match source {
+                                crate::rotation::PolicySource::Spec => {
+                                    "; kmseal only reports this (spec.rotation.policy: Report)"
+                                        .to_owned()
+                                }
+                                crate::rotation::PolicySource::GitOps(marker, tool) => format!(
+                                    "; kmseal only reports this, as {tool} applies this object ({marker}) and would set re-wrapped values back; set spec.rotation.policy: Rewrap to let kmseal re-wrap them (see README on GitOps)"
+                                ),
+                                crate::rotation::PolicySource::Default => {
+                                    "; kmseal only reports this (--rotation-policy Report)"
+                                        .to_owned()
+                                }
+                            });
+                        }
+                    }
+                }
                 Some(crate::api::Condition {
                     type_: reconcile::KEY_CURRENT.to_owned(),
                     status: "False".to_owned(),
@@ -664,6 +759,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         self.waiting()
             .retain(|(namespace, name), _| exists(namespace, name));
         self.deferred.retain(&exists);
+        self.rotation.retain(&exists);
         let gone: Vec<_> = self
             .not_current
             .lock()
@@ -774,6 +870,10 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .as_deref()
             .ok_or(ReconcileError::Unnamed)?;
         let name = es.metadata.name.as_deref().ok_or(ReconcileError::Unnamed)?;
+        if self.rotation.in_progress(namespace, name) {
+            // The re-wrap brings it back when it is done.
+            return Ok((Reconciled::Cancelled, Action::await_change()));
+        }
         let existing = self.api.secret_meta(namespace, name).await?;
         // The items' keys, read once: the key policy and the KeyCurrent verdict both use them
         // (a settled object keeps them, having no values).

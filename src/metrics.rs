@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Sealed values not under the key and material they should be, or under a key at risk,
     /// by `KeyCurrent` reason.
     pub stale_values: Family<ReasonLabels, Gauge>,
+    /// Values the controller re-wrapped in the cluster, or tried to, by result.
+    pub rewrapped_values: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,8 +132,15 @@ impl Metrics {
             "Sealed values not under the key and key material they should be, or under a key that is disabled or pending deletion, by KeyCurrent reason",
             stale_values.clone(),
         );
+        let rewrapped_values = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rewrapped_values",
+            "Sealed values the controller moved to their current key and key material with kms:ReEncrypt (result rewrapped), could not move (failed), or found set back after a move and left (reverted)",
+            rewrapped_values.clone(),
+        );
         Metrics {
             registry,
+            rewrapped_values,
             reconciles,
             failures,
             reconcile_duration,

@@ -134,14 +134,24 @@ pub fn secret_meta_read(meta: ObjectMeta) -> ObjectMeta {
 
 /// An EncryptedSecret's metadata cut down to what the controller reads of it: its identity
 /// (name, namespace, uid), what says which spec it has (generation, resourceVersion) and the
-/// scope annotation. Labels, managed fields and other annotations (`kubectl apply`'s
-/// last-applied-configuration holds a second copy of the whole object) are dropped.
+/// scope annotation, and the labels and annotations by which a GitOps tool marks what it
+/// applies (they decide the rotation policy). Other labels, managed fields and other
+/// annotations (`kubectl apply`'s last-applied-configuration holds a second copy of the whole
+/// object) are dropped.
 pub fn encrypted_meta_read(meta: ObjectMeta) -> ObjectMeta {
     let annotations: BTreeMap<String, String> = meta
         .annotations
         .unwrap_or_default()
         .into_iter()
-        .filter(|(k, _)| k == crate::api::PLAIN_SCOPE_ANNOTATION)
+        .filter(|(k, _)| {
+            k == crate::api::PLAIN_SCOPE_ANNOTATION || crate::rotation::is_gitops_marker(k)
+        })
+        .collect();
+    let labels: BTreeMap<String, String> = meta
+        .labels
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| crate::rotation::is_gitops_marker(k))
         .collect();
     ObjectMeta {
         name: meta.name,
@@ -151,6 +161,7 @@ pub fn encrypted_meta_read(meta: ObjectMeta) -> ObjectMeta {
         resource_version: meta.resource_version,
         deletion_timestamp: meta.deletion_timestamp,
         annotations: (!annotations.is_empty()).then_some(annotations),
+        labels: (!labels.is_empty()).then_some(labels),
         ..ObjectMeta::default()
     }
 }
@@ -483,7 +494,38 @@ pub fn next_status(es: &EncryptedSecret, outcome: &Outcome, now: &str) -> Encryp
         key_arns,
         applied_fingerprint,
         secret_resource_version,
+        rewrapped: old.and_then(|s| s.rewrapped.clone()),
     }
+}
+
+/// The status after an in-cluster re-wrap patched some values (`patched`: the object as the
+/// API server returned it) from the keys `moved_from`: the Secret is still right, since the
+/// re-wrapped values open to the same plaintext, so the status says it was produced from the
+/// new spec (no `Decrypt`, no Secret write follow), and records the re-wrap. `envelope_keys`:
+/// the keys of the patched object's envelope values.
+pub fn rewrapped_status(
+    mut status: EncryptedSecretStatus,
+    patched: &EncryptedSecret,
+    envelope_keys: &[&str],
+    moved_from: &[&str],
+    record: crate::api::RewrapRecord,
+) -> EncryptedSecretStatus {
+    status.applied_fingerprint = Some(fingerprint(patched));
+    status.observed_generation = patched.metadata.generation;
+    if let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == READY) {
+        ready.observed_generation = patched.metadata.generation;
+    }
+    // Keys no value is under any more go; plain KMS items' keys stay.
+    status
+        .key_arns
+        .retain(|k| !moved_from.contains(&k.as_str()) || envelope_keys.contains(&k.as_str()));
+    status
+        .key_arns
+        .extend(envelope_keys.iter().map(|k| (*k).to_owned()));
+    status.key_arns.sort();
+    status.key_arns.dedup();
+    status.rewrapped = Some(record);
+    status
 }
 
 /// Whether a status write is needed at all.
@@ -576,6 +618,7 @@ mod tests {
                     immutable: None,
                 }),
                 key_id: None,
+                rotation: None,
             },
         );
         es.metadata.uid = Some("uid-1".into());
@@ -958,6 +1001,44 @@ mod tests {
             "another reason: event"
         );
         assert!(!status_changed(&es, &next_status(&es, &failure, "t")));
+    }
+
+    #[test]
+    fn a_rewrapped_status_says_the_secret_is_right_for_the_new_spec() {
+        let mut before = es(1);
+        synced(&mut before, "7");
+        before.status.as_mut().unwrap().key_arns = vec!["old".into(), "plain".into()];
+        let mut patched = before.clone();
+        patched
+            .spec
+            .encrypted_data
+            .insert("password".into(), "bmV3".into());
+        patched.metadata.generation = Some(2);
+        let record = crate::api::RewrapRecord {
+            target: "new#m".into(),
+            time: "t".into(),
+            values: 1,
+        };
+        let status = rewrapped_status(
+            before.status.clone().unwrap(),
+            &patched,
+            &["new"],
+            &["old"],
+            record.clone(),
+        );
+        assert_eq!(status.key_arns, ["new", "plain"]);
+        assert_eq!(status.rewrapped, Some(record));
+        assert_eq!(status.secret_resource_version.as_deref(), Some("7"));
+        // The next reconcile of the patched object finds nothing to do.
+        patched.status = Some(status);
+        let existing = owned(&patched, "7");
+        assert_eq!(plan(&patched, Some(&existing), Ok(())), Plan::UpToDate);
+        // While the old status would have it write the Secret again.
+        patched.status = before.status.clone();
+        assert!(matches!(
+            plan(&patched, Some(&existing), Ok(())),
+            Plan::Replace { .. }
+        ));
     }
 
     #[test]

@@ -198,6 +198,148 @@ pub fn rewrappable(header: &Header) -> Result<(), NotRewrappable> {
     Ok(())
 }
 
+pub use crate::api::RotationPolicy;
+
+/// Labels and annotations by which GitOps tools mark what they apply, and the tool. Such an
+/// object's `spec` is re-applied from Git, which would undo an in-cluster re-wrap; so, unless
+/// the object asks for `Rewrap` itself, its stale values are only reported.
+/// `app.kubernetes.io/instance` is Argo CD's label tracking (and Helm sets it too).
+pub const GITOPS_MARKERS: [(&str, &str); 4] = [
+    ("argocd.argoproj.io/tracking-id", "Argo CD"),
+    (
+        "app.kubernetes.io/instance",
+        "Argo CD (label tracking) or Helm",
+    ),
+    ("kustomize.toolkit.fluxcd.io/name", "Flux"),
+    ("helm.toolkit.fluxcd.io/name", "Flux"),
+];
+
+/// Whether a label or annotation key is one of [`GITOPS_MARKERS`].
+pub fn is_gitops_marker(key: &str) -> bool {
+    GITOPS_MARKERS.iter().any(|(marker, _)| *marker == key)
+}
+
+/// Where an object's rotation policy came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// `spec.rotation.policy`.
+    Spec,
+    /// A GitOps tool applies the object: (the marker, the tool).
+    GitOps(&'static str, &'static str),
+    /// The controller's `--rotation-policy`.
+    Default,
+}
+
+/// The rotation policy for an object: its own `spec.rotation.policy`, else `Report` for what a
+/// GitOps tool applies (`markers`: the keys of its labels and annotations), else `default`.
+pub fn rotation_policy<'a>(
+    spec: Option<RotationPolicy>,
+    markers: impl IntoIterator<Item = &'a str>,
+    default: RotationPolicy,
+) -> (RotationPolicy, PolicySource) {
+    if let Some(policy) = spec {
+        return (policy, PolicySource::Spec);
+    }
+    let keys: Vec<&str> = markers.into_iter().collect();
+    for (marker, tool) in GITOPS_MARKERS {
+        if keys.contains(&marker) {
+            return (RotationPolicy::Report, PolicySource::GitOps(marker, tool));
+        }
+    }
+    (default, PolicySource::Default)
+}
+
+/// Where a re-wrap moves values, as recorded in the status: the key, and the material where
+/// KMS names it (else the time of the key's last rotation).
+pub fn rewrap_target(target: &KeyFacts) -> String {
+    match (&target.current_material_id, target.last_rotation) {
+        (Some(material), _) => format!("{}#{material}", target.key_arn),
+        (None, Some(rotated)) => format!("{}@{rotated}", target.key_arn),
+        (None, None) => target.key_arn.clone(),
+    }
+}
+
+/// Stale values of one object that share a data key: one `ReEncrypt` moves them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrapGroup {
+    pub reason: Stale,
+    /// The wrapping they share now.
+    pub header: Header,
+    /// Their item names.
+    pub items: Vec<String>,
+    /// Where they go.
+    pub target: KeyFacts,
+}
+
+/// What an in-cluster re-wrap of one object should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewrapPlan {
+    /// Nothing it can move: every value is current, cannot be moved by `ReEncrypt` (v1, RSA),
+    /// or is under a key KMS will not use (disabled, pending deletion); the KeyCurrent
+    /// condition reports the latter two.
+    Nothing,
+    /// Move these (`target`: the record for the status).
+    Move {
+        groups: Vec<RewrapGroup>,
+        target: String,
+    },
+    /// The object was re-wrapped to this very target before, and its values are stale again:
+    /// they were set back (a GitOps tool re-applied them, say). Not moved again.
+    Reverted { values: usize, target: String },
+}
+
+/// What to re-wrap of an object's envelope `items` (name, clear header), given the key they
+/// should be under (`desired`, a key id or alias the object may name; `None`: each its own
+/// key), what KMS says about keys (`facts`), the target recorded by the object's last re-wrap,
+/// and now (Unix seconds). `None` while a needed fact is not known.
+pub fn plan_rewrap(
+    items: &[(&str, &Header)],
+    desired: Option<&str>,
+    facts: &dyn Fn(&str) -> Option<KeyFacts>,
+    last_target: Option<&str>,
+    now: u64,
+) -> Option<RewrapPlan> {
+    let desired = match desired {
+        Some(id) => Some(facts(id)?),
+        None => None,
+    };
+    let mut groups: Vec<RewrapGroup> = Vec::new();
+    for (item, header) in items {
+        let own = facts(&header.key_arn)?;
+        let target = desired.clone().unwrap_or_else(|| own.clone());
+        let Some(reason) = staleness(header, &target) else {
+            continue;
+        };
+        if rewrappable(header).is_err() || risk(&own, now).is_some() || risk(&target, now).is_some()
+        {
+            continue;
+        }
+        match groups.iter_mut().find(|g| {
+            g.header.wrapped_key == header.wrapped_key && g.header.key_arn == header.key_arn
+        }) {
+            Some(group) => group.items.push((*item).to_owned()),
+            None => groups.push(RewrapGroup {
+                reason,
+                header: (*header).clone(),
+                items: vec![(*item).to_owned()],
+                target,
+            }),
+        }
+    }
+    if groups.is_empty() {
+        return Some(RewrapPlan::Nothing);
+    }
+    let mut targets: Vec<String> = groups.iter().map(|g| rewrap_target(&g.target)).collect();
+    targets.sort();
+    targets.dedup();
+    let target = targets.join(" ");
+    if last_target == Some(target.as_str()) {
+        let values = groups.iter().map(|g| g.items.len()).sum();
+        return Some(RewrapPlan::Reverted { values, target });
+    }
+    Some(RewrapPlan::Move { groups, target })
+}
+
 /// A key that puts the values under it at risk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRisk {
@@ -399,6 +541,119 @@ mod tests {
         assert_eq!(rewrappable(&h), Err(NotRewrappable::RsaWrapped));
         h.version = Version::V1;
         assert_eq!(rewrappable(&h), Err(NotRewrappable::OldFormat));
+    }
+
+    #[test]
+    fn the_object_decides_then_gitops_tools_then_the_default() {
+        use RotationPolicy::{Report, Rewrap};
+        assert_eq!(
+            rotation_policy(None, [], Rewrap),
+            (Rewrap, PolicySource::Default)
+        );
+        assert_eq!(
+            rotation_policy(None, ["team", "argocd.argoproj.io/tracking-id"], Rewrap),
+            (
+                Report,
+                PolicySource::GitOps("argocd.argoproj.io/tracking-id", "Argo CD")
+            )
+        );
+        assert!(matches!(
+            rotation_policy(None, ["kustomize.toolkit.fluxcd.io/name"], Rewrap),
+            (Report, PolicySource::GitOps(_, "Flux"))
+        ));
+        // The object's own choice wins: e.g. Rewrap with Argo CD's ignoreDifferences set.
+        assert_eq!(
+            rotation_policy(Some(Rewrap), ["app.kubernetes.io/instance"], Report),
+            (Rewrap, PolicySource::Spec)
+        );
+        assert_eq!(
+            rotation_policy(Some(Report), [], Rewrap),
+            (Report, PolicySource::Spec)
+        );
+        assert!(GITOPS_MARKERS.iter().all(|(m, _)| is_gitops_marker(m)));
+        assert!(!is_gitops_marker("app.kubernetes.io/name"));
+    }
+
+    #[test]
+    fn a_rewrap_moves_each_data_key_once_and_never_twice_to_one_target() {
+        let current = facts(KEY, Some("m1"), None);
+        let other = facts(OTHER, Some("o1"), Some(500));
+        let known = |id: &str| match id {
+            KEY => Some(current.clone()),
+            OTHER | "alias/new" => Some(other.clone()),
+            _ => None,
+        };
+        let shared = header(KEY, Some("m1"), 10);
+        let mut second = header(KEY, Some("m1"), 10);
+        second.wrapped_key = vec![2];
+        let items = [("a", &shared), ("b", &shared), ("c", &second)];
+        // Current under their own key: nothing to do.
+        assert_eq!(
+            plan_rewrap(&items, None, &known, None, 0),
+            Some(RewrapPlan::Nothing)
+        );
+        // Waits for facts.
+        assert_eq!(plan_rewrap(&items, Some("alias/x"), &known, None, 0), None);
+        let Some(RewrapPlan::Move { groups, target }) =
+            plan_rewrap(&items, Some("alias/new"), &known, None, 0)
+        else {
+            panic!("a move")
+        };
+        assert_eq!(target, format!("{OTHER}#o1"));
+        assert_eq!(groups.len(), 2, "one ReEncrypt per data key");
+        assert_eq!(groups[0].items, ["a", "b"]);
+        assert_eq!(groups[1].items, ["c"]);
+        assert_eq!(groups[0].reason, Stale::KeyChanged);
+        assert_eq!(groups[0].target.key_arn, OTHER);
+        // Moved there once already: reverted, not moved again.
+        assert_eq!(
+            plan_rewrap(&items, Some("alias/new"), &known, Some(&target), 0),
+            Some(RewrapPlan::Reverted {
+                values: 3,
+                target: target.clone()
+            })
+        );
+        // A new target (the material rotated since) is a new move.
+        let mut rotated = other.clone();
+        rotated.current_material_id = Some("o2".into());
+        let later = |id: &str| {
+            if id == OTHER || id == "alias/new" {
+                Some(rotated.clone())
+            } else {
+                known(id)
+            }
+        };
+        assert!(matches!(
+            plan_rewrap(&items, Some("alias/new"), &later, Some(&target), 0),
+            Some(RewrapPlan::Move { .. })
+        ));
+        // v1 and RSA values, and keys KMS will not use, are left to the KeyCurrent report.
+        let mut v1 = shared.clone();
+        v1.version = Version::V1;
+        let mut rsa = shared.clone();
+        rsa.algorithm = WrapAlgorithm::RsaOaepSha256;
+        assert_eq!(
+            plan_rewrap(
+                &[("a", &v1), ("b", &rsa)],
+                Some("alias/new"),
+                &known,
+                None,
+                0
+            ),
+            Some(RewrapPlan::Nothing)
+        );
+        let mut disabled = current.clone();
+        disabled.state = "Disabled".into();
+        let at_risk = |id: &str| (id == KEY).then(|| disabled.clone()).or_else(|| known(id));
+        assert_eq!(
+            plan_rewrap(&items, Some("alias/new"), &at_risk, None, 0),
+            Some(RewrapPlan::Nothing)
+        );
+        // Material targets fall back to the rotation time.
+        assert_eq!(
+            rewrap_target(&facts(KEY, None, Some(77))),
+            format!("{KEY}@77")
+        );
     }
 
     #[test]

@@ -300,6 +300,7 @@ pub async fn seal_secret<K: Kms, R: Random>(
             encrypted_data,
             template: template_of(secret),
             key_id: Some(key_id),
+            rotation: None,
         },
     ))
 }

@@ -706,6 +706,20 @@ fn check_schema(
             text.chars().count()
         ));
     }
+    if let Some(allowed) = &schema.enum_
+        && !allowed.iter().any(|a| a.0 == *value)
+    {
+        let names: Vec<String> = allowed
+            .iter()
+            .filter(|a| !a.0.is_null())
+            .map(|a| a.0.to_string())
+            .collect();
+        problems.push(format!(
+            "{}: must be one of {}",
+            display(path),
+            names.join(", ")
+        ));
+    }
     if let Some(items) = value.as_array()
         && let Some(JSONSchemaPropsOrArray::Schema(item_schema)) = &schema.items
     {
@@ -909,7 +923,6 @@ mod tests {
     fn the_crd_uses_only_keywords_the_schema_check_implements() {
         fn walk(schema: &JSONSchemaProps, path: &str) {
             let unsupported = [
-                ("enum", schema.enum_.is_some()),
                 ("pattern", schema.pattern.is_some()),
                 ("minimum", schema.minimum.is_some()),
                 ("maximum", schema.maximum.is_some()),

@@ -255,6 +255,37 @@ fn watched_namespaces_get_roles_and_no_cluster_wide_access() {
             env_value(deployment, "KMSEAL_NAMESPACES"),
             Some("team-a,team-b".into())
         );
+        // Key rotation in the cluster patches values of EncryptedSecrets; report only, and the
+        // controller has no right to.
+        let verbs = |objects: &[Value]| {
+            find(objects, "Role")[0]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["resources"] == serde_json::json!(["encryptedsecrets"]))
+                .unwrap()["verbs"]
+                .clone()
+        };
+        assert_eq!(
+            verbs(&objects),
+            serde_json::json!(["get", "list", "watch", "patch"])
+        );
+        assert_eq!(
+            env_value(deployment, "KMSEAL_ROTATION_POLICY"),
+            Some("rewrap".into())
+        );
+        let report = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &format!("kms.allowedKeys={{{KEY}}}"),
+                "controller.namespaces={team-a}",
+                "controller.rotationPolicy=report",
+            ],
+        )
+        .unwrap();
+        assert_eq!(verbs(&report), serde_json::json!(["get", "list", "watch"]));
     }
 }
 

@@ -905,7 +905,11 @@ async fn the_resync_looks_at_each_object_once_per_interval() {
         .encrypted_data
         .insert("password".into(), "not base64!".into());
     fake.add_encrypted(&broken);
-    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    let running = start_with(
+        &fake,
+        memory.clone(),
+        &["--resync-interval", "2", "--rotation-policy", "report"],
+    );
     eventually("every object ready", || {
         (0..OBJECTS).all(|i| ready(&fake, "prod", &format!("app-{i}")))
     })
@@ -952,7 +956,11 @@ async fn stale_values_are_reported_without_a_kms_call_or_a_write_per_object() {
     // a: sealed under the alias (spec.keyId names it); b: under the first key by its ARN.
     fake.add_encrypted(&sealed_in(&memory, "alias/app", "prod", "a").await);
     fake.add_encrypted(&sealed_in(&memory, &first, "prod", "b").await);
-    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    let running = start_with(
+        &fake,
+        memory.clone(),
+        &["--resync-interval", "2", "--rotation-policy", "report"],
+    );
     eventually("both ready", || {
         ready(&fake, "prod", "a") && ready(&fake, "prod", "b")
     })
@@ -1034,5 +1042,317 @@ async fn stale_values_are_reported_without_a_kms_call_or_a_write_per_object() {
     // All of it without a Decrypt or a Secret write, but for the two re-sealed objects.
     assert!(memory.calls.decrypt.load(Ordering::Relaxed) <= decrypts + 2);
     assert!(writes(&fake).0 <= secret_writes + 2);
+    running.stop().await;
+}
+
+/// The key ARN each value of an object is wrapped under, as its stored spec says.
+fn value_keys(fake: &Fake, namespace: &str, name: &str) -> Vec<String> {
+    let object = fake.lock().encrypted[&(namespace.to_owned(), name.to_owned())].clone();
+    object["spec"]["encryptedData"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(
+            |v| match kmseal::open::decode_item(v.as_str().unwrap()).unwrap() {
+                kmseal::open::Decoded::Envelope(e) => e.header.key_arn.clone(),
+                kmseal::open::Decoded::Plain(_) => String::new(),
+            },
+        )
+        .collect()
+}
+
+fn key_current_reason(fake: &Fake, namespace: &str, name: &str) -> Option<(String, String)> {
+    fake.status(namespace, name)["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "KeyCurrent")
+        .map(|c| {
+            (
+                c["reason"].as_str().unwrap().to_owned(),
+                c["message"].as_str().unwrap().to_owned(),
+            )
+        })
+}
+
+/// An object of two values (one data key) in prod, sealed under `key`.
+async fn two_values(memory: &MemoryKms, key: &str, name: &str) -> kmseal::api::EncryptedSecret {
+    seal::seal_secret(
+        &Wrapper::Kms {
+            kms: memory,
+            key_id: key,
+        },
+        &PlainSecret {
+            namespace: Some("prod".into()),
+            name: name.into(),
+            data: BTreeMap::from([
+                ("password".to_owned(), Zeroizing::new(b"s3cr3t".to_vec())),
+                ("user".to_owned(), Zeroizing::new(b"admin".to_vec())),
+            ]),
+            ..PlainSecret::default()
+        },
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap()
+}
+
+/// Rotation in the cluster (issue 8): the alias an object names moves to another key. Each
+/// object's data key is re-wrapped with exactly one ReEncrypt, no Decrypt, its Secret untouched,
+/// only its values patched, once; an object that says Report, and one Argo CD applies, are
+/// only reported. A GitOps tool setting the old values back makes no loop: it is reported.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_alias_moved_rewraps_each_data_key_once_without_a_decrypt() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &first);
+    let fake = Fake::default();
+    for name in ["a", "b", "c"] {
+        fake.add_encrypted(&two_values(&memory, "alias/app", name).await);
+    }
+    let mut report = two_values(&memory, "alias/app", "report").await;
+    report.spec.rotation = Some(kmseal::api::RotationSpec {
+        policy: Some(kmseal::api::RotationPolicy::Report),
+    });
+    fake.add_encrypted(&report);
+    let mut argo = two_values(&memory, "alias/app", "argo").await;
+    argo.metadata.annotations = Some(BTreeMap::from([(
+        "argocd.argoproj.io/tracking-id".to_owned(),
+        "apps:kmseal.dev/EncryptedSecret:prod/argo".to_owned(),
+    )]));
+    fake.add_encrypted(&argo);
+    let names = ["a", "b", "c", "report", "argo"];
+    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    eventually("all ready", || {
+        names.iter().all(|n| ready(&fake, "prod", n))
+    })
+    .await;
+    let secrets: Vec<Value> = names
+        .iter()
+        .map(|n| fake.secret("prod", n).unwrap())
+        .collect();
+    let spec_of =
+        |name: &str| fake.lock().encrypted[&("prod".to_owned(), name.to_owned())]["spec"].clone();
+    let old_a = spec_of("a");
+    let decrypts = memory.calls.decrypt.load(Ordering::Relaxed);
+    let secret_writes = fake.lock().secret_writes;
+    // Current: nothing moves.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(memory.calls.re_encrypt.load(Ordering::Relaxed), 0);
+    assert_eq!(fake.lock().value_patches, 0);
+
+    memory.create_alias("alias/app", &second);
+    eventually_within("a, b, c re-wrapped", Duration::from_secs(900), || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| value_keys(&fake, "prod", n).iter().all(|k| *k == second))
+    })
+    .await;
+    // Let everything settle: the reconciles the patches bring, the resync, the next facts.
+    tokio::time::sleep(Duration::from_secs(620)).await;
+    assert_eq!(
+        memory.calls.re_encrypt.load(Ordering::Relaxed),
+        3,
+        "one ReEncrypt per data key, once"
+    );
+    assert_eq!(fake.lock().value_patches, 3);
+    assert_eq!(
+        memory.calls.decrypt.load(Ordering::Relaxed),
+        decrypts,
+        "no Decrypt"
+    );
+    assert_eq!(fake.lock().secret_writes, secret_writes, "no Secret write");
+    for (name, before) in names.iter().zip(&secrets) {
+        assert_eq!(
+            fake.secret("prod", name).as_ref(),
+            Some(before),
+            "{name}: Secret unchanged"
+        );
+        assert!(ready(&fake, "prod", name), "{name} still ready");
+    }
+    for name in ["a", "b", "c"] {
+        let status = fake.status("prod", name);
+        assert!(
+            status["rewrapped"]["target"]
+                .as_str()
+                .unwrap()
+                .starts_with(&second),
+            "{status}"
+        );
+        assert_eq!(status["rewrapped"]["values"], 2);
+        assert_eq!(status["keyArns"], serde_json::json!([second.clone()]));
+        assert_eq!(key_current_reason(&fake, "prod", name), None);
+    }
+    let rewrapped_events = fake
+        .lock()
+        .events
+        .iter()
+        .filter(|e| e["reason"] == "Rewrapped")
+        .count();
+    assert_eq!(rewrapped_events, 3, "one event per object");
+    assert_eq!(
+        counter(
+            &running,
+            "kmseal_rewrapped_values_total{result=\"rewrapped\"}"
+        ),
+        6
+    );
+    // Reported, not moved: the object's own policy, and Argo CD's object.
+    for (name, says) in [
+        ("report", "spec.rotation.policy: Report"),
+        ("argo", "Argo CD"),
+    ] {
+        let (reason, message) = key_current_reason(&fake, "prod", name).expect(name);
+        assert_eq!(reason, "KeyChanged");
+        assert!(message.contains(says), "{message}");
+        assert!(value_keys(&fake, "prod", name).iter().all(|k| *k == first));
+    }
+    assert_eq!(
+        counter(&running, "kmseal_stale_values{reason=\"KeyChanged\"}"),
+        4
+    );
+
+    // A GitOps tool sets a's old values back: the Secret is made from them again (they open
+    // to the same data), and the values are reported, not moved a second time.
+    fake.user_sets_spec("prod", "a", old_a.clone());
+    tokio::time::sleep(Duration::from_secs(1300)).await;
+    let (reason, message) = key_current_reason(&fake, "prod", "a").expect("reported");
+    assert_eq!(reason, "RewrapReverted");
+    assert!(message.contains("set them back"), "{message}");
+    assert_eq!(spec_of("a"), old_a, "left as Git has it");
+    assert_eq!(
+        memory.calls.re_encrypt.load(Ordering::Relaxed),
+        3,
+        "no loop"
+    );
+    assert_eq!(fake.lock().value_patches, 3);
+    assert!(ready(&fake, "prod", "a"));
+    assert_eq!(
+        fake.secret("prod", "a").unwrap()["data"],
+        secrets[0]["data"]
+    );
+    assert_eq!(
+        counter(
+            &running,
+            "kmseal_rewrapped_values_total{result=\"reverted\"}"
+        ),
+        2
+    );
+    running.stop().await;
+}
+
+/// A restart in the middle of a rotation: what was re-wrapped stays so, the rest is found by
+/// the new process (nothing but the objects keeps the progress), and no data key is moved
+/// twice.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_restart_mid_rotation_resumes_where_it_stopped() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &first);
+    let fake = Fake::default();
+    const OBJECTS: usize = 6;
+    for i in 0..OBJECTS {
+        fake.add_encrypted(&two_values(&memory, "alias/app", &format!("app-{i}")).await);
+    }
+    // One ReEncrypt every 20 s: slow enough to stop half-way.
+    let flags = [
+        "--resync-interval",
+        "2",
+        "--rewrap-requests-per-second",
+        "0.05",
+    ];
+    let running = start_with(&fake, memory.clone(), &flags);
+    eventually("ready", || {
+        (0..OBJECTS).all(|i| ready(&fake, "prod", &format!("app-{i}")))
+    })
+    .await;
+    let moved = |fake: &Fake| {
+        (0..OBJECTS)
+            .filter(|i| {
+                value_keys(fake, "prod", &format!("app-{i}"))
+                    .iter()
+                    .all(|k| *k == second)
+            })
+            .count()
+    };
+    memory.create_alias("alias/app", &second);
+    eventually_within("two re-wrapped", Duration::from_secs(900), || {
+        moved(&fake) >= 2
+    })
+    .await;
+    running.stop().await;
+    let done = moved(&fake);
+    assert!(done < OBJECTS, "stopped half-way: {done}");
+    assert_eq!(
+        memory.calls.re_encrypt.load(Ordering::Relaxed) as usize,
+        done
+    );
+
+    let running = start_with(&fake, memory.clone(), &flags);
+    eventually_within("all re-wrapped", Duration::from_secs(1200), || {
+        moved(&fake) == OBJECTS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        memory.calls.re_encrypt.load(Ordering::Relaxed) as usize,
+        OBJECTS,
+        "each data key moved once"
+    );
+    assert!((0..OBJECTS).all(|i| ready(&fake, "prod", &format!("app-{i}"))));
+    running.stop().await;
+}
+
+/// A re-wrap KMS refuses (the controller's role may not kms:ReEncryptTo the new key): reported
+/// as RewrapFailed, with the fix and without KMS's own words; nothing written but the status;
+/// tried again only after the retry delay, and then done.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_refused_rewrap_is_reported_and_tried_again_later() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &first);
+    memory.deny("kms:ReEncryptTo", &second);
+    let fake = Fake::default();
+    fake.add_encrypted(&two_values(&memory, "alias/app", "db").await);
+    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    eventually("ready", || ready(&fake, "prod", "db")).await;
+    let secret = fake.secret("prod", "db").unwrap();
+    memory.create_alias("alias/app", &second);
+    eventually_within("reported", Duration::from_secs(900), || {
+        key_current_reason(&fake, "prod", "db").is_some()
+    })
+    .await;
+    let (reason, message) = key_current_reason(&fake, "prod", "db").unwrap();
+    assert_eq!(reason, "RewrapFailed");
+    assert!(
+        message.contains(&second) && message.contains("kms:ReEncrypt"),
+        "{message}"
+    );
+    assert!(message.contains("still open"), "{message}");
+    let attempts = memory.calls.re_encrypt.load(Ordering::Relaxed);
+    assert_eq!(attempts, 1);
+    // Not again before the retry delay, whatever the resyncs.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(memory.calls.re_encrypt.load(Ordering::Relaxed), attempts);
+    assert_eq!(fake.lock().value_patches, 0);
+    assert_eq!(fake.secret("prod", "db").unwrap(), secret);
+    assert!(ready(&fake, "prod", "db"));
+    assert_eq!(
+        counter(&running, "kmseal_rewrapped_values_total{result=\"failed\"}"),
+        2
+    );
+    // The role is fixed: the next attempt after the delay moves them, and the condition goes.
+    memory.allow("kms:ReEncryptTo", &second);
+    eventually_within("re-wrapped", Duration::from_secs(900), || {
+        value_keys(&fake, "prod", "db").iter().all(|k| *k == second)
+    })
+    .await;
+    eventually("the condition goes", || {
+        key_current_reason(&fake, "prod", "db").is_none()
+    })
+    .await;
+    assert_eq!(fake.secret("prod", "db").unwrap(), secret);
     running.stop().await;
 }

@@ -186,6 +186,11 @@ async fn each_kind_of_bad_encrypted_secret_is_named() {
             "schema",
         ),
         (
+            "a rotation policy that does not exist",
+            Box::new(|v| v["spec"]["rotation"] = json!({"policy": "Sometimes"})),
+            "schema",
+        ),
+        (
             "values at the top level",
             Box::new(|v| v["data"] = json!({"password": "eA=="})),
             "schema",

@@ -18,10 +18,9 @@ use super::{
     manifest_files, manifest_text, read_capped, usage, write_atomically,
 };
 use crate::api::EncryptedSecret;
-use crate::arn;
 use crate::binding::Scope;
-use crate::envelope::{Envelope, Header, WrapAlgorithm};
-use crate::kms::{Kms, KmsError, ReEncryptRequest};
+use crate::envelope::{Envelope, Header};
+use crate::kms::{Kms, KmsError};
 use crate::open::{self, Decoded};
 use crate::rotation::{self, KeyFacts, Stale};
 
@@ -375,36 +374,15 @@ impl<K: Kms> Run<'_, '_, '_, K> {
         name: &str,
         target: &KeyFacts,
     ) -> Result<Header, KmsError> {
-        let (_, _, envelope) = &group.items[0];
-        let binding = envelope.binding_for(namespace, name);
-        let context = binding.context_v2();
-        let moved = self
-            .facts
-            .kms
-            .re_encrypt(ReEncryptRequest {
-                ciphertext: &group.header.wrapped_key,
-                source_key_id: &group.header.key_arn,
-                source_algorithm: WrapAlgorithm::KmsSymmetric,
-                source_context: &context,
-                destination_key_id: &target.key_arn,
-                destination_context: &context,
-            })
-            .await?;
-        if !arn::same_key(&moved.key_arn, &target.key_arn) {
-            return Err(KmsError::new(
-                crate::kms::KmsErrorKind::WrongKey,
-                "kms:ReEncrypt",
-                Some(&target.key_arn),
-                moved.key_arn,
-            ));
-        }
-        Ok(Header {
-            wrapped_at: self.io.now,
-            key_arn: moved.key_arn,
-            key_material_id: moved.key_material_id,
-            wrapped_key: moved.wrapped,
-            ..group.header.clone()
-        })
+        crate::kms::move_data_key(
+            self.facts.kms,
+            &group.header,
+            namespace,
+            name,
+            &target.key_arn,
+            self.io.now,
+        )
+        .await
     }
 
     fn kms_failure(&mut self, place: &Place<'_>, e: &KmsError) -> Result<(), CliError> {

@@ -40,6 +40,8 @@ pub struct ApiCalls {
     pub encrypted_gets: AtomicU64,
     pub secret_applies: AtomicU64,
     pub status_applies: AtomicU64,
+    /// Merge patches of EncryptedSecret values (re-wraps).
+    pub value_patches: AtomicU64,
     pub events: AtomicU64,
 }
 
@@ -256,6 +258,37 @@ impl ClusterApi for InMemoryCluster {
             )));
         }
         Ok(self.store(key, desired, Some(before)))
+    }
+
+    async fn patch_values(
+        &self,
+        es: &EncryptedSecret,
+        values: &BTreeMap<String, String>,
+    ) -> Result<EncryptedSecret, WriteError> {
+        self.calls.value_patches.fetch_add(1, Ordering::Relaxed);
+        let key = key_of(
+            es.metadata.namespace.as_deref(),
+            es.metadata.name.as_deref(),
+        );
+        let now = self.lock().current.get(&key).cloned();
+        let mut now = match now {
+            Some(Some(now)) => now,
+            Some(None) => return Err(WriteError::Gone),
+            None => es.clone(),
+        };
+        if now.metadata.resource_version != es.metadata.resource_version {
+            return Err(WriteError::Conflict);
+        }
+        let before = now.spec.clone();
+        for (item, value) in values {
+            now.spec.encrypted_data.insert(item.clone(), value.clone());
+        }
+        if now.spec != before {
+            now.metadata.generation = Some(now.metadata.generation.unwrap_or(1) + 1);
+        }
+        now.metadata.resource_version = Some(self.bump());
+        self.lock().current.insert(key, Some(now.clone()));
+        Ok(self.with_status(&now))
     }
 
     async fn apply_status(

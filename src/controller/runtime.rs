@@ -349,6 +349,7 @@ fn scope<K: Kms>(
     let mut reconciler =
         Reconciler::new(Arc::clone(kms), api, metrics.clone(), Arc::clone(admission));
     reconciler.key_facts = key_facts.clone();
+    reconciler.rotation = Arc::new(super::rewrap::Rotation::new(args.rotation_policy));
     let reconciler = Arc::new(reconciler);
     // The Secret store must see every event; the controller gets the owned Secrets as
     // triggers, except the echo of its own writes.
@@ -548,6 +549,7 @@ pub async fn run_with<K: Kms + 'static>(
         }
     };
     let readmission = readmit_deferred(parts.gate.clone(), retry.clone());
+    let rewraps = rewrap_worker(retry.clone(), args.rewrap_requests_per_second);
     let resync = resync_sweep(
         es_stores.clone(),
         retry,
@@ -621,6 +623,7 @@ pub async fn run_with<K: Kms + 'static>(
         _ = readmission => Ok(()),
         _ = resync => Ok(()),
         _ = key_upkeep => Ok(()),
+        _ = rewraps => Ok(()),
         error = lost_lease => Err(error),
     };
     ready.store(false, Ordering::Relaxed);
@@ -746,6 +749,31 @@ async fn kms_recovery<K: Kms + 'static>(
     }
 }
 
+/// How often the re-wrap worker looks for queued objects when it found none.
+const REWRAP_CHECK: Duration = Duration::from_secs(1);
+
+/// Key rotation in the cluster: re-wraps queued objects one at a time, round-robin between
+/// scopes (and, in each, between namespaces), its `ReEncrypt` requests paced at `per_second`;
+/// then asks for a reconcile of each, which its reconciles stood aside for meanwhile.
+async fn rewrap_worker<K: Kms + 'static>(
+    scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
+    per_second: f64,
+) {
+    let mut pacer = super::rewrap::Pacer::new(per_second);
+    loop {
+        let mut any = false;
+        for (reconciler, retry) in &scopes {
+            if let Some(((namespace, name), _)) = reconciler.rewrap_next(&mut pacer).await {
+                any = true;
+                let _ = retry.unbounded_send(reflector::ObjectRef::new(&name).within(&namespace));
+            }
+        }
+        if !any {
+            tokio::time::sleep(REWRAP_CHECK).await;
+        }
+    }
+}
+
 /// Brings objects the KMS budget turned away back as it frees room, round-robin between
 /// namespaces (and between scopes), as many as it has room for; and every
 /// [`super::DEFERRED_RETRY`] in any case, should an object have been deferred just after the
@@ -811,7 +839,16 @@ mod tests {
         let mut w = watched(&[
             (PLAIN_SCOPE_ANNOTATION, "namespace"),
             ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+            (
+                "argocd.argoproj.io/tracking-id",
+                "app:kmseal.dev/EncryptedSecret:a/n",
+            ),
         ]);
+        w.meta_mut().labels = Some(
+            [("kustomize.toolkit.fluxcd.io/name", "apps"), ("team", "x")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        );
         slim(&mut w);
         let meta = w.meta();
         assert_eq!(meta.managed_fields, None);
@@ -821,7 +858,12 @@ mod tests {
                 .unwrap()
                 .keys()
                 .collect::<Vec<_>>(),
-            [PLAIN_SCOPE_ANNOTATION]
+            ["argocd.argoproj.io/tracking-id", PLAIN_SCOPE_ANNOTATION]
+        );
+        // What decides the rotation policy stays: the GitOps tools' marks.
+        assert_eq!(
+            meta.labels.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["kustomize.toolkit.fluxcd.io/name"]
         );
         let mut other = watched(&[("team", "x")]);
         slim(&mut other);

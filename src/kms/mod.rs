@@ -259,6 +259,46 @@ pub async fn key_facts<K: Kms>(
     })
 }
 
+/// Moves the data key of a v2 value with header `source` (bound to `namespace`/`name`) under
+/// `target_key_arn` with one `ReEncrypt`: the plaintext data key never leaves KMS, and the
+/// encryption context stays the value's own. Returns the new header (wrapped at `now`), checked
+/// to be under the target key. Used by `kmseal rewrap` and the controller.
+pub async fn move_data_key<K: Kms>(
+    kms: &K,
+    source: &crate::envelope::Header,
+    namespace: &str,
+    name: &str,
+    target_key_arn: &str,
+    now: u64,
+) -> Result<crate::envelope::Header, KmsError> {
+    let context = crate::binding::Binding::new(source.scope, namespace, name).context_v2();
+    let moved = kms
+        .re_encrypt(ReEncryptRequest {
+            ciphertext: &source.wrapped_key,
+            source_key_id: &source.key_arn,
+            source_algorithm: WrapAlgorithm::KmsSymmetric,
+            source_context: &context,
+            destination_key_id: target_key_arn,
+            destination_context: &context,
+        })
+        .await?;
+    if !crate::arn::same_key(&moved.key_arn, target_key_arn) {
+        return Err(KmsError::new(
+            KmsErrorKind::WrongKey,
+            "kms:ReEncrypt",
+            Some(target_key_arn),
+            moved.key_arn,
+        ));
+    }
+    Ok(crate::envelope::Header {
+        wrapped_at: now,
+        key_arn: moved.key_arn,
+        key_material_id: moved.key_material_id,
+        wrapped_key: moved.wrapped,
+        ..source.clone()
+    })
+}
+
 /// A small, fixed set of failure categories: metric labels, condition reasons, exit paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KmsErrorKind {

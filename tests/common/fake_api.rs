@@ -34,6 +34,8 @@ pub struct State {
     pub secret_writes: u64,
     pub event_patches: u64,
     pub status_writes: u64,
+    /// Merge patches of EncryptedSecret values (re-wraps).
+    pub value_patches: u64,
     pub secret_gets: u64,
     /// GETs of one EncryptedSecret.
     pub es_gets: u64,
@@ -133,6 +135,23 @@ impl Fake {
 
     pub fn status(&self, ns: &str, name: &str) -> Value {
         self.lock().encrypted[&(ns.to_owned(), name.to_owned())]["status"].clone()
+    }
+
+    /// A user (or a GitOps tool) applies `spec` to an existing EncryptedSecret: a new
+    /// generation when it differs, the status kept.
+    pub fn user_sets_spec(&self, ns: &str, name: &str, spec: Value) {
+        let mut state = self.lock();
+        let rv = state.bump();
+        let key = (ns.to_owned(), name.to_owned());
+        let object = state.encrypted.get_mut(&key).expect("the object exists");
+        if object["spec"] != spec {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+            object["metadata"]["generation"] = (generation + 1).into();
+        }
+        object["spec"] = spec;
+        object["metadata"]["resourceVersion"] = rv.into();
+        let object = object.clone();
+        state.notify_es("MODIFIED", &object);
     }
 
     /// A user edits (Some) or deletes (None) a Secret.
@@ -382,6 +401,44 @@ impl Fake {
                 object["status"] = patch["status"].clone();
                 object["metadata"]["resourceVersion"] = rv.into();
                 let object = object.clone();
+                state.notify_es("MODIFIED", &object);
+                ok(object)
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "kmseal.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "encryptedsecrets",
+                    name,
+                ],
+            ) => {
+                // A merge patch of spec.encryptedData values (a re-wrap), with the object's
+                // resourceVersion as precondition, as the API server does it.
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let key = ((*ns).to_owned(), (*name).to_owned());
+                let Some(before) = state.encrypted.get(&key).cloned() else {
+                    return not_found();
+                };
+                let wanted = &patch["metadata"]["resourceVersion"];
+                if !wanted.is_null() && *wanted != before["metadata"]["resourceVersion"] {
+                    return status(StatusCode::CONFLICT, "Conflict");
+                }
+                state.value_patches += 1;
+                let mut object = before.clone();
+                if let Some(values) = patch["spec"]["encryptedData"].as_object() {
+                    for (item, value) in values {
+                        object["spec"]["encryptedData"][item] = value.clone();
+                    }
+                }
+                let generation = before["metadata"]["generation"].as_i64().unwrap_or(1);
+                object["metadata"]["generation"] =
+                    (generation + i64::from(object["spec"] != before["spec"])).into();
+                object["metadata"]["resourceVersion"] = state.bump().into();
+                state.encrypted.insert(key, object.clone());
                 state.notify_es("MODIFIED", &object);
                 ok(object)
             }

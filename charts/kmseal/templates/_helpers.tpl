@@ -55,9 +55,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* What the controller does in the namespaces it serves; the same rules whether granted
 cluster-wide or per namespace. */}}
 {{- define "kmseal.rules" -}}
+# patch: key rotation re-wraps values of spec.encryptedData in place (rotationPolicy rewrap).
 - apiGroups: ["kmseal.dev"]
   resources: ["encryptedsecrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: {{ if eq .Values.controller.rotationPolicy "report" }}["get", "list", "watch"]{{ else }}["get", "list", "watch", "patch"]{{ end }}
 - apiGroups: ["kmseal.dev"]
   resources: ["encryptedsecrets/status"]
   verbs: ["get", "patch"]

@@ -1,0 +1,405 @@
+//! Key rotation in the cluster: moving stale values to their current key and key material with
+//! KMS `ReEncrypt`, off the reconcile path.
+//!
+//! A reconcile that finds an object's values stale (see [`crate::rotation`]) and its policy
+//! `Rewrap` only queues it here. A single worker takes the queue round-robin between
+//! namespaces, at its own rate ([`Pacer`]), so a rotation of 10,000 objects never holds a
+//! reconcile slot and never takes more than its share of the KMS budget. For each object it
+//! reads the object whole, plans with [`rotation::plan_rewrap`] (one `ReEncrypt` per data key),
+//! patches only the moved values under its own field manager, and writes a status that says
+//! the Secret is still right for the new spec, so no `Decrypt` and no Secret write follow.
+//! Nothing is kept but the queue: after a restart, the resync finds what is still stale.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::time::Instant;
+
+use super::{ApiError, ClusterApi, Reconciler, WaitingRoom, WriteError, now_rfc3339};
+use crate::api::{EncryptedSecret, RewrapRecord, RotationPolicy};
+use crate::kms::Kms;
+use crate::metrics::ResultLabels;
+use crate::open::{self, Decoded};
+use crate::reconcile::{self, EventSpec};
+use crate::rotation::{self, RewrapPlan};
+
+/// How long an object whose re-wrap failed waits before it is tried again.
+pub const REWRAP_RETRY: Duration = Duration::from_secs(900);
+
+/// The `KeyCurrent` reasons a re-wrap reports.
+pub const REWRAP_FAILED: &str = "RewrapFailed";
+pub const REWRAP_REVERTED: &str = "RewrapReverted";
+
+type Key = (String, String);
+
+/// What the rotation worker shares with the reconciles of one scope.
+pub struct Rotation {
+    /// The policy for objects that name none and no GitOps tool applies.
+    pub default_policy: RotationPolicy,
+    /// Objects waiting to be re-wrapped, round-robin between namespaces.
+    pub queue: WaitingRoom,
+    /// The object being re-wrapped: its reconciles stand aside until it is done.
+    in_progress: Mutex<HashSet<Key>>,
+    /// Objects whose last re-wrap failed, and when.
+    failed: Mutex<HashMap<Key, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key(namespace: &str, name: &str) -> Key {
+    (namespace.to_owned(), name.to_owned())
+}
+
+impl Rotation {
+    pub fn new(default_policy: RotationPolicy) -> Self {
+        Rotation {
+            default_policy,
+            queue: WaitingRoom::new(),
+            in_progress: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The object's policy: its own, else `Report` for what a GitOps tool applies, else the
+    /// default.
+    pub fn policy(&self, es: &EncryptedSecret) -> (RotationPolicy, rotation::PolicySource) {
+        let labels = es.metadata.labels.iter().flat_map(|l| l.keys());
+        let annotations = es.metadata.annotations.iter().flat_map(|a| a.keys());
+        rotation::rotation_policy(
+            es.spec.rotation.as_ref().and_then(|r| r.policy),
+            labels.chain(annotations).map(String::as_str),
+            self.default_policy,
+        )
+    }
+
+    /// Queues an object for a re-wrap, unless its last one failed less than [`REWRAP_RETRY`]
+    /// ago.
+    pub fn want(&self, namespace: &str, name: &str) {
+        let mut failed = lock(&self.failed);
+        if let Some(at) = failed.get(&key(namespace, name)) {
+            if at.elapsed() < REWRAP_RETRY {
+                return;
+            }
+            failed.remove(&key(namespace, name));
+        }
+        self.queue.defer(namespace, name);
+    }
+
+    pub fn in_progress(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.in_progress).contains(&key(namespace, name))
+    }
+
+    /// Forgets objects for which `exists(namespace, name)` is false.
+    pub fn retain(&self, exists: impl Fn(&str, &str) -> bool) {
+        self.queue.retain(&exists);
+        lock(&self.failed).retain(|(ns, name), _| exists(ns, name));
+    }
+}
+
+/// Spaces the worker's `ReEncrypt` requests: at most `per_second` on average.
+pub struct Pacer {
+    interval: Duration,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(per_second: f64) -> Self {
+        let interval = if per_second > 0.0 {
+            Duration::from_secs_f64(1.0 / per_second)
+        } else {
+            Duration::ZERO
+        };
+        Pacer {
+            interval,
+            next: None,
+        }
+    }
+
+    /// Waits for the next request's turn.
+    pub async fn turn(&mut self) {
+        let now = Instant::now();
+        let at = self.next.filter(|&next| next > now).unwrap_or(now);
+        tokio::time::sleep_until(at).await;
+        self.next = Some(at + self.interval);
+    }
+}
+
+/// What one re-wrap attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrapped {
+    /// Values moved (how many).
+    Moved(usize),
+    /// Nothing to do, or not now (changed, not settled, facts unknown).
+    Skipped,
+    /// Stale again after a move to the same target: reported, not moved.
+    Reverted,
+    /// KMS or the API refused: reported, tried again after [`REWRAP_RETRY`].
+    Failed,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
+    /// Re-wraps the next queued object of this scope, if any: `None` when none waits.
+    pub async fn rewrap_next(&self, pacer: &mut Pacer) -> Option<(Key, Rewrapped)> {
+        let (namespace, name) = self.rotation.queue.next()?;
+        lock(&self.rotation.in_progress).insert(key(&namespace, &name));
+        let result = self.rewrap(&namespace, &name, pacer).await;
+        lock(&self.rotation.in_progress).remove(&key(&namespace, &name));
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(namespace, name, error = %e.summary(), "re-wrap stopped: the Kubernetes API failed");
+                lock(&self.rotation.failed).insert(key(&namespace, &name), Instant::now());
+                Rewrapped::Failed
+            }
+        };
+        Some(((namespace, name), done))
+    }
+
+    async fn rewrap(
+        &self,
+        namespace: &str,
+        name: &str,
+        pacer: &mut Pacer,
+    ) -> Result<Rewrapped, ApiError> {
+        let Some(es) = self.api.encrypted_secret(namespace, name).await? else {
+            return Ok(Rewrapped::Skipped);
+        };
+        // Only an object whose Secret is right for its spec: the status then stays true for
+        // the re-wrapped spec, which opens to the same values.
+        let fingerprint = reconcile::fingerprint(&es);
+        let settled = es.status.as_ref().is_some_and(|s| {
+            s.applied_fingerprint.as_deref() == Some(fingerprint.as_str())
+                && s.observed_generation == es.metadata.generation
+        }) && reconcile::ready_condition(es.status.as_ref())
+            .is_some_and(|c| c.status == "True");
+        if !settled || self.rotation.policy(&es).0 != RotationPolicy::Rewrap {
+            return Ok(Rewrapped::Skipped);
+        }
+        let keys = open::item_keys(&es);
+        if self.admission.check_keys(&es, keys.as_ref()).is_err() {
+            return Ok(Rewrapped::Skipped);
+        }
+        let mut envelopes = BTreeMap::new();
+        for (item, value) in &es.spec.encrypted_data {
+            if let Ok(Decoded::Envelope(envelope)) = open::decode_item(value) {
+                envelopes.insert(item.as_str(), envelope);
+            }
+        }
+        let headers: Vec<(&str, &crate::envelope::Header)> =
+            envelopes.iter().map(|(i, e)| (*i, &e.header)).collect();
+        let desired = self.desired_key(&es);
+        let facts = |id: &str| self.key_facts.get(id);
+        let last = es
+            .status
+            .as_ref()
+            .and_then(|s| s.rewrapped.as_ref())
+            .map(|r| r.target.as_str());
+        let now = unix_now();
+        let plan = rotation::plan_rewrap(&headers, desired.as_deref(), &facts, last, now);
+        let (groups, target) = match plan {
+            None | Some(RewrapPlan::Nothing) => return Ok(Rewrapped::Skipped),
+            Some(RewrapPlan::Reverted { values, target }) => {
+                let message = format!(
+                    "{values} value(s) are stale again after kmseal re-wrapped them to {target}: something set them back (a GitOps tool re-applying them from Git?). kmseal does not re-wrap them again; run kmseal rewrap where they come from, or set spec.rotation.policy: Report"
+                );
+                self.report_rewrap(&es, REWRAP_REVERTED, message, "reverted", values)
+                    .await?;
+                return Ok(Rewrapped::Reverted);
+            }
+            Some(RewrapPlan::Move { groups, target }) => (groups, target),
+        };
+        let mut values = BTreeMap::new();
+        for group in &groups {
+            pacer.turn().await;
+            if !self.api.is_current(&es) {
+                return Ok(Rewrapped::Skipped);
+            }
+            let moved = crate::kms::move_data_key(
+                &self.kms,
+                &group.header,
+                namespace,
+                name,
+                &group.target.key_arn,
+                now,
+            )
+            .await;
+            let header = match moved {
+                Ok(header) => header,
+                Err(e) => {
+                    tracing::warn!(namespace, name, error = %e, "re-wrap failed");
+                    let message = format!(
+                        "moving {} value(s) to key {} with kms:ReEncrypt failed: {}; they still open and the Secret is unchanged; kmseal tries again in {} min",
+                        group.items.len(),
+                        group.target.key_arn,
+                        e.tenant_message(),
+                        REWRAP_RETRY.as_secs() / 60
+                    );
+                    let count = groups.iter().map(|g| g.items.len()).sum();
+                    self.report_rewrap(&es, REWRAP_FAILED, message, "failed", count)
+                        .await?;
+                    lock(&self.rotation.failed).insert(key(namespace, name), Instant::now());
+                    return Ok(Rewrapped::Failed);
+                }
+            };
+            for item in &group.items {
+                let Some(envelope) = envelopes.get(item.as_str()) else {
+                    continue;
+                };
+                // Only the wrapping changes: the nonce and ciphertext stay byte for byte.
+                match envelope.rewrapped(&header) {
+                    Ok(bytes) => {
+                        values.insert(item.clone(), BASE64.encode(bytes));
+                    }
+                    Err(_) => return Ok(Rewrapped::Skipped),
+                }
+            }
+        }
+        // The new values must pass what every reconcile checks: the key policy above all.
+        let mut moved = es.clone();
+        moved.spec.encrypted_data.extend(values.clone());
+        let moved_keys = open::item_keys(&moved);
+        if self
+            .admission
+            .check_keys(&moved, moved_keys.as_ref())
+            .is_err()
+        {
+            return Ok(Rewrapped::Skipped);
+        }
+        let patched = match self.api.patch_values(&es, &values).await {
+            Ok(patched) => patched,
+            // Changed or deleted meanwhile: its watch event brings a reconcile, which judges
+            // it again.
+            Err(WriteError::Conflict | WriteError::Gone) => return Ok(Rewrapped::Skipped),
+            Err(WriteError::Api(e)) => return Err(e),
+        };
+        let count = values.len();
+        let record = RewrapRecord {
+            target: target.clone(),
+            time: now_rfc3339(),
+            values: i64::try_from(count).unwrap_or(i64::MAX),
+        };
+        let patched_keys = open::item_keys(&patched).ok();
+        let mut from: Vec<&str> = groups.iter().map(|g| g.header.key_arn.as_str()).collect();
+        from.sort_unstable();
+        from.dedup();
+        let status = reconcile::rewrapped_status(
+            es.status.clone().unwrap_or_default(),
+            &patched,
+            &patched_keys
+                .as_ref()
+                .map(|k| k.envelope_keys())
+                .unwrap_or_default(),
+            &from,
+            record,
+        );
+        let status =
+            reconcile::with_key_current(status, self.key_current(&patched, patched_keys.as_ref()));
+        self.api.apply_status(&patched, &status).await?;
+        self.recent.wrote_status(&patched, &status);
+        let event = EventSpec {
+            warning: false,
+            reason: "Rewrapped",
+            note: format!(
+                "moved {count} value(s) from {} to {target} ({}) with kms:ReEncrypt; the Secret is unchanged",
+                from.join(", "),
+                groups[0].reason
+            ),
+        };
+        if let Err(e) = self.api.publish_event(&patched, &event).await {
+            tracing::warn!(error = %e.summary(), "could not publish an event");
+        }
+        tracing::info!(namespace, name, values = count, target = %target, "values re-wrapped");
+        self.metrics
+            .rewrapped_values
+            .get_or_create(&ResultLabels {
+                result: "rewrapped",
+            })
+            .inc_by(count as u64);
+        Ok(Rewrapped::Moved(count))
+    }
+
+    /// Sets the `KeyCurrent` condition for a re-wrap that did not happen, with an event when it
+    /// changes.
+    async fn report_rewrap(
+        &self,
+        es: &EncryptedSecret,
+        reason: &'static str,
+        message: String,
+        result: &'static str,
+        values: usize,
+    ) -> Result<(), ApiError> {
+        self.metrics
+            .rewrapped_values
+            .get_or_create(&ResultLabels { result })
+            .inc_by(values as u64);
+        let condition = crate::api::Condition {
+            type_: reconcile::KEY_CURRENT.to_owned(),
+            status: "False".to_owned(),
+            reason: reason.to_owned(),
+            message: message.clone(),
+            last_transition_time: Some(now_rfc3339()),
+            observed_generation: es.metadata.generation,
+        };
+        let verdict = Some(Some(condition));
+        if !reconcile::key_current_differs(es.status.as_ref(), &verdict) {
+            return Ok(());
+        }
+        let status = reconcile::with_key_current(es.status.clone().unwrap_or_default(), verdict);
+        self.api.apply_status(es, &status).await?;
+        self.recent.wrote_status(es, &status);
+        let event = EventSpec {
+            warning: true,
+            reason,
+            note: message,
+        };
+        if let Err(e) = self.api.publish_event(es, &event).await {
+            tracing::warn!(error = %e.summary(), "could not publish an event");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_requests_by_the_rate() {
+        let mut pacer = Pacer::new(2.0);
+        let start = Instant::now();
+        for _ in 0..5 {
+            pacer.turn().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        // Idle time is not saved up for a burst.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let start = Instant::now();
+        pacer.turn().await;
+        pacer.turn().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_failed_object_waits_before_it_is_queued_again() {
+        let rotation = Rotation::new(RotationPolicy::Rewrap);
+        rotation.want("a", "x");
+        rotation.want("a", "x");
+        assert_eq!(rotation.queue.len(), 1);
+        assert_eq!(rotation.queue.next(), Some(key("a", "x")));
+        lock(&rotation.failed).insert(key("a", "x"), Instant::now());
+        rotation.want("a", "x");
+        assert!(rotation.queue.is_empty());
+    }
+}
