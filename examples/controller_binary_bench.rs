@@ -1,13 +1,16 @@
 //! The real `kmseal-controller` binary over N EncryptedSecrets: API requests and writes per
-//! object, KMS calls, time, and the controller process's memory, on a cold start and on a
-//! restart. It prints figures and asserts nothing about timings.
+//! object, KMS calls, time, and the controller process's memory, on a cold start, on a
+//! restart, and on a start after the objects' alias moved to another key (key rotation in the
+//! cluster, under the default KMS and re-wrap budgets, with new objects added meanwhile to
+//! time ordinary reconciles). It prints figures and asserts nothing about timings.
 //!
 //! The Kubernetes API is the test suite's in-process fake (`tests/common/fake_api.rs`), served
 //! over HTTP on loopback from this process; it honours metadata-only requests as the real API
 //! server does, so the controller's memory is what it would hold in a cluster. KMS is moto's
 //! server. Run it with `scripts/bench-controller-binary.sh`, which builds the release binaries
 //! and starts moto. Flags: `--objects N`, `--namespaces N`, `--items N` (3), `--value-bytes N`
-//! (64), `--kms-requests-per-second R` (default 0: off); `MALLOC_ARENA_MAX` and `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to
+//! (64), `--kms-requests-per-second R` (default 0: off, for the first two phases),
+//! `--no-rotation` (skip the third phase); `MALLOC_ARENA_MAX` and `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to
 //! the controller, for allocator experiments.
 
 #[path = "../tests/common/fake_api.rs"]
@@ -35,6 +38,7 @@ struct Params {
     namespaces: usize,
     moto: String,
     controller: std::path::PathBuf,
+    rotation: bool,
 }
 
 fn params() -> Params {
@@ -62,6 +66,7 @@ fn params() -> Params {
         controller: value("--controller")
             .map(Into::into)
             .unwrap_or_else(|| release.join("kmseal-controller")),
+        rotation: !args.iter().any(|a| a == "--no-rotation"),
     }
 }
 
@@ -83,7 +88,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn spawn_controller(p: &Params, kubeconfig: &std::path::Path, metrics_port: u16) -> Child {
+fn spawn_controller(
+    p: &Params,
+    kubeconfig: &std::path::Path,
+    metrics_port: u16,
+    kms_rps: &str,
+) -> Child {
     Command::new(&p.controller)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -100,7 +110,7 @@ fn spawn_controller(p: &Params, kubeconfig: &std::path::Path, metrics_port: u16)
         .arg(kubeconfig)
         .args(["--endpoint", &p.moto, "--allow-any-key"])
         // Unlimited by default, to measure the controller rather than the 50/s budget.
-        .args(["--kms-requests-per-second", &p.kms_rps])
+        .args(["--kms-requests-per-second", kms_rps])
         .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -192,14 +202,27 @@ async fn main() {
         .load()
         .await;
     let admin = aws_sdk_kms::Client::new(&sdk);
-    let key = admin
-        .create_key()
+    let create_key = || async {
+        admin
+            .create_key()
+            .send()
+            .await
+            .expect("moto: create_key")
+            .key_metadata
+            .and_then(|m| m.arn)
+            .expect("a key ARN")
+    };
+    let first_key = create_key().await;
+    // Objects name the alias (spec.keyId), as `kmseal seal --key alias/...` writes them.
+    const ALIAS: &str = "alias/kmseal-bench";
+    admin
+        .create_alias()
+        .alias_name(ALIAS)
+        .target_key_id(&first_key)
         .send()
         .await
-        .expect("moto: create_key")
-        .key_metadata
-        .and_then(|m| m.arn)
-        .expect("a key ARN");
+        .expect("moto: create_alias");
+    let key = ALIAS.to_owned();
     let kms = Arc::new(AwsKms::from_sdk_config(sdk));
     let started = Instant::now();
     let fake = Fake::default();
@@ -259,7 +282,7 @@ async fn main() {
         let metrics_port = free_port();
         let before = counts(&fake, &requests);
         let started = Instant::now();
-        let mut child = spawn_controller(&p, &kubeconfig, metrics_port);
+        let mut child = spawn_controller(&p, &kubeconfig, metrics_port, &p.kms_rps);
         let pid = child.id();
         let mut peak = 0;
         // Done when every object is ready and the controller reports ready, then 3 s more
@@ -314,6 +337,12 @@ async fn main() {
         });
     }
 
+    let rotation = if p.rotation {
+        Some(rotation_phase(&p, &fake, &requests, &kubeconfig, &admin, &kms, &first_key).await)
+    } else {
+        None
+    };
+
     println!();
     println!(
         "{:<11} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>9}",
@@ -353,4 +382,182 @@ async fn main() {
         "peak/end MiB: the controller process's VmHWM / VmRSS; KMS rate limit: {}/s (0: off).",
         p.kms_rps
     );
+    if let Some(r) = rotation {
+        println!();
+        println!(
+            "rotation: the alias moved to another key, then the controller started with the default budgets (KMS 50/s, re-wrap 10/s)"
+        );
+        println!(
+            "  all {n} re-wrapped in {:.1} s; ReEncrypt {} ({:.2} per object), Decrypt {} (the {} new objects: {}), value patches {}, Secret writes {} (new objects: {}), status writes {}, events {}, peak {:.1} MiB",
+            r.wall.as_secs_f64(),
+            r.re_encrypts,
+            r.re_encrypts / n as f64,
+            r.decrypts,
+            r.probes.len(),
+            r.probes.len(),
+            r.value_patches,
+            r.delta.secret_writes,
+            r.probes.len(),
+            r.delta.status_writes,
+            r.delta.events + r.delta.event_patches,
+            r.peak_rss_kib as f64 / 1024.0,
+        );
+        let mut latencies: Vec<f64> = r.probes.iter().map(Duration::as_secs_f64).collect();
+        latencies.sort_by(f64::total_cmp);
+        if !latencies.is_empty() {
+            println!(
+                "  ordinary reconciles meanwhile: a new object every 10 s was Ready after p50 {:.2} s, max {:.2} s ({} objects)",
+                latencies[latencies.len() / 2],
+                latencies[latencies.len() - 1],
+                latencies.len()
+            );
+        }
+    }
+}
+
+struct Rotation {
+    wall: Duration,
+    delta: Counts,
+    re_encrypts: f64,
+    decrypts: f64,
+    value_patches: u64,
+    peak_rss_kib: u64,
+    /// How long each new object added during the rotation took to be Ready.
+    probes: Vec<Duration>,
+}
+
+fn rewrapped_count(fake: &Fake) -> usize {
+    fake.lock()
+        .encrypted
+        .values()
+        .filter(|es| !es["status"]["rewrapped"].is_null())
+        .count()
+}
+
+/// The third phase: the alias the objects name moves to a new key; a controller started then
+/// re-wraps every object. Meanwhile a new object arrives every 10 s, and the time until it is
+/// Ready is what an ordinary reconcile waits during a rotation.
+async fn rotation_phase(
+    p: &Params,
+    fake: &Fake,
+    requests: &AtomicU64,
+    kubeconfig: &std::path::Path,
+    admin: &aws_sdk_kms::Client,
+    kms: &Arc<AwsKms>,
+    first_key: &str,
+) -> Rotation {
+    let n = p.objects;
+    let second_key = admin
+        .create_key()
+        .send()
+        .await
+        .expect("moto: create_key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("a key ARN");
+    admin
+        .update_alias()
+        .alias_name("alias/kmseal-bench")
+        .target_key_id(&second_key)
+        .send()
+        .await
+        .expect("moto: update_alias");
+    assert_ne!(first_key, second_key);
+    let metrics_port = free_port();
+    let before = counts(fake, requests);
+    let patches_before = fake.lock().value_patches;
+    let started = Instant::now();
+    // The default budgets.
+    let mut child = spawn_controller(p, kubeconfig, metrics_port, "50");
+    let pid = child.id();
+    let mut peak = 0;
+    let mut probes: Vec<(String, Instant, Option<Duration>)> = Vec::new();
+    let mut next_probe = Instant::now() + Duration::from_secs(10);
+    let mut done_at = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(status_kib(pid, "VmRSS:"));
+        if done_at.is_none() && Instant::now() >= next_probe {
+            next_probe += Duration::from_secs(10);
+            let name = format!("probe-{:03}", probes.len());
+            let secret = PlainSecret {
+                namespace: Some("ns-00".into()),
+                name: name.clone(),
+                data: BTreeMap::from([("item-0".to_owned(), Zeroizing::new(b"x".to_vec()))]),
+                ..PlainSecret::default()
+            };
+            let es = seal::seal_secret(
+                &Wrapper::Kms {
+                    kms: &**kms,
+                    key_id: "alias/kmseal-bench",
+                },
+                &secret,
+                Scope::Strict,
+                &mut OsRandom,
+                0,
+            )
+            .await
+            .expect("seal a probe");
+            fake.add_encrypted(&es);
+            probes.push((name, Instant::now(), None));
+        }
+        for (name, added, ready) in probes.iter_mut().filter(|p| p.2.is_none()) {
+            let is_ready = fake
+                .lock()
+                .encrypted
+                .get(&("ns-00".to_owned(), name.clone()))
+                .is_some_and(|es| es["status"]["conditions"][0]["status"] == "True");
+            if is_ready {
+                *ready = Some(added.elapsed());
+            }
+        }
+        if done_at.is_none() && rewrapped_count(fake) >= n {
+            done_at = Some(Instant::now());
+        }
+        if let Some(at) = done_at
+            && at.elapsed() >= Duration::from_secs(3)
+            && probes.iter().all(|p| p.2.is_some())
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            panic!(
+                "not done after 60 min: {} of {n} re-wrapped",
+                rewrapped_count(fake)
+            );
+        }
+    }
+    let wall = done_at.expect("done") - started;
+    let after = counts(fake, requests);
+    let re_encrypts = metric(
+        metrics_port,
+        "kmseal_kms_requests_total{operation=\"ReEncrypt\",outcome=\"ok\"}",
+    )
+    .await;
+    let decrypts = metric(
+        metrics_port,
+        "kmseal_kms_requests_total{operation=\"Decrypt\",outcome=\"ok\"}",
+    )
+    .await;
+    let peak_rss_kib = status_kib(pid, "VmHWM:").max(peak);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    Rotation {
+        wall,
+        delta: Counts {
+            requests: after.requests - before.requests,
+            secret_gets: after.secret_gets - before.secret_gets,
+            secret_writes: after.secret_writes - before.secret_writes,
+            status_writes: after.status_writes - before.status_writes,
+            events: after.events - before.events,
+            event_patches: after.event_patches - before.event_patches,
+        },
+        re_encrypts,
+        decrypts,
+        value_patches: fake.lock().value_patches - patches_before,
+        peak_rss_kib,
+        probes: probes.into_iter().filter_map(|p| p.2).collect(),
+    }
 }

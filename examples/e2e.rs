@@ -1,11 +1,12 @@
 //! The end-to-end checks against a real cluster, as `kind/e2e.sh` runs them:
 //!
 //! cargo run --example e2e -- --namespace NS --kms-endpoint URL --region REGION \
-//!     --allowed-key ARN --other-key ARN [--garbage-collection]
+//!     --allowed-key ARN --other-key ARN [--garbage-collection] [--alias alias/NAME --next-key ARN]
 //!
 //! The cluster is the current kubeconfig context (KUBECONFIG). KMS credentials come from the
-//! SDK's default chain (any static pair works for the emulators). Exits 1 at the first failed
-//! check, naming it.
+//! SDK's default chain (any static pair works for the emulators). With `--alias` (pointing to
+//! the allowed key, allowed by the controller's key policy) and `--next-key`, the rotation
+//! check moves the alias. Exits 1 at the first failed check, naming it.
 
 #[path = "../tests/common/e2e.rs"]
 mod checks;
@@ -42,12 +43,17 @@ async fn main() {
     });
     let target = checks::Target {
         client,
-        kms: kmseal::kms::AwsKms::from_sdk_config(sdk),
+        kms: kmseal::kms::AwsKms::from_sdk_config(sdk.clone()),
         namespace: required("--namespace"),
         allowed_key: required("--allowed-key"),
         other_key: required("--other-key"),
         garbage_collection: args.iter().any(|a| a == "--garbage-collection"),
         timeout: Duration::from_secs(120),
+        rotation: flag(&args, "--alias").map(|alias| checks::RotationTarget {
+            alias,
+            next_key: required("--next-key"),
+            admin: aws_sdk_kms::Client::new(&sdk),
+        }),
     };
     if let Err(failure) = checks::run_all(&target).await {
         eprintln!("e2e: FAILED: {failure}");

@@ -82,7 +82,11 @@ for _ in $(seq 60); do
 done
 allowed=$(aws kms create-key --description "kmseal e2e" --query KeyMetadata.Arn --output text)
 other=$(aws kms create-key --description "kmseal e2e, not allowed" --query KeyMetadata.Arn --output text)
-log "keys: allowed $allowed, other $other"
+next=$(aws kms create-key --description "kmseal e2e, rotation target" --query KeyMetadata.Arn --output text)
+# The namespace may use the alias, whichever key it points to; the rotation check moves it.
+aws kms create-alias --alias-name alias/kmseal-e2e --target-key-id "${allowed##*/}"
+alias_arn="${allowed%%:key/*}:alias/kmseal-e2e"
+log "keys: allowed $allowed, other $other, rotation $alias_arn -> $next"
 
 log "installing the chart"
 helm install kmseal charts/kmseal --namespace kmseal --create-namespace --wait --timeout 300s \
@@ -90,7 +94,8 @@ helm install kmseal charts/kmseal --namespace kmseal --create-namespace --wait -
     --set irsaEmulation.enabled=true \
     --set irsaEmulation.roleArn=arn:aws:iam::000000000000:role/kmseal-controller \
     --set "aws.endpoint=http://$service.kms:$port" --set aws.region=$REGION \
-    --set "kms.allowedKeys={$allowed}" --set controller.logFormat=text
+    --set "kms.allowedKeys={$allowed,$alias_arn}" --set controller.logFormat=text \
+    --set controller.keyRefreshInterval=2 --set controller.resyncInterval=5
 
 log "checking the IAM wiring from inside the pod (as the install notes say)"
 kubectl -n kmseal exec deploy/kmseal -- /usr/local/bin/kmseal-controller --check-kms-key "$allowed"
@@ -98,4 +103,5 @@ kubectl -n kmseal exec deploy/kmseal -- /usr/local/bin/kmseal-controller --check
 log "running the end-to-end checks"
 kubectl create namespace e2e
 cargo run --locked --example e2e -- --namespace e2e --kms-endpoint "$AWS_ENDPOINT_URL" \
-    --region "$REGION" --allowed-key "$allowed" --other-key "$other" --garbage-collection
+    --region "$REGION" --allowed-key "$allowed" --other-key "$other" --garbage-collection \
+    --alias alias/kmseal-e2e --next-key "$next"

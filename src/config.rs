@@ -95,6 +95,12 @@ pub struct ControllerArgs {
     )]
     pub rewrap_requests_per_second: f64,
 
+    /// How often KMS is asked again about the keys in use and the key policy's aliases, in
+    /// seconds (DescribeKey, ListKeyRotations): how soon a moved alias or rotated key
+    /// material is seen.
+    #[arg(long, env = "KMSEAL_KEY_REFRESH_INTERVAL", default_value_t = 300)]
+    pub key_refresh_interval: u64,
+
     /// How many decrypted data keys to keep in memory.
     #[arg(long, env = "KMSEAL_DATA_KEY_CACHE_SIZE", default_value_t = 4096)]
     pub data_key_cache_size: usize,

@@ -42,9 +42,24 @@ async fn client(kubeconfig: &str) -> kube::Client {
 async fn the_end_to_end_checks_pass_against_the_controller_binary() {
     let Some(emu) = moto() else { return };
     let admin = admin(&emu.url, REGION).await;
-    let (allowed, other) = (
+    let (allowed, other, next) = (
         create_symmetric_key(&admin).await,
         create_symmetric_key(&admin).await,
+        create_symmetric_key(&admin).await,
+    );
+    // The namespace may use the alias (whichever key it points to) and the first key.
+    // Its own alias each run: moto keeps its keys and aliases between runs.
+    let alias = &format!("alias/kmseal-e2e-{}", &next[next.len() - 12..]);
+    admin
+        .create_alias()
+        .alias_name(alias)
+        .target_key_id(&allowed)
+        .send()
+        .await
+        .unwrap();
+    let alias_arn = format!(
+        "{}{alias}",
+        &allowed[..allowed.find("key/").expect("a key ARN")]
     );
 
     let fake = fake_api::Fake::default();
@@ -65,7 +80,10 @@ async fn the_end_to_end_checks_pass_against_the_controller_binary() {
             .env("RUST_LOG", "warn")
             .arg("--kubeconfig")
             .arg(&controller_kubeconfig)
-            .args(["--endpoint", &emu.url, "--allowed-keys", &allowed])
+            .args(["--endpoint", &emu.url])
+            .args(["--allowed-keys", &format!("{allowed},{alias_arn}")])
+            // Rotation seen within seconds rather than minutes.
+            .args(["--key-refresh-interval", "2", "--resync-interval", "5"])
             .args(["--metrics-address", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -81,6 +99,11 @@ async fn the_end_to_end_checks_pass_against_the_controller_binary() {
         other_key: other,
         garbage_collection: false,
         timeout: Duration::from_secs(60),
+        rotation: Some(checks::RotationTarget {
+            alias: alias.to_owned(),
+            next_key: next,
+            admin,
+        }),
     };
     if let Err(failure) = checks::run_all(&target).await {
         panic!("{failure}");

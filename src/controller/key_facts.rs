@@ -1,5 +1,6 @@
 //! What KMS says about the keys values are under (and should be under), for the `KeyCurrent`
-//! condition: asked in the background, once per key per [`KEY_FACTS_TTL`], never while
+//! condition: asked in the background, once per key per `--key-refresh-interval` (default
+//! [`KEY_FACTS_TTL`]), never while
 //! reconciling. A reconcile reads what is known and marks what is missing as wanted; the next
 //! refresh asks for it, and the resync sweep brings the object back to be judged.
 
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use crate::kms::Kms;
 use crate::rotation::KeyFacts;
 
-/// How long what KMS said about a key is used before asking again.
+/// How long what KMS said about a key is used before asking again, by default.
 pub const KEY_FACTS_TTL: Duration = Duration::from_secs(300);
 /// How often wanted keys are looked up.
 pub const KEY_FACTS_CHECK: Duration = Duration::from_secs(5);

@@ -15,7 +15,7 @@ use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Config, Resource};
 
-use super::key_facts::{KEY_FACTS_CHECK, KEY_FACTS_TTL, KeyFactsCache};
+use super::key_facts::{KEY_FACTS_CHECK, KeyFactsCache};
 use super::watched::{Watched, still_current};
 use super::{Admission, KubeClusterApi, ReconcileError, Reconciler};
 use crate::config::{ConfigError, ControllerArgs};
@@ -28,9 +28,8 @@ use crate::reconcile::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 /// then metrics, then AWS.
 pub type ControllerKms = Arc<CachingKms<FairKms<HealthKms<MeteredKms<AwsKms>>>>>;
 
-/// How often the key policy's aliases are resolved again (an alias may be moved to another
-/// key), and how often the policy file is checked for changes.
-const ALIAS_REFRESH: Duration = Duration::from_secs(300);
+/// How often the policy file is checked for changes (the policy's aliases are resolved again
+/// every `--key-refresh-interval`: an alias may be moved to another key).
 const POLICY_FILE_CHECK: Duration = Duration::from_secs(10);
 /// How long the start waits for the aliases to resolve before it goes on without them.
 const ALIAS_FIRST_RESOLVE: Duration = Duration::from_secs(10);
@@ -541,10 +540,11 @@ pub async fn run_with<K: Kms + 'static>(
     // resync sweep brings objects back to be judged with it.
     let key_upkeep = {
         let (key_facts, kms) = (key_facts.clone(), kms.clone());
+        let ttl = Duration::from_secs(args.key_refresh_interval);
         async move {
             loop {
                 tokio::time::sleep(KEY_FACTS_CHECK).await;
-                key_facts.refresh(&*kms, KEY_FACTS_TTL).await;
+                key_facts.refresh(&*kms, ttl).await;
             }
         }
     };
@@ -632,7 +632,7 @@ pub async fn run_with<K: Kms + 'static>(
 
 /// Keeps the key policy current: re-reads the policy file when it changes (a bad edit is
 /// logged and the last good policy kept), resolves the policy's aliases again every
-/// [`ALIAS_REFRESH`] (every [`POLICY_FILE_CHECK`] while some could not be resolved), and asks
+/// `--key-refresh-interval` (every [`POLICY_FILE_CHECK`] while some could not be resolved), and asks
 /// for every object to be reconciled when either changes what is allowed.
 async fn policy_upkeep<K: Kms + 'static>(
     args: ControllerArgs,
@@ -646,6 +646,7 @@ async fn policy_upkeep<K: Kms + 'static>(
         .as_ref()
         .and_then(|path| std::fs::read_to_string(path).ok());
     let mut since_resolve = Duration::ZERO;
+    let alias_refresh = Duration::from_secs(args.key_refresh_interval);
     loop {
         tokio::time::sleep(POLICY_FILE_CHECK).await;
         since_resolve += POLICY_FILE_CHECK;
@@ -658,7 +659,7 @@ async fn policy_upkeep<K: Kms + 'static>(
                     Ok(policy) => {
                         tracing::info!(file = %path.display(), "key policy reloaded");
                         admission.set_policy(policy);
-                        since_resolve = ALIAS_REFRESH;
+                        since_resolve = alias_refresh;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "the changed key policy is invalid; keeping the previous one");
@@ -666,7 +667,7 @@ async fn policy_upkeep<K: Kms + 'static>(
                 }
             }
         }
-        if since_resolve >= ALIAS_REFRESH || unresolved > 0 {
+        if since_resolve >= alias_refresh || unresolved > 0 {
             since_resolve = Duration::ZERO;
             unresolved = admission.resolve_aliases(&*kms).await;
         }

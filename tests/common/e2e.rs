@@ -36,6 +36,18 @@ pub struct Target {
     pub garbage_collection: bool,
     /// How long to wait for the controller each time.
     pub timeout: Duration,
+    /// For the key-rotation check; skipped without.
+    pub rotation: Option<RotationTarget>,
+}
+
+/// What the key-rotation check needs: an alias the namespace may use (the key policy names
+/// it), pointing to `allowed_key`, and a key to move it to.
+pub struct RotationTarget {
+    /// `alias/...`.
+    pub alias: String,
+    pub next_key: String,
+    /// KMS with the right to move the alias.
+    pub admin: aws_sdk_kms::Client,
 }
 
 type Checked = Result<(), String>;
@@ -44,7 +56,7 @@ type Check = fn(&Target) -> futures::future::BoxFuture<'_, Checked>;
 /// Runs every check, in order (later ones build on earlier objects); stops at the first
 /// failure, named.
 pub async fn run_all(t: &Target) -> Checked {
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("the Secret appears, whole", |t| Box::pin(secret_appears(t))),
         ("a changed Secret is repaired", |t| {
             Box::pin(drift_is_repaired(t))
@@ -58,6 +70,9 @@ pub async fn run_all(t: &Target) -> Checked {
         ("a key the namespace may not use is refused", |t| {
             Box::pin(other_key_is_refused(t))
         }),
+        ("a moved alias re-wraps the values, not the Secret", |t| {
+            Box::pin(rotation_after_the_alias_moves(t))
+        }),
         ("deleting the EncryptedSecret deletes the Secret", |t| {
             Box::pin(deletion_collects_the_secret(t))
         }),
@@ -65,6 +80,10 @@ pub async fn run_all(t: &Target) -> Checked {
     for (name, check) in checks {
         if name.starts_with("deleting") && !t.garbage_collection {
             println!("skipped: {name} (no garbage collector here)");
+            continue;
+        }
+        if name.starts_with("a moved alias") && t.rotation.is_none() {
+            println!("skipped: {name} (no alias to move)");
             continue;
         }
         check(t).await.map_err(|e| format!("{name}: {e}"))?;
@@ -297,4 +316,51 @@ async fn deletion_collects_the_secret(t: &Target) -> Checked {
         Ok(secret(t, NAME).await?.is_none().then_some(()))
     })
     .await
+}
+
+/// Key rotation in the cluster: values sealed under an alias; the alias moves to another key;
+/// the controller re-wraps the values in the EncryptedSecret (they are then under the new key,
+/// and its status records it) and leaves the Secret as it was.
+async fn rotation_after_the_alias_moves(t: &Target) -> Checked {
+    let Some(r) = &t.rotation else {
+        return Ok(());
+    };
+    let name = "e2e-rotation";
+    let es = sealed(t, name, &r.alias).await?;
+    encrypted(t)
+        .create(&PostParams::default(), &es)
+        .await
+        .map_err(|e| format!("creating the EncryptedSecret: {e}"))?;
+    ready_is(t, name, "True").await?;
+    let before = secret(t, name).await?.ok_or("no Secret")?;
+    r.admin
+        .update_alias()
+        .alias_name(&r.alias)
+        // A bare key id: LocalStack takes no ARN here.
+        .target_key_id(r.next_key.rsplit('/').next().unwrap_or(&r.next_key))
+        .send()
+        .await
+        .map_err(|e| format!("moving the alias: {e}"))?;
+    let moved = until(t, "values re-wrapped under the new key", || async {
+        let now = encrypted(t).get(name).await.map_err(|e| e.to_string())?;
+        let under_next = now.spec.encrypted_data.values().all(|v| {
+            matches!(kmseal::open::decode_item(v),
+                Ok(kmseal::open::Decoded::Envelope(e)) if kmseal::arn::same_key(&e.header.key_arn, &r.next_key))
+        });
+        let recorded = now.status.as_ref().is_some_and(|s| s.rewrapped.is_some());
+        Ok((under_next && recorded).then_some(now))
+    })
+    .await?;
+    if moved.spec.encrypted_data.len() != es.spec.encrypted_data.len() {
+        return Err("the items changed".into());
+    }
+    let (reason, _) = ready_is(t, name, "True").await?;
+    if reason != "Synced" {
+        return Err(format!("reason {reason}"));
+    }
+    let after = secret(t, name).await?.ok_or("the Secret is gone")?;
+    if after.data != before.data || !data_is_the_values(&after) {
+        return Err("the Secret changed".into());
+    }
+    Ok(())
 }
