@@ -590,6 +590,17 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         es: &EncryptedSecret,
         keys: Option<&open::ItemKeys>,
     ) -> Option<Option<crate::api::Condition>> {
+        self.key_current_with(es, keys, true)
+    }
+
+    /// [`Reconciler::key_current`]; `may_rewrap` false reports stale values even when the
+    /// object's policy is `Rewrap` (the re-wrap found nothing it can move).
+    fn key_current_with(
+        &self,
+        es: &EncryptedSecret,
+        keys: Option<&open::ItemKeys>,
+        may_rewrap: bool,
+    ) -> Option<Option<crate::api::Condition>> {
         let keys = keys?;
         let desired = self.desired_key(es);
         let now = std::time::SystemTime::now()
@@ -611,8 +622,14 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 mut message,
             } => {
                 self.note_not_current(key.clone(), Some((reason, values)));
-                let movable = reason == crate::rotation::Stale::KeyChanged.reason()
-                    || reason == crate::rotation::Stale::MaterialRotated.reason();
+                // Only v2 values wrapped by KMS can be re-wrapped in the cluster.
+                let movable = may_rewrap
+                    && (reason == crate::rotation::Stale::KeyChanged.reason()
+                        || reason == crate::rotation::Stale::MaterialRotated.reason())
+                    && keys.wrappings.iter().any(|w| {
+                        w.version == crate::envelope::Version::V2
+                            && w.algorithm == crate::envelope::WrapAlgorithm::KmsSymmetric
+                    });
                 if movable {
                     match self.rotation.policy(es) {
                         (crate::api::RotationPolicy::Rewrap, _) => {

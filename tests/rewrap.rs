@@ -321,3 +321,112 @@ async fn the_inventory_shows_keys_materials_and_stale_values() {
     assert!(inventory["keys"][0].get("stale").is_none());
     assert_eq!(inventory["keys"][0]["values"], 4);
 }
+
+/// A v1 value (kmseal 0.1) whose key changed: its wrapping is authenticated, so ReEncrypt
+/// cannot move it; rewrap opens it (kms:Decrypt) and seals it again as v2 under the new key
+/// (kms:GenerateDataKey), says so, and the same Secret comes out. Without decrypt permission
+/// it fails and names both permissions.
+#[tokio::test]
+async fn a_stale_v1_value_is_sealed_again_as_v2_and_says_what_it_used() {
+    use base64::Engine;
+    use kmseal::binding::{Binding, Scope};
+    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
+    use kmseal::kms::Kms;
+    let kms = MemoryKms::new("eu-west-1");
+    let (old, new) = (kms.create_key(), kms.create_key());
+    kms.create_alias("alias/app", &old);
+    let sealed = seal(&kms, "alias/app", "prod", "db", "yaml").await;
+    // Replace the password's value with the same plaintext sealed as v1.
+    let binding = Binding::new(Scope::Strict, "prod", "db");
+    let generated = kms
+        .generate_data_key(&old, &binding.context_v1())
+        .await
+        .unwrap();
+    let header = Header {
+        version: Version::V1,
+        scope: Scope::Strict,
+        algorithm: WrapAlgorithm::KmsSymmetric,
+        wrapped_at: 1_700_000_000,
+        key_arn: generated.key_arn.clone(),
+        key_material_id: None,
+        wrapped_key: generated.wrapped.clone(),
+    };
+    let v1 = envelope::seal(
+        &header,
+        &generated.plaintext,
+        [5; 12],
+        &binding,
+        "password",
+        PLAINTEXT.as_bytes(),
+    )
+    .unwrap();
+    let v1 = base64::engine::general_purpose::STANDARD.encode(v1);
+    let line = sealed
+        .lines()
+        .find(|l| l.trim_start().starts_with("password:"))
+        .unwrap();
+    let file = sealed.replace(value_of(line), &v1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = temp_file(&dir, "db.yaml", file.as_bytes());
+    let root = dir.path().to_str().unwrap();
+    kms.create_alias("alias/app", &new);
+
+    let check = rewrap(&kms, &["--check", root]).await;
+    assert_eq!(check.code, EXIT_VERIFY_FAILED, "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("it is envelope v1, which rewrap seals again as v2"),
+        "{}",
+        check.stdout
+    );
+
+    // Without kms:Decrypt on the old key: the v2 value moves, the v1 value fails, naming both
+    // permissions; the file keeps the v1 value.
+    kms.deny("kms:Decrypt", &old);
+    let denied = rewrap(&kms, &[root]).await;
+    assert_eq!(denied.code, EXIT_VERIFY_UNCHECKED, "{}", denied.stdout);
+    assert!(
+        denied.stdout.contains("envelope v1")
+            && denied.stdout.contains("kms:Decrypt")
+            && denied.stdout.contains("kms:GenerateDataKey"),
+        "{}",
+        denied.stdout
+    );
+    assert!(std::fs::read_to_string(&path).unwrap().contains(&v1));
+
+    kms.allow("kms:Decrypt", &old);
+    let before = std::fs::read_to_string(&path).unwrap();
+    let done = rewrap(&kms, &[root]).await;
+    assert_eq!(done.code, EXIT_OK, "{}{}", done.stdout, done.stderr);
+    assert!(
+        done.stdout.contains("upgraded ")
+            && done.stdout.contains("envelope v1 sealed again as v2")
+            && done.stdout.contains("kms:Decrypt and kms:GenerateDataKey"),
+        "{}",
+        done.stdout
+    );
+    let after = std::fs::read_to_string(&path).unwrap();
+    let changed = changed_lines(&before, &after);
+    assert_eq!(changed.len(), 1, "only the v1 value's line: {after}");
+    assert!(!after.contains(&v1));
+    // Now all v2 under the new key, and the same Secret comes out.
+    let verified = run(&kms, &["verify"], &after).await;
+    assert_eq!(verified.code, EXIT_OK, "{}", verified.stdout);
+    assert_eq!(
+        verified.stdout.matches(&format!("key {new}")).count(),
+        2,
+        "{}",
+        verified.stdout
+    );
+    let unsealed = run(&kms, &["unseal"], &after).await;
+    assert!(
+        unsealed
+            .stdout
+            .contains("password: aHVudGVyMi1wbGFpbnRleHQ="),
+        "{}",
+        unsealed.stdout
+    );
+    let again = rewrap(&kms, &["--check", root]).await;
+    assert_eq!(again.code, EXIT_OK, "{}", again.stdout);
+}

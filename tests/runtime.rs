@@ -1356,3 +1356,58 @@ async fn a_refused_rewrap_is_reported_and_tried_again_later() {
     assert_eq!(fake.secret("prod", "db").unwrap(), secret);
     running.stop().await;
 }
+
+/// Values a re-wrap cannot move (envelope v1 authenticates its wrapping) are reported as
+/// stale even under the Rewrap policy, with no ReEncrypt and no write but the status.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn stale_values_a_rewrap_cannot_move_are_reported() {
+    use base64::Engine;
+    use kmseal::binding::Binding;
+    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
+    use kmseal::kms::Kms;
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &first);
+    let mut es = two_values(&memory, "alias/app", "legacy").await;
+    let binding = Binding::new(Scope::Strict, "prod", "legacy");
+    let generated = memory
+        .generate_data_key(&first, &binding.context_v1())
+        .await
+        .unwrap();
+    let header = Header {
+        version: Version::V1,
+        scope: Scope::Strict,
+        algorithm: WrapAlgorithm::KmsSymmetric,
+        wrapped_at: 1_700_000_000,
+        key_arn: generated.key_arn.clone(),
+        key_material_id: None,
+        wrapped_key: generated.wrapped.clone(),
+    };
+    es.spec.encrypted_data.clear();
+    for item in ["password", "user"] {
+        let v1 =
+            envelope::seal(&header, &generated.plaintext, [5; 12], &binding, item, b"x").unwrap();
+        es.spec.encrypted_data.insert(
+            item.to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(v1),
+        );
+    }
+    let fake = Fake::default();
+    fake.add_encrypted(&es);
+    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    eventually("ready", || ready(&fake, "prod", "legacy")).await;
+    memory.create_alias("alias/app", &second);
+    eventually_within("reported", Duration::from_secs(900), || {
+        key_current_reason(&fake, "prod", "legacy").is_some()
+    })
+    .await;
+    let (reason, message) = key_current_reason(&fake, "prod", "legacy").unwrap();
+    assert_eq!(reason, "KeyChanged");
+    assert!(message.contains("seal them again"), "{message}");
+    let status_writes = fake.lock().status_writes;
+    tokio::time::sleep(Duration::from_secs(620)).await;
+    assert_eq!(memory.calls.re_encrypt.load(Ordering::Relaxed), 0);
+    assert_eq!(fake.lock().value_patches, 0);
+    assert_eq!(fake.lock().status_writes, status_writes, "reported once");
+    running.stop().await;
+}

@@ -97,6 +97,9 @@ impl std::fmt::Display for Place<'_> {
     }
 }
 
+/// Opened values by item name, kept zeroized.
+type Plaintexts = BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>;
+
 /// Stale values of one object that share a data key: one `ReEncrypt` moves them all.
 struct Group {
     reason: Stale,
@@ -230,6 +233,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
             .map(str::to_owned)
             .or_else(|| self.args.key.clone());
         let mut groups: BTreeMap<(String, Vec<u8>), Group> = BTreeMap::new();
+        let mut upgrades: Vec<(String, String, Stale)> = Vec::new();
         for (item, value) in &es.spec.encrypted_data {
             let place = Place {
                 file,
@@ -293,6 +297,22 @@ impl<K: Kms> Run<'_, '_, '_, K> {
                 continue;
             };
             self.tally.stale += 1;
+            // v1 authenticates its wrapping, so it cannot be moved; a KMS-wrapped one is
+            // opened and sealed again as v2 instead (below), which needs kms:Decrypt.
+            let upgradable = header.version == crate::envelope::Version::V1
+                && header.algorithm == crate::envelope::WrapAlgorithm::KmsSymmetric;
+            if upgradable {
+                if self.args.check {
+                    writeln!(
+                        self.io.stdout,
+                        "STALE   {place} [{reason}]: {}; it is envelope v1, which rewrap seals again as v2 (that needs kms:Decrypt and kms:GenerateDataKey)",
+                        describe_move(reason, header, &target)
+                    )?;
+                } else {
+                    upgrades.push((item.clone(), value.clone(), reason));
+                }
+                continue;
+            }
             if let Err(why) = rotation::rewrappable(header) {
                 self.tally.cannot += 1;
                 writeln!(
@@ -318,6 +338,18 @@ impl<K: Kms> Run<'_, '_, '_, K> {
                 })
                 .items
                 .push((item.clone(), value.clone(), envelope));
+        }
+        if !upgrades.is_empty() {
+            self.upgrade(
+                file,
+                es,
+                &namespace,
+                &object,
+                desired_id.as_deref(),
+                &upgrades,
+                replacements,
+            )
+            .await?;
         }
         for group in groups.into_values() {
             let target_id = desired_id.clone().unwrap_or(group.header.key_arn.clone());
@@ -383,6 +415,118 @@ impl<K: Kms> Run<'_, '_, '_, K> {
             self.io.now,
         )
         .await
+    }
+
+    /// Stale envelope v1 values of one object, sealed again as v2 under the key they should be
+    /// under: opened (one `Decrypt` per data key) and sealed with one new data key
+    /// (`GenerateDataKey`). The only path of rewrap that sees plaintext, which it keeps in
+    /// zeroized memory and never prints.
+    #[allow(clippy::too_many_arguments)]
+    async fn upgrade(
+        &mut self,
+        file: &str,
+        es: &EncryptedSecret,
+        namespace: &str,
+        object: &str,
+        desired_id: Option<&str>,
+        upgrades: &[(String, String, Stale)],
+        replacements: &mut Vec<(String, String)>,
+    ) -> Result<(), CliError> {
+        let name = es.metadata.name.clone().unwrap_or_default();
+        fn place<'p>(file: &'p str, object: &str, item: &'p str) -> Place<'p> {
+            Place {
+                file,
+                object: object.to_owned(),
+                item,
+            }
+        }
+        let mut subset = es.clone();
+        subset.spec.encrypted_data = upgrades
+            .iter()
+            .map(|(item, value, _)| (item.clone(), value.clone()))
+            .collect();
+        let mut by_scope: BTreeMap<(Scope, String), Plaintexts> = BTreeMap::new();
+        let opened = open::open_each(
+            self.facts.kms,
+            &subset,
+            namespace,
+            &name,
+            super::cli_rules(),
+        )
+        .await;
+        for ((item, value, _), (_, outcome)) in upgrades.iter().zip(opened) {
+            let Ok(Decoded::Envelope(envelope)) = open::decode_item(value) else {
+                continue;
+            };
+            match outcome {
+                Ok(o) => {
+                    let target = desired_id.unwrap_or(&envelope.header.key_arn).to_owned();
+                    by_scope
+                        .entry((envelope.header.scope, target))
+                        .or_default()
+                        .insert(item.clone(), o.plaintext);
+                }
+                Err(e) => {
+                    let p = place(file, object, item);
+                    if let open::OpenError::Kms(kms) = &e
+                        && kms.is_environment()
+                    {
+                        self.tally.unchecked += 1;
+                    } else {
+                        self.tally.failed += 1;
+                    }
+                    writeln!(
+                        self.io.stdout,
+                        "FAILED  {p}: it is envelope v1, which rewrap seals again as v2; that needs kms:Decrypt on its key and kms:GenerateDataKey on the target key: {e}"
+                    )?;
+                }
+            }
+        }
+        for ((scope, target), items) in by_scope {
+            let wrapper = crate::seal::Wrapper::Kms {
+                kms: self.facts.kms,
+                key_id: &target,
+            };
+            let ns = (!namespace.is_empty()).then_some(namespace);
+            let sealed = crate::seal::seal_items(
+                &wrapper,
+                scope,
+                ns,
+                &name,
+                &items,
+                &mut crate::random::OsRandom,
+                self.io.now,
+            )
+            .await;
+            match sealed {
+                Ok((key_arn, values)) => {
+                    for (item, new) in values {
+                        let Some((_, old, reason)) = upgrades.iter().find(|(i, _, _)| *i == item)
+                        else {
+                            continue;
+                        };
+                        self.tally.rewrapped += 1;
+                        writeln!(
+                            self.io.stdout,
+                            "upgraded {} [{reason}]: envelope v1 sealed again as v2 under {key_arn} (this used kms:Decrypt and kms:GenerateDataKey)",
+                            place(file, object, &item)
+                        )?;
+                        replacements.push((old.clone(), new));
+                    }
+                }
+                Err(e) => {
+                    for item in items.keys() {
+                        self.tally.failed += 1;
+                        writeln!(
+                            self.io.stdout,
+                            "FAILED  {}: sealing it again as v2 failed: {e}",
+                            place(file, object, item)
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn kms_failure(&mut self, place: &Place<'_>, e: &KmsError) -> Result<(), CliError> {

@@ -209,7 +209,18 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let now = unix_now();
         let plan = rotation::plan_rewrap(&headers, desired.as_deref(), &facts, last, now);
         let (groups, target) = match plan {
-            None | Some(RewrapPlan::Nothing) => return Ok(Rewrapped::Skipped),
+            None => return Ok(Rewrapped::Skipped),
+            Some(RewrapPlan::Nothing) => {
+                // Stale values it cannot move (v1, RSA): reported as they are.
+                let verdict = self.key_current_with(&es, keys.as_ref().ok(), false);
+                if reconcile::key_current_differs(es.status.as_ref(), &verdict) {
+                    let status =
+                        reconcile::with_key_current(es.status.clone().unwrap_or_default(), verdict);
+                    self.api.apply_status(&es, &status).await?;
+                    self.recent.wrote_status(&es, &status);
+                }
+                return Ok(Rewrapped::Skipped);
+            }
             Some(RewrapPlan::Reverted { values, target }) => {
                 let message = format!(
                     "{values} value(s) are stale again after kmseal re-wrapped them to {target}: something set them back (a GitOps tool re-applying them from Git?). kmseal does not re-wrap them again; run kmseal rewrap where they come from, or set spec.rotation.policy: Report"
