@@ -1411,3 +1411,28 @@ async fn stale_values_a_rewrap_cannot_move_are_reported() {
     assert_eq!(fake.lock().status_writes, status_writes, "reported once");
     running.stop().await;
 }
+
+/// A moved alias is seen within one key refresh, not at the next resync: when what KMS says
+/// about keys changes, every object is judged again (here the resync is an hour away).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_moved_alias_is_judged_at_the_next_key_refresh_not_the_next_resync() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &first);
+    let fake = Fake::default();
+    fake.add_encrypted(&two_values(&memory, "alias/app", "db").await);
+    let running = start_with(
+        &fake,
+        memory.clone(),
+        &["--resync-interval", "3600", "--key-refresh-interval", "60"],
+    );
+    eventually("ready", || ready(&fake, "prod", "db")).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    memory.create_alias("alias/app", &second);
+    // The refresh due 60 s after the last one, a 5 s check, and the re-wrap's 1 s check.
+    eventually_within("re-wrapped", Duration::from_secs(75), || {
+        value_keys(&fake, "prod", "db").iter().all(|k| *k == second)
+    })
+    .await;
+    running.stop().await;
+}

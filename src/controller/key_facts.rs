@@ -1,8 +1,8 @@
 //! What KMS says about the keys values are under (and should be under), for the `KeyCurrent`
 //! condition: asked in the background, once per key per `--key-refresh-interval` (default
-//! [`KEY_FACTS_TTL`]), never while
-//! reconciling. A reconcile reads what is known and marks what is missing as wanted; the next
-//! refresh asks for it, and the resync sweep brings the object back to be judged.
+//! [`KEY_FACTS_TTL`]), never while reconciling. A reconcile reads what is known and marks what
+//! is missing as wanted; the next refresh asks for it, and when what is known changed, every
+//! object is judged again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -55,8 +55,9 @@ impl KeyFactsCache {
 
     /// Asks KMS about the wanted keys and those known for longer than `ttl`. A key KMS does
     /// not answer for stays wanted (and what was known about it is kept). Returns how many
-    /// keys were asked about.
-    pub async fn refresh<K: Kms>(&self, kms: &K, ttl: Duration) -> usize {
+    /// keys were asked about, and whether what is known changed (a key newly known, or what
+    /// KMS says about one is different).
+    pub async fn refresh<K: Kms>(&self, kms: &K, ttl: Duration) -> (usize, bool) {
         let due: Vec<String> = {
             let inner = self.lock();
             inner
@@ -72,12 +73,16 @@ impl KeyFactsCache {
                 )
                 .collect()
         };
+        let mut changed = false;
         for key_id in &due {
             match crate::kms::key_facts(kms, key_id).await {
                 Ok(facts) => {
                     let mut inner = self.lock();
                     inner.wanted.remove(key_id);
-                    inner.known.insert(key_id.clone(), (facts, Instant::now()));
+                    let before = inner
+                        .known
+                        .insert(key_id.clone(), (facts.clone(), Instant::now()));
+                    changed |= before.is_none_or(|(old, _)| old != facts);
                 }
                 Err(e) => {
                     tracing::debug!(key = %key_id, error = %e, "cannot describe a key for rotation checks");
@@ -85,7 +90,7 @@ impl KeyFactsCache {
                 }
             }
         }
-        due.len()
+        (due.len(), changed)
     }
 }
 
@@ -101,23 +106,26 @@ mod tests {
         let key = kms.create_key();
         kms.create_alias("alias/app", &key);
         let cache = KeyFactsCache::new();
-        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, 0);
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (0, false));
         assert!(cache.get("alias/app").is_none());
-        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, 1);
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, true));
         assert_eq!(cache.get("alias/app").unwrap().key_arn, key);
         // Known and fresh: no call.
-        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, 0);
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (0, false));
         assert_eq!(kms.calls.describe_key.load(Ordering::Relaxed), 1);
         // Stale: asked again, and a moved alias is seen.
         let other = kms.create_key();
         kms.create_alias("alias/app", &other);
         tokio::time::advance(KEY_FACTS_TTL).await;
-        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, 1);
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, true));
         assert_eq!(cache.get("alias/app").unwrap().key_arn, other);
+        // Asked again, the same answer: nothing changed.
+        tokio::time::advance(KEY_FACTS_TTL).await;
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, false));
         // A key KMS cannot describe stays wanted.
         assert!(cache.get("alias/missing").is_none());
         cache.refresh(&kms, KEY_FACTS_TTL).await;
         assert!(cache.get("alias/missing").is_none());
-        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, 1);
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, false));
     }
 }

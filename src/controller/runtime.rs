@@ -510,6 +510,7 @@ pub async fn run_with<K: Kms + 'static>(
         .iter()
         .map(|_| futures::channel::mpsc::unbounded::<reflector::ObjectRef<Watched>>())
         .unzip();
+    let facts_changed_tx = policy_changed_tx.clone();
     let policy_upkeep = policy_upkeep(
         args.clone(),
         admission.clone(),
@@ -536,15 +537,21 @@ pub async fn run_with<K: Kms + 'static>(
     let reconcilers: Vec<_> = scopes.iter().map(|s| s.reconciler.clone()).collect();
     let retry: Vec<_> = reconcilers.iter().cloned().zip(retry_tx).collect();
     let recovery = kms_recovery(parts.health.clone(), retry.clone(), kms.clone());
-    // What KMS says about the keys in use, for KeyCurrent: looked up in the background; the
-    // resync sweep brings objects back to be judged with it.
+    // What KMS says about the keys in use, for KeyCurrent: looked up in the background; when
+    // it changes (a key newly known, a moved alias, rotated material), every object is judged
+    // again (no KMS call for that: the judgement reads clear headers).
     let key_upkeep = {
         let (key_facts, kms) = (key_facts.clone(), kms.clone());
         let ttl = Duration::from_secs(args.key_refresh_interval);
         async move {
             loop {
                 tokio::time::sleep(KEY_FACTS_CHECK).await;
-                key_facts.refresh(&*kms, ttl).await;
+                let (_, changed) = key_facts.refresh(&*kms, ttl).await;
+                if changed {
+                    for scope in &facts_changed_tx {
+                        let _ = scope.unbounded_send(());
+                    }
+                }
             }
         }
     };
