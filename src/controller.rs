@@ -1035,7 +1035,13 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         };
         let mut key_arns = BTreeSet::new();
         let mut data = BTreeMap::new();
+        // Envelope v1 values to seal again as v2 while their plaintext is at hand.
+        let upgrade = self.v1_upgrade_plan(es);
+        let mut upgrading = BTreeMap::new();
         for (item, o) in opened {
+            if upgrade.iter().flatten().any(|u| u.item == item) {
+                upgrading.insert(item.clone(), o.plaintext.clone());
+            }
             key_arns.insert(o.key_arn);
             data.insert(item, o.plaintext);
         }
@@ -1089,7 +1095,25 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             ),
         };
         if outcome.ready {
-            self.report(es, &outcome, None, keys).await?;
+            let upgraded = match upgrade {
+                Some(plan) => self.upgrade_v1(es, &plan, upgrading).await,
+                None => None,
+            };
+            if let Some(patched) = &upgraded {
+                // The Secret is right for the patched spec too: its values open to the same.
+                let mut outcome = outcome.clone();
+                if let Some((_, rv)) = &outcome.applied {
+                    outcome.applied = Some((reconcile::fingerprint(patched), rv.clone()));
+                }
+                outcome.key_arns = open::item_keys(patched)
+                    .map(|k| k.envelope_keys().iter().map(|k| (*k).to_owned()).collect())
+                    .unwrap_or(outcome.key_arns);
+                let patched_keys = open::item_keys(patched).ok();
+                self.report(patched, &outcome, None, patched_keys.as_ref())
+                    .await?;
+            } else {
+                self.report(es, &outcome, None, keys).await?;
+            }
             self.record_success(es);
             Ok((Reconciled::Applied, Action::await_change()))
         } else if outcome.reason == reason::SECRET_EXISTS {

@@ -1357,8 +1357,96 @@ async fn a_refused_rewrap_is_reported_and_tried_again_later() {
     running.stop().await;
 }
 
-/// Values a re-wrap cannot move (envelope v1 authenticates its wrapping) are reported as
-/// stale even under the Rewrap policy, with no ReEncrypt and no write but the status.
+/// An object of two envelope v1 values (kmseal 0.1) named `name` in prod, under `key`.
+async fn two_v1_values(memory: &MemoryKms, key: &str, name: &str) -> kmseal::api::EncryptedSecret {
+    use base64::Engine;
+    use kmseal::binding::Binding;
+    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
+    use kmseal::kms::Kms;
+    let mut es = two_values(memory, "alias/app", name).await;
+    let binding = Binding::new(Scope::Strict, "prod", name);
+    let generated = memory
+        .generate_data_key(key, &binding.context_v1())
+        .await
+        .unwrap();
+    let header = Header {
+        version: Version::V1,
+        scope: Scope::Strict,
+        algorithm: WrapAlgorithm::KmsSymmetric,
+        wrapped_at: 1_700_000_000,
+        key_arn: generated.key_arn.clone(),
+        key_material_id: None,
+        wrapped_key: generated.wrapped.clone(),
+    };
+    es.spec.encrypted_data.clear();
+    for item in ["password", "user"] {
+        let v1 =
+            envelope::seal(&header, &generated.plaintext, [5; 12], &binding, item, b"x").unwrap();
+        es.spec.encrypted_data.insert(
+            item.to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(v1),
+        );
+    }
+    es
+}
+
+/// Envelope v1 values are sealed again as v2 when the controller writes their Secret, from the
+/// plaintext it holds then: one GenerateDataKey, no Decrypt beyond the one that opened them, no
+/// second Secret write; once per object.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn v1_values_are_upgraded_to_v2_while_their_secret_is_written() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let (first, second) = (memory.create_key(), memory.create_key());
+    memory.create_alias("alias/app", &second);
+    let fake = Fake::default();
+    // Under the first key; the object names the alias, which points to the second.
+    fake.add_encrypted(&two_v1_values(&memory, &first, "legacy").await);
+    let generated = memory.calls.generate_data_key.load(Ordering::Relaxed);
+    let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);
+    eventually("upgraded", || {
+        value_keys(&fake, "prod", "legacy")
+            .iter()
+            .all(|k| *k == second)
+            && !fake.status("prod", "legacy")["rewrapped"].is_null()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let object = fake.lock().encrypted[&("prod".to_owned(), "legacy".to_owned())].clone();
+    for value in object["spec"]["encryptedData"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
+        let kmseal::open::Decoded::Envelope(e) =
+            kmseal::open::decode_item(value.as_str().unwrap()).unwrap()
+        else {
+            panic!("an envelope")
+        };
+        assert_eq!(e.header.version, kmseal::envelope::Version::V2);
+    }
+    assert_eq!(
+        memory.calls.decrypt.load(Ordering::Relaxed),
+        1,
+        "the v1 data key, once"
+    );
+    assert_eq!(
+        memory.calls.generate_data_key.load(Ordering::Relaxed),
+        generated + 1
+    );
+    assert_eq!(fake.lock().secret_writes, 1);
+    assert_eq!(fake.lock().value_patches, 1);
+    assert!(ready(&fake, "prod", "legacy"));
+    assert_eq!(
+        data(&fake.secret("prod", "legacy").unwrap(), "password"),
+        b"x"
+    );
+    assert_eq!(key_current_reason(&fake, "prod", "legacy"), None);
+    running.stop().await;
+}
+
+/// Values a re-wrap cannot move (envelope v1 authenticates its wrapping; these were set back
+/// after an upgrade) are reported as stale even under the Rewrap policy, with no ReEncrypt and
+/// no write but the status.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn stale_values_a_rewrap_cannot_move_are_reported() {
     use base64::Engine;
@@ -1369,6 +1457,15 @@ async fn stale_values_a_rewrap_cannot_move_are_reported() {
     let (first, second) = (memory.create_key(), memory.create_key());
     memory.create_alias("alias/app", &first);
     let mut es = two_values(&memory, "alias/app", "legacy").await;
+    // Upgraded once before: the v1 values are back, and are not upgraded again.
+    es.status = Some(kmseal::api::EncryptedSecretStatus {
+        rewrapped: Some(kmseal::api::RewrapRecord {
+            target: first.clone(),
+            time: "2026-01-01T00:00:00Z".into(),
+            values: 2,
+        }),
+        ..Default::default()
+    });
     let binding = Binding::new(Scope::Strict, "prod", "legacy");
     let generated = memory
         .generate_data_key(&first, &binding.context_v1())

@@ -129,6 +129,15 @@ impl Pacer {
     }
 }
 
+/// One envelope v1 value to seal again as v2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Upgrade {
+    pub item: String,
+    pub scope: crate::binding::Scope,
+    /// The key id to seal it under.
+    pub target: String,
+}
+
 /// What one re-wrap attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rewrapped {
@@ -339,6 +348,138 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             })
             .inc_by(count as u64);
         Ok(Rewrapped::Moved(count))
+    }
+
+    /// The envelope v1 values of an object whose policy is `Rewrap`, to seal again as v2 while
+    /// a reconcile holds their plaintext (v1 authenticates its wrapping, so `ReEncrypt` cannot
+    /// move it): each under the key the object names, else its own key. `None`: nothing to
+    /// do, or the object was re-wrapped before and has v1 values again (they were set back:
+    /// at most one upgrade per object, no loop).
+    pub(super) fn v1_upgrade_plan(&self, es: &EncryptedSecret) -> Option<Vec<V1Upgrade>> {
+        if self.rotation.policy(es).0 != RotationPolicy::Rewrap
+            || es.status.as_ref().is_some_and(|s| s.rewrapped.is_some())
+        {
+            return None;
+        }
+        let desired = self.desired_key(es);
+        let plan: Vec<V1Upgrade> = es
+            .spec
+            .encrypted_data
+            .iter()
+            .filter_map(|(item, value)| match open::decode_item(value) {
+                Ok(Decoded::Envelope(e))
+                    if e.header.version == crate::envelope::Version::V1
+                        && e.header.algorithm == crate::envelope::WrapAlgorithm::KmsSymmetric =>
+                {
+                    Some(V1Upgrade {
+                        item: item.clone(),
+                        scope: e.header.scope,
+                        target: desired.clone().unwrap_or_else(|| e.header.key_arn.clone()),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        (!plan.is_empty()).then_some(plan)
+    }
+
+    /// Seals the planned v1 values again as v2 (one `GenerateDataKey` per target key) and
+    /// patches them into the object; returns the patched object with the upgrade recorded in
+    /// its status, or `None` when anything failed (logged; the object stays as it was, and
+    /// its Secret is right either way).
+    pub(super) async fn upgrade_v1(
+        &self,
+        es: &EncryptedSecret,
+        plan: &[V1Upgrade],
+        mut plaintexts: BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>,
+    ) -> Option<EncryptedSecret> {
+        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+        let name = es.metadata.name.as_deref().unwrap_or_default();
+        let now = unix_now();
+        let mut groups: BTreeMap<(crate::binding::Scope, &str), BTreeMap<String, _>> =
+            BTreeMap::new();
+        for u in plan {
+            if let Some(plaintext) = plaintexts.remove(&u.item) {
+                groups
+                    .entry((u.scope, u.target.as_str()))
+                    .or_default()
+                    .insert(u.item.clone(), plaintext);
+            }
+        }
+        let mut values = BTreeMap::new();
+        let mut targets = Vec::new();
+        for ((scope, target), items) in &groups {
+            let wrapper = crate::seal::Wrapper::Kms {
+                kms: &self.kms,
+                key_id: target,
+            };
+            let ns = (!namespace.is_empty()).then_some(namespace);
+            let sealed = crate::seal::seal_items(
+                &wrapper,
+                *scope,
+                ns,
+                name,
+                items,
+                &mut crate::random::OsRandom,
+                now,
+            )
+            .await;
+            match sealed {
+                Ok((key_arn, sealed)) => {
+                    targets.push(key_arn);
+                    values.extend(sealed);
+                }
+                Err(e) => {
+                    tracing::warn!(namespace, name, error = %e, "could not seal envelope v1 values again as v2; they stay as they are");
+                    self.metrics
+                        .rewrapped_values
+                        .get_or_create(&ResultLabels { result: "failed" })
+                        .inc_by(plan.len() as u64);
+                    return None;
+                }
+            }
+        }
+        drop(groups);
+        let mut patched = match self.api.patch_values(es, &values).await {
+            Ok(patched) => patched,
+            Err(e) => {
+                tracing::warn!(namespace, name, error = %e, "could not write the upgraded values; they stay envelope v1");
+                return None;
+            }
+        };
+        targets.sort();
+        targets.dedup();
+        let count = values.len();
+        let status = patched.status.get_or_insert_with(Default::default);
+        status.rewrapped = Some(RewrapRecord {
+            target: targets.join(" "),
+            time: now_rfc3339(),
+            values: i64::try_from(count).unwrap_or(i64::MAX),
+        });
+        let event = EventSpec {
+            warning: false,
+            reason: "Rewrapped",
+            note: format!(
+                "sealed {count} envelope v1 value(s) again as v2 under {} while writing the Secret (no extra kms:Decrypt)",
+                targets.join(", ")
+            ),
+        };
+        if let Err(e) = self.api.publish_event(&patched, &event).await {
+            tracing::warn!(error = %e.summary(), "could not publish an event");
+        }
+        tracing::info!(
+            namespace,
+            name,
+            values = count,
+            "envelope v1 values upgraded to v2"
+        );
+        self.metrics
+            .rewrapped_values
+            .get_or_create(&ResultLabels {
+                result: "rewrapped",
+            })
+            .inc_by(count as u64);
+        Some(patched)
     }
 
     /// Sets the `KeyCurrent` condition for a re-wrap that did not happen, with an event when it
