@@ -9,6 +9,10 @@ use std::time::Duration;
 /// How often the sweep runs: each run resyncs the objects whose turn it is.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// A catch-up round (every object judged again when what KMS says about keys changed) spreads
+/// over this many ticks, so the controller's queue never holds more than a slice of them.
+pub const CATCH_UP_TICKS: u64 = 10;
+
 /// The number of ticks in one resync interval (at least 1).
 pub fn ticks_per_round(interval: Duration) -> u64 {
     (interval.as_millis() / TICK.as_millis()).max(1) as u64

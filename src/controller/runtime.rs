@@ -510,7 +510,6 @@ pub async fn run_with<K: Kms + 'static>(
         .iter()
         .map(|_| futures::channel::mpsc::unbounded::<reflector::ObjectRef<Watched>>())
         .unzip();
-    let facts_changed_tx = policy_changed_tx.clone();
     let policy_upkeep = policy_upkeep(
         args.clone(),
         admission.clone(),
@@ -538,19 +537,19 @@ pub async fn run_with<K: Kms + 'static>(
     let retry: Vec<_> = reconcilers.iter().cloned().zip(retry_tx).collect();
     let recovery = kms_recovery(parts.health.clone(), retry.clone(), kms.clone());
     // What KMS says about the keys in use, for KeyCurrent: looked up in the background; when
-    // it changes (a key newly known, a moved alias, rotated material), every object is judged
-    // again (no KMS call for that: the judgement reads clear headers).
+    // it changes (a key newly known, a moved alias, rotated material), the resync sweep judges
+    // every object again within a few seconds (no KMS call for that: the judgement reads clear
+    // headers).
+    let catch_up = Arc::new(AtomicBool::new(false));
     let key_upkeep = {
-        let (key_facts, kms) = (key_facts.clone(), kms.clone());
+        let (key_facts, kms, catch_up) = (key_facts.clone(), kms.clone(), catch_up.clone());
         let ttl = Duration::from_secs(args.key_refresh_interval);
         async move {
             loop {
                 tokio::time::sleep(KEY_FACTS_CHECK).await;
                 let (_, changed) = key_facts.refresh(&*kms, ttl).await;
                 if changed {
-                    for scope in &facts_changed_tx {
-                        let _ = scope.unbounded_send(());
-                    }
+                    catch_up.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -561,6 +560,7 @@ pub async fn run_with<K: Kms + 'static>(
         es_stores.clone(),
         retry,
         Duration::from_secs(args.resync_interval),
+        catch_up,
     );
     let secret_stores: Vec<_> = scopes.iter().map(|s| s.secrets.clone()).collect();
     // Ready once every watch has listed: before that a reconcile might GET each Secret.
@@ -688,17 +688,29 @@ async fn policy_upkeep<K: Kms + 'static>(
 }
 
 /// Looks at every valid object again once per resync interval, a slice each second (see
-/// [`super::resync`]). Objects backing off after a failure keep to their backoff.
+/// [`super::resync`]); and, when `catch_up` is set, every object once more within
+/// [`super::resync::CATCH_UP_TICKS`] seconds. Objects backing off after a failure keep to
+/// their backoff.
 async fn resync_sweep<K: Kms + 'static>(
     stores: Vec<Store<Watched>>,
     scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
     interval: Duration,
+    catch_up: Arc<AtomicBool>,
 ) {
+    use super::resync::CATCH_UP_TICKS;
     let round = super::resync::ticks_per_round(interval);
     let mut tick: u64 = 0;
+    // The tick a catch-up round started at.
+    let mut catching_up: Option<u64> = None;
     loop {
         tokio::time::sleep(super::resync::TICK).await;
         tick = tick.wrapping_add(1);
+        if catching_up.is_none() && catch_up.swap(false, Ordering::Relaxed) {
+            catching_up = Some(tick);
+        }
+        let catch_up_due = |uid: &str| {
+            catching_up.is_some_and(|start| super::resync::due(uid, tick - start, CATCH_UP_TICKS))
+        };
         for (store, (reconciler, retry)) in stores.iter().zip(&scopes) {
             for watched in store.state() {
                 let (Ok(_), meta) = (watched.object(), watched.meta()) else {
@@ -707,12 +719,16 @@ async fn resync_sweep<K: Kms + 'static>(
                 let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
                     continue;
                 };
-                if super::resync::due(meta.uid.as_deref().unwrap_or(name), tick, round)
+                let uid = meta.uid.as_deref().unwrap_or(name);
+                if (super::resync::due(uid, tick, round) || catch_up_due(uid))
                     && !reconciler.backing_off(namespace, name)
                 {
                     let _ = retry.unbounded_send(reflector::ObjectRef::new(name).within(namespace));
                 }
             }
+        }
+        if catching_up.is_some_and(|start| tick - start + 1 >= CATCH_UP_TICKS) {
+            catching_up = None;
         }
     }
 }
