@@ -228,6 +228,7 @@ async fn reconcile<K: Kms>(
     };
     let (outcome, action) = match &*watched {
         Watched::Settled(settled) => ctx.reconcile_settled(settled).await?,
+        Watched::Compact(compact) => ctx.reconcile(&compact.whole()).await?,
         _ => ctx.reconcile(es).await?,
     };
     tracing::debug!(
