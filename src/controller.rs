@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 
@@ -33,6 +32,7 @@ pub mod recent;
 pub mod resync;
 pub mod rewrap;
 pub mod runtime;
+pub mod secret_index;
 pub mod waiting_room;
 pub mod watched;
 
@@ -215,7 +215,7 @@ pub struct KubeClusterApi {
     client: Client,
     /// Metadata of the Secrets kmseal manages, kept by a label-filtered watch. Secrets not in it
     /// (new ones, foreign ones) are looked up with a GET.
-    managed: Option<Store<PartialObjectMeta<Secret>>>,
+    managed: Option<Arc<secret_index::SecretIndex>>,
     current: Option<CurrentCheck>,
     /// Who publishes the events. Each event gets its own [`Recorder`]: one shared recorder
     /// keeps every event it published for six minutes (to count repeats as a series), which
@@ -241,7 +241,7 @@ const METADATA_ONLY: &str =
 impl KubeClusterApi {
     pub fn new(
         client: Client,
-        managed: Option<Store<PartialObjectMeta<Secret>>>,
+        managed: Option<Arc<secret_index::SecretIndex>>,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -325,11 +325,11 @@ impl ClusterApi for KubeClusterApi {
         namespace: &str,
         name: &str,
     ) -> Result<Option<ExistingSecret>, ApiError> {
-        if let Some(store) = &self.managed {
+        if let Some(index) = &self.managed {
             // Until the watch has listed, a Secret missing from it may just not be there yet.
-            let _ = tokio::time::timeout(STORE_SYNC_WAIT, store.wait_until_ready()).await;
-            if let Some(meta) = store.get(&ObjectRef::new(name).within(namespace)) {
-                return Ok(Some(ExistingSecret::from(&meta.metadata)));
+            let _ = tokio::time::timeout(STORE_SYNC_WAIT, index.wait_until_ready()).await;
+            if let Some(existing) = index.get(namespace, name) {
+                return Ok(Some(existing));
             }
         }
         let key = (namespace.to_owned(), name.to_owned());

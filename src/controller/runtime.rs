@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PartialObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Config, Resource};
 
 use super::key_facts::{KEY_FACTS_CHECK, KeyFactsCache};
+use super::secret_index::SecretIndex;
 use super::watched::{Watched, still_current};
 use super::{Admission, KubeClusterApi, ReconcileError, Reconciler};
 use crate::config::{ConfigError, ControllerArgs};
@@ -289,7 +290,7 @@ fn decisive_change(watched: &Watched) -> Option<u64> {
 struct Scope<K> {
     controller: Controller<Watched>,
     reconciler: Arc<Ctx<Arc<K>>>,
-    secrets: Store<PartialObjectMeta<Secret>>,
+    secrets: Arc<SecretIndex>,
     secret_stream: futures::stream::BoxStream<'static, ()>,
 }
 
@@ -314,13 +315,14 @@ fn scope<K: Kms>(
     // Metadata only, and only Secrets kmseal manages: memory does not grow with the cluster.
     let secret_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let (secrets, writer) = reflector::store();
+    let secrets = Arc::new(SecretIndex::new());
+    let index = secrets.clone();
     let secret_events = watcher(secret_api, secret_config)
         .default_backoff()
         .modify(|meta: &mut PartialObjectMeta<Secret>| {
             meta.metadata = crate::reconcile::secret_meta_read(std::mem::take(&mut meta.metadata));
         })
-        .reflect(writer)
+        .inspect_ok(move |event| index.apply(event))
         .boxed();
     let mut es_config = watcher::Config::default();
     if let Some(selector) = &args.selector {
