@@ -150,6 +150,20 @@ struct Counts {
     event_patches: u64,
 }
 
+impl Counts {
+    /// What happened between `before` and these counts.
+    fn since(self, before: Counts) -> Counts {
+        Counts {
+            requests: self.requests - before.requests,
+            secret_gets: self.secret_gets - before.secret_gets,
+            secret_writes: self.secret_writes - before.secret_writes,
+            status_writes: self.status_writes - before.status_writes,
+            events: self.events - before.events,
+            event_patches: self.event_patches - before.event_patches,
+        }
+    }
+}
+
 fn counts(fake: &Fake, requests: &AtomicU64) -> Counts {
     let s = fake.lock();
     Counts {
@@ -323,14 +337,7 @@ async fn main() {
         phases.push(Phase {
             name,
             wall,
-            delta: Counts {
-                requests: after.requests - before.requests,
-                secret_gets: after.secret_gets - before.secret_gets,
-                secret_writes: after.secret_writes - before.secret_writes,
-                status_writes: after.status_writes - before.status_writes,
-                events: after.events - before.events,
-                event_patches: after.event_patches - before.event_patches,
-            },
+            delta: after.since(before),
             decrypts,
             peak_rss_kib,
             end_rss_kib,
@@ -546,14 +553,7 @@ async fn rotation_phase(
     let _ = child.wait();
     Rotation {
         wall,
-        delta: Counts {
-            requests: after.requests - before.requests,
-            secret_gets: after.secret_gets - before.secret_gets,
-            secret_writes: after.secret_writes - before.secret_writes,
-            status_writes: after.status_writes - before.status_writes,
-            events: after.events - before.events,
-            event_patches: after.event_patches - before.event_patches,
-        },
+        delta: after.since(before),
         re_encrypts,
         decrypts,
         value_patches: fake.lock().value_patches - patches_before,

@@ -526,12 +526,16 @@ pub enum ReconcileError {
     Api(#[from] ApiError),
 }
 
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
+/// Now, in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    crate::cli::rfc3339(secs)
+        .unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    crate::cli::rfc3339(unix_now())
 }
 
 fn jitter() -> f64 {
@@ -603,10 +607,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     ) -> Option<Option<crate::api::Condition>> {
         let keys = keys?;
         let desired = self.desired_key(es);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         let facts = |id: &str| self.key_facts.get(id);
         let verdict =
             crate::rotation::key_current(&keys.wrappings, desired.as_deref(), &facts, now)?;
@@ -929,13 +930,8 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Plan::UpToDate => {
                 self.record_success(es);
                 // The resync's path: a status is built only when the verdict differs.
-                let verdict = self.key_current(es, keys);
-                if reconcile::key_current_differs(es.status.as_ref(), &verdict) {
-                    let status = es.status.clone().unwrap_or_default();
-                    let next = reconcile::with_key_current(status, verdict);
-                    self.api.apply_status(es, &next).await?;
-                    self.recent.wrote_status(es, &next);
-                }
+                self.write_key_current(es, self.key_current(es, keys))
+                    .await?;
                 Ok((Reconciled::UpToDate, Action::await_change()))
             }
             Plan::Reject { reason, message } => {
@@ -1036,11 +1032,15 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let mut key_arns = BTreeSet::new();
         let mut data = BTreeMap::new();
         // Envelope v1 values to seal again as v2 while their plaintext is at hand.
-        let upgrade = self.v1_upgrade_plan(es);
+        let upgrade = self.v1_upgrade_plan(es, keys);
         let mut upgrading = BTreeMap::new();
+        // The keys of the values an upgrade leaves as they are.
+        let mut kept_arns = BTreeSet::new();
         for (item, o) in opened {
             if upgrade.iter().flatten().any(|u| u.item == item) {
                 upgrading.insert(item.clone(), o.plaintext.clone());
+            } else {
+                kept_arns.insert(o.key_arn.clone());
             }
             key_arns.insert(o.key_arn);
             data.insert(item, o.plaintext);
@@ -1105,10 +1105,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 if let Some((_, rv)) = &outcome.applied {
                     outcome.applied = Some((reconcile::fingerprint(patched), rv.clone()));
                 }
-                outcome.key_arns = open::item_keys(patched)
-                    .map(|k| k.envelope_keys().iter().map(|k| (*k).to_owned()).collect())
-                    .unwrap_or(outcome.key_arns);
                 let patched_keys = open::item_keys(patched).ok();
+                if let Some(k) = &patched_keys {
+                    kept_arns.extend(k.envelope_keys().iter().map(|k| (*k).to_owned()));
+                    outcome.key_arns = kept_arns.into_iter().collect();
+                }
                 self.report(patched, &outcome, None, patched_keys.as_ref())
                     .await?;
             } else {
@@ -1159,15 +1160,35 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     "EncryptedSecret not ready"
                 );
             }
-            // An event is best effort: failing to publish it must not block the status.
-            if let Err(e) = self.api.publish_event(es, &event).await {
-                tracing::warn!(error = %e.summary(), "could not publish an event");
-            }
+            self.publish(es, &event).await;
         }
         if reconcile::status_changed(es, &next) {
             self.api.apply_status(es, &next).await?;
             self.recent.wrote_status(es, &next);
         }
         Ok(())
+    }
+
+    /// Writes the `KeyCurrent` verdict (see [`reconcile::with_key_current`]) into the status,
+    /// only if it changes what the status says; returns whether it did.
+    async fn write_key_current(
+        &self,
+        es: &EncryptedSecret,
+        verdict: Option<Option<crate::api::Condition>>,
+    ) -> Result<bool, ApiError> {
+        if !reconcile::key_current_differs(es.status.as_ref(), &verdict) {
+            return Ok(false);
+        }
+        let next = reconcile::with_key_current(es.status.clone().unwrap_or_default(), verdict);
+        self.api.apply_status(es, &next).await?;
+        self.recent.wrote_status(es, &next);
+        Ok(true)
+    }
+
+    /// Publishes an event. Best effort: failing to publish it must not block the status.
+    async fn publish(&self, es: &EncryptedSecret, event: &EventSpec) {
+        if let Err(e) = self.api.publish_event(es, event).await {
+            tracing::warn!(error = %e.summary(), "could not publish an event");
+        }
     }
 }

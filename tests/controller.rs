@@ -522,39 +522,16 @@ async fn an_immutable_secret_that_cannot_change_says_how_to_proceed() {
 /// controller, under the same key policy as v2 values.
 #[tokio::test]
 async fn v1_values_from_kmseal_0_1_still_open() {
-    use kmseal::binding::Binding;
-    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
     let kms = MemoryKms::new("eu-west-1");
     let key = kms.create_key();
     let mut es = sealed(&kms, &key, &[("password", "v2-value")]).await;
-    let binding = Binding::new(Scope::Strict, "prod", "db");
-    let generated = kms
-        .generate_data_key(&key, &binding.context_v1())
-        .await
-        .unwrap();
-    let header = Header {
-        version: Version::V1,
-        scope: Scope::Strict,
-        algorithm: WrapAlgorithm::KmsSymmetric,
-        wrapped_at: 1_700_000_000,
-        key_arn: generated.key_arn.clone(),
-        key_material_id: None,
-        wrapped_key: generated.wrapped.clone(),
-    };
-    let v1 = envelope::seal(
-        &header,
-        &generated.plaintext,
-        [5; 12],
-        &binding,
-        "legacy",
-        b"v1-value",
-    )
-    .unwrap();
     use base64::Engine;
-    es.spec.encrypted_data.insert(
-        "legacy".into(),
-        base64::engine::general_purpose::STANDARD.encode(v1),
-    );
+    for (item, v1) in common::sealed_v1(&kms, &key, "prod", "db", &[("legacy", b"v1-value")]).await
+    {
+        es.spec
+            .encrypted_data
+            .insert(item, base64::engine::general_purpose::STANDARD.encode(v1));
+    }
     let r = reconciler(kms, InMemoryCluster::new());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     let secret = r.api.secret("prod", "db").unwrap();

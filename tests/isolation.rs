@@ -284,21 +284,10 @@ async fn a_key_not_allowed_for_the_namespace_costs_no_kms_call() {
     let tenant = memory.create_key();
     let theirs = sealed(&memory, &payments, "tenant-a", "x", Scope::Strict).await;
     // A v1 value under the same key.
-    let binding = Binding::new(Scope::Strict, "tenant-a", "x1");
-    let generated = memory
-        .generate_data_key(&payments, &binding.context_v1())
+    let v1 = common::sealed_v1(&memory, &payments, "tenant-a", "x1", &[("k", b"v")])
         .await
-        .unwrap();
-    let header = Header {
-        version: Version::V1,
-        scope: Scope::Strict,
-        algorithm: WrapAlgorithm::KmsSymmetric,
-        wrapped_at: 1,
-        key_arn: generated.key_arn.clone(),
-        key_material_id: None,
-        wrapped_key: generated.wrapped.clone(),
-    };
-    let v1 = envelope::seal(&header, &generated.plaintext, [1; 12], &binding, "k", b"v").unwrap();
+        .remove(0)
+        .1;
     let v1_object = object("tenant-a", "x1", &[("k", &v1)]);
     let admission = Admission::new(
         KeyPolicy::from_rules(

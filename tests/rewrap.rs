@@ -58,6 +58,26 @@ fn value_of(line: &str) -> &str {
         .trim_matches('"')
 }
 
+/// `sealed`'s two values verify under `key` and unseal to the test's Secret.
+async fn opens_under(kms: &MemoryKms, sealed: &str, key: &str) {
+    let verified = run(kms, &["verify"], sealed).await;
+    assert_eq!(verified.code, EXIT_OK, "{}", verified.stdout);
+    assert_eq!(
+        verified.stdout.matches(&format!("key {key}")).count(),
+        2,
+        "{}",
+        verified.stdout
+    );
+    let unsealed = run(kms, &["unseal"], sealed).await;
+    assert!(
+        unsealed
+            .stdout
+            .contains("password: aHVudGVyMi1wbGFpbnRleHQ="),
+        "{}",
+        unsealed.stdout
+    );
+}
+
 #[tokio::test]
 async fn an_alias_moved_to_another_key_is_followed_in_place_without_decrypt() {
     let kms = MemoryKms::new("eu-west-1");
@@ -127,22 +147,7 @@ async fn an_alias_moved_to_another_key_is_followed_in_place_without_decrypt() {
 
     // Under the new key, and the same Secret comes out.
     let sealed = std::fs::read_to_string(&yaml_path).unwrap();
-    let verified = run(&kms, &["verify"], &sealed).await;
-    assert_eq!(verified.code, EXIT_OK, "{}", verified.stdout);
-    assert_eq!(
-        verified.stdout.matches(&format!("key {new}")).count(),
-        2,
-        "{}",
-        verified.stdout
-    );
-    let unsealed = run(&kms, &["unseal"], &sealed).await;
-    assert!(
-        unsealed
-            .stdout
-            .contains("password: aHVudGVyMi1wbGFpbnRleHQ="),
-        "{}",
-        unsealed.stdout
-    );
+    opens_under(&kms, &sealed, &new).await;
 
     // Idempotent: nothing left to do.
     let again = rewrap(&kms, &[root]).await;
@@ -329,37 +334,21 @@ async fn the_inventory_shows_keys_materials_and_stale_values() {
 #[tokio::test]
 async fn a_stale_v1_value_is_sealed_again_as_v2_and_says_what_it_used() {
     use base64::Engine;
-    use kmseal::binding::{Binding, Scope};
-    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
-    use kmseal::kms::Kms;
     let kms = MemoryKms::new("eu-west-1");
     let (old, new) = (kms.create_key(), kms.create_key());
     kms.create_alias("alias/app", &old);
     let sealed = seal(&kms, "alias/app", "prod", "db", "yaml").await;
     // Replace the password's value with the same plaintext sealed as v1.
-    let binding = Binding::new(Scope::Strict, "prod", "db");
-    let generated = kms
-        .generate_data_key(&old, &binding.context_v1())
-        .await
-        .unwrap();
-    let header = Header {
-        version: Version::V1,
-        scope: Scope::Strict,
-        algorithm: WrapAlgorithm::KmsSymmetric,
-        wrapped_at: 1_700_000_000,
-        key_arn: generated.key_arn.clone(),
-        key_material_id: None,
-        wrapped_key: generated.wrapped.clone(),
-    };
-    let v1 = envelope::seal(
-        &header,
-        &generated.plaintext,
-        [5; 12],
-        &binding,
-        "password",
-        PLAINTEXT.as_bytes(),
+    let v1 = common::sealed_v1(
+        &kms,
+        &old,
+        "prod",
+        "db",
+        &[("password", PLAINTEXT.as_bytes())],
     )
-    .unwrap();
+    .await
+    .remove(0)
+    .1;
     let v1 = base64::engine::general_purpose::STANDARD.encode(v1);
     let line = sealed
         .lines()
@@ -411,22 +400,7 @@ async fn a_stale_v1_value_is_sealed_again_as_v2_and_says_what_it_used() {
     assert_eq!(changed.len(), 1, "only the v1 value's line: {after}");
     assert!(!after.contains(&v1));
     // Now all v2 under the new key, and the same Secret comes out.
-    let verified = run(&kms, &["verify"], &after).await;
-    assert_eq!(verified.code, EXIT_OK, "{}", verified.stdout);
-    assert_eq!(
-        verified.stdout.matches(&format!("key {new}")).count(),
-        2,
-        "{}",
-        verified.stdout
-    );
-    let unsealed = run(&kms, &["unseal"], &after).await;
-    assert!(
-        unsealed
-            .stdout
-            .contains("password: aHVudGVyMi1wbGFpbnRleHQ="),
-        "{}",
-        unsealed.stdout
-    );
+    opens_under(&kms, &after, &new).await;
     let again = rewrap(&kms, &["--check", root]).await;
     assert_eq!(again.code, EXIT_OK, "{}", again.stdout);
 }

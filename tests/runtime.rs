@@ -2,6 +2,7 @@
 //! and events) end to end, against the in-process fake of the Kubernetes API in
 //! `tests/common/fake_api.rs`. It stands in for the kind suite, which needs Docker.
 
+mod common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 
@@ -1357,36 +1358,23 @@ async fn a_refused_rewrap_is_reported_and_tried_again_later() {
     running.stop().await;
 }
 
-/// An object of two envelope v1 values (kmseal 0.1) named `name` in prod, under `key`.
+/// An object of two envelope v1 values (kmseal 0.1) named `name` in prod, under `key`, that
+/// names `alias/app`.
 async fn two_v1_values(memory: &MemoryKms, key: &str, name: &str) -> kmseal::api::EncryptedSecret {
     use base64::Engine;
-    use kmseal::binding::Binding;
-    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
-    use kmseal::kms::Kms;
     let mut es = two_values(memory, "alias/app", name).await;
-    let binding = Binding::new(Scope::Strict, "prod", name);
-    let generated = memory
-        .generate_data_key(key, &binding.context_v1())
+    let values = common::sealed_v1(
+        memory,
+        key,
+        "prod",
+        name,
+        &[("password", b"x"), ("user", b"x")],
+    );
+    es.spec.encrypted_data = values
         .await
-        .unwrap();
-    let header = Header {
-        version: Version::V1,
-        scope: Scope::Strict,
-        algorithm: WrapAlgorithm::KmsSymmetric,
-        wrapped_at: 1_700_000_000,
-        key_arn: generated.key_arn.clone(),
-        key_material_id: None,
-        wrapped_key: generated.wrapped.clone(),
-    };
-    es.spec.encrypted_data.clear();
-    for item in ["password", "user"] {
-        let v1 =
-            envelope::seal(&header, &generated.plaintext, [5; 12], &binding, item, b"x").unwrap();
-        es.spec.encrypted_data.insert(
-            item.to_owned(),
-            base64::engine::general_purpose::STANDARD.encode(v1),
-        );
-    }
+        .into_iter()
+        .map(|(item, v1)| (item, base64::engine::general_purpose::STANDARD.encode(v1)))
+        .collect();
     es
 }
 
@@ -1449,14 +1437,10 @@ async fn v1_values_are_upgraded_to_v2_while_their_secret_is_written() {
 /// no write but the status.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn stale_values_a_rewrap_cannot_move_are_reported() {
-    use base64::Engine;
-    use kmseal::binding::Binding;
-    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
-    use kmseal::kms::Kms;
     let memory = Arc::new(MemoryKms::new("eu-west-1"));
     let (first, second) = (memory.create_key(), memory.create_key());
     memory.create_alias("alias/app", &first);
-    let mut es = two_values(&memory, "alias/app", "legacy").await;
+    let mut es = two_v1_values(&memory, &first, "legacy").await;
     // Upgraded once before: the v1 values are back, and are not upgraded again.
     es.status = Some(kmseal::api::EncryptedSecretStatus {
         rewrapped: Some(kmseal::api::RewrapRecord {
@@ -1466,29 +1450,6 @@ async fn stale_values_a_rewrap_cannot_move_are_reported() {
         }),
         ..Default::default()
     });
-    let binding = Binding::new(Scope::Strict, "prod", "legacy");
-    let generated = memory
-        .generate_data_key(&first, &binding.context_v1())
-        .await
-        .unwrap();
-    let header = Header {
-        version: Version::V1,
-        scope: Scope::Strict,
-        algorithm: WrapAlgorithm::KmsSymmetric,
-        wrapped_at: 1_700_000_000,
-        key_arn: generated.key_arn.clone(),
-        key_material_id: None,
-        wrapped_key: generated.wrapped.clone(),
-    };
-    es.spec.encrypted_data.clear();
-    for item in ["password", "user"] {
-        let v1 =
-            envelope::seal(&header, &generated.plaintext, [5; 12], &binding, item, b"x").unwrap();
-        es.spec.encrypted_data.insert(
-            item.to_owned(),
-            base64::engine::general_purpose::STANDARD.encode(v1),
-        );
-    }
     let fake = Fake::default();
     fake.add_encrypted(&es);
     let running = start_with(&fake, memory.clone(), &["--resync-interval", "2"]);

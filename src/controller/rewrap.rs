@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::time::Instant;
 
-use super::{ApiError, ClusterApi, Reconciler, WaitingRoom, WriteError, now_rfc3339};
+use super::{ApiError, ClusterApi, Reconciler, WaitingRoom, WriteError, now_rfc3339, unix_now};
 use crate::api::{EncryptedSecret, RewrapRecord, RotationPolicy};
 use crate::kms::Kms;
 use crate::metrics::ResultLabels;
@@ -151,13 +151,6 @@ pub enum Rewrapped {
     Failed,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     /// Re-wraps the next queued object of this scope, if any: `None` when none waits.
     pub async fn rewrap_next(&self, pacer: &mut Pacer) -> Option<(Key, Rewrapped)> {
@@ -222,12 +215,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Some(RewrapPlan::Nothing) => {
                 // Stale values it cannot move (v1, RSA): reported as they are.
                 let verdict = self.key_current_with(&es, keys.as_ref().ok(), false);
-                if reconcile::key_current_differs(es.status.as_ref(), &verdict) {
-                    let status =
-                        reconcile::with_key_current(es.status.clone().unwrap_or_default(), verdict);
-                    self.api.apply_status(&es, &status).await?;
-                    self.recent.wrote_status(&es, &status);
-                }
+                self.write_key_current(&es, verdict).await?;
                 return Ok(Rewrapped::Skipped);
             }
             Some(RewrapPlan::Reverted { values, target }) => {
@@ -337,9 +325,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 groups[0].reason
             ),
         };
-        if let Err(e) = self.api.publish_event(&patched, &event).await {
-            tracing::warn!(error = %e.summary(), "could not publish an event");
-        }
+        self.publish(&patched, &event).await;
         tracing::info!(namespace, name, values = count, target = %target, "values re-wrapped");
         self.metrics
             .rewrapped_values
@@ -355,8 +341,20 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     /// move it): each under the key the object names, else its own key. `None`: nothing to
     /// do, or the object was re-wrapped before and has v1 values again (they were set back:
     /// at most one upgrade per object, no loop).
-    pub(super) fn v1_upgrade_plan(&self, es: &EncryptedSecret) -> Option<Vec<V1Upgrade>> {
-        if self.rotation.policy(es).0 != RotationPolicy::Rewrap
+    /// `keys`: the items' keys as the reconcile read them; an object they show no v1 value in
+    /// is not decoded again.
+    pub(super) fn v1_upgrade_plan(
+        &self,
+        es: &EncryptedSecret,
+        keys: Option<&open::ItemKeys>,
+    ) -> Option<Vec<V1Upgrade>> {
+        let has_v1 = keys.is_none_or(|k| {
+            k.wrappings
+                .iter()
+                .any(|w| w.version == crate::envelope::Version::V1)
+        });
+        if !has_v1
+            || self.rotation.policy(es).0 != RotationPolicy::Rewrap
             || es.status.as_ref().is_some_and(|s| s.rewrapped.is_some())
         {
             return None;
@@ -464,9 +462,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 targets.join(", ")
             ),
         };
-        if let Err(e) = self.api.publish_event(&patched, &event).await {
-            tracing::warn!(error = %e.summary(), "could not publish an event");
-        }
+        self.publish(&patched, &event).await;
         tracing::info!(
             namespace,
             name,
@@ -504,20 +500,13 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             last_transition_time: Some(now_rfc3339()),
             observed_generation: es.metadata.generation,
         };
-        let verdict = Some(Some(condition));
-        if !reconcile::key_current_differs(es.status.as_ref(), &verdict) {
-            return Ok(());
-        }
-        let status = reconcile::with_key_current(es.status.clone().unwrap_or_default(), verdict);
-        self.api.apply_status(es, &status).await?;
-        self.recent.wrote_status(es, &status);
-        let event = EventSpec {
-            warning: true,
-            reason,
-            note: message,
-        };
-        if let Err(e) = self.api.publish_event(es, &event).await {
-            tracing::warn!(error = %e.summary(), "could not publish an event");
+        if self.write_key_current(es, Some(Some(condition))).await? {
+            let event = EventSpec {
+                warning: true,
+                reason,
+                note: message,
+            };
+            self.publish(es, &event).await;
         }
         Ok(())
     }

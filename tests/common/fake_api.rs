@@ -92,6 +92,18 @@ impl State {
         }
     }
 
+    /// Stores a changed EncryptedSecret as the API server does: a new generation when its spec
+    /// differs from `before`'s, a new resourceVersion, and a watch event.
+    fn store_es_change(&mut self, key: Key, before: &Value, mut object: Value) -> Value {
+        let generation = before["metadata"]["generation"].as_i64().unwrap_or(1);
+        object["metadata"]["generation"] =
+            (generation + i64::from(object["spec"] != before["spec"])).into();
+        object["metadata"]["resourceVersion"] = self.bump().into();
+        self.encrypted.insert(key, object.clone());
+        self.notify_es("MODIFIED", &object);
+        object
+    }
+
     /// Secret watchers see metadata only, and only managed Secrets (label selector).
     fn notify_secret(&mut self, before: Option<&Value>, after: Option<&Value>) {
         let event = match (before.filter(|b| managed(b)), after.filter(|a| managed(a))) {
@@ -141,17 +153,11 @@ impl Fake {
     /// generation when it differs, the status kept.
     pub fn user_sets_spec(&self, ns: &str, name: &str, spec: Value) {
         let mut state = self.lock();
-        let rv = state.bump();
         let key = (ns.to_owned(), name.to_owned());
-        let object = state.encrypted.get_mut(&key).expect("the object exists");
-        if object["spec"] != spec {
-            let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
-            object["metadata"]["generation"] = (generation + 1).into();
-        }
+        let before = state.encrypted[&key].clone();
+        let mut object = before.clone();
         object["spec"] = spec;
-        object["metadata"]["resourceVersion"] = rv.into();
-        let object = object.clone();
-        state.notify_es("MODIFIED", &object);
+        state.store_es_change(key, &before, object);
     }
 
     /// A user edits (Some) or deletes (None) a Secret.
@@ -285,13 +291,7 @@ impl Fake {
                 // The main resource cannot change the status; the spec bumps the generation.
                 object["status"] = before["status"].clone();
                 object["metadata"]["uid"] = before["metadata"]["uid"].clone();
-                let generation = before["metadata"]["generation"].as_i64().unwrap_or(1);
-                object["metadata"]["generation"] =
-                    (generation + i64::from(object["spec"] != before["spec"])).into();
-                object["metadata"]["resourceVersion"] = state.bump().into();
-                state.encrypted.insert(key, object.clone());
-                state.notify_es("MODIFIED", &object);
-                ok(object)
+                ok(state.store_es_change(key, &before, object))
             }
             (
                 "DELETE",
@@ -434,13 +434,7 @@ impl Fake {
                         object["spec"]["encryptedData"][item] = value.clone();
                     }
                 }
-                let generation = before["metadata"]["generation"].as_i64().unwrap_or(1);
-                object["metadata"]["generation"] =
-                    (generation + i64::from(object["spec"] != before["spec"])).into();
-                object["metadata"]["resourceVersion"] = state.bump().into();
-                state.encrypted.insert(key, object.clone());
-                state.notify_es("MODIFIED", &object);
-                ok(object)
+                ok(state.store_es_change(key, &before, object))
             }
             ("GET", ["api", "v1", "secrets"])
             | ("GET", ["api", "v1", "namespaces", _, "secrets"]) => {

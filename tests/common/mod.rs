@@ -222,3 +222,47 @@ pub fn tool(name: &'static str, var: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// Values as kmseal 0.1 sealed them (envelope v1, v1 encryption context, strict scope) for
+/// `namespace`/`name`, under one new data key of `key`: (item, envelope bytes).
+pub async fn sealed_v1(
+    kms: &kmseal::kms::MemoryKms,
+    key: &str,
+    namespace: &str,
+    name: &str,
+    items: &[(&str, &[u8])],
+) -> Vec<(String, Vec<u8>)> {
+    use kmseal::binding::{Binding, Scope};
+    use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
+    use kmseal::kms::Kms;
+    let binding = Binding::new(Scope::Strict, namespace, name);
+    let generated = kms
+        .generate_data_key(key, &binding.context_v1())
+        .await
+        .unwrap();
+    let header = Header {
+        version: Version::V1,
+        scope: Scope::Strict,
+        algorithm: WrapAlgorithm::KmsSymmetric,
+        wrapped_at: 1_700_000_000,
+        key_arn: generated.key_arn.clone(),
+        key_material_id: None,
+        wrapped_key: generated.wrapped.clone(),
+    };
+    items
+        .iter()
+        .zip(1u8..)
+        .map(|((item, plaintext), nonce)| {
+            let sealed = envelope::seal(
+                &header,
+                &generated.plaintext,
+                [nonce; 12],
+                &binding,
+                item,
+                plaintext,
+            )
+            .unwrap();
+            ((*item).to_owned(), sealed)
+        })
+        .collect()
+}
