@@ -30,6 +30,7 @@ pub mod fake;
 pub mod key_facts;
 pub mod recent;
 pub mod resync;
+pub mod retries;
 pub mod rewrap;
 pub mod runtime;
 pub mod secret_index;
@@ -477,6 +478,9 @@ pub enum Reconciled {
     /// Its namespace already has its share of KMS requests waiting: tried again shortly, with
     /// nothing reported.
     Deferred,
+    /// It failed before and waits out its backoff or its namespace's failure budget (see
+    /// [`retries`]): nothing was sent to KMS or written; tried again when that is over.
+    BackingOff,
 }
 
 /// How often deferred objects are brought back, as far as the KMS budget has room, when no
@@ -492,8 +496,8 @@ pub struct Reconciler<K, A> {
     pub admission: Arc<Admission>,
     /// What this controller just wrote, so its own writes do not make it work again.
     pub recent: Arc<RecentWrites>,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<(String, String), u32>>,
+    /// Failed objects' backoff and the namespaces' failure budgets.
+    retries: Mutex<retries::Retries>,
     /// Objects whose last attempt found KMS unavailable: retried as soon as it answers again.
     kms_waiting: Mutex<HashMap<(String, String), KmsWaiting>>,
     /// Objects the KMS budget turned away, brought back when it has room.
@@ -508,6 +512,34 @@ pub struct Reconciler<K, A> {
 
 /// An object's values that are not current: the `KeyCurrent` reason and how many.
 type NotCurrent = (&'static str, usize);
+
+/// What a status write says about the values' keys (the `KeyCurrent` condition).
+#[derive(Debug, Clone, Copy)]
+enum KeyView<'a> {
+    /// The object passed the key policy: its values' keys, as the reconcile read them.
+    Judge(&'a open::ItemKeys),
+    /// Refused before any KMS call (a key the namespace may not use, a malformed item):
+    /// nothing is said about any key it names, and a condition from before goes.
+    Refused,
+    /// The keys could not be read here: the condition stays as it is.
+    Unknown,
+}
+
+impl<'a> From<Option<&'a open::ItemKeys>> for KeyView<'a> {
+    fn from(keys: Option<&'a open::ItemKeys>) -> Self {
+        keys.map_or(KeyView::Unknown, KeyView::Judge)
+    }
+}
+
+/// An attempt at KMS for `es`, for its backoff.
+fn attempt_of(es: &EncryptedSecret) -> retries::Attempt<'_> {
+    retries::Attempt {
+        namespace: es.metadata.namespace.as_deref().unwrap_or_default(),
+        name: es.metadata.name.as_deref().unwrap_or_default(),
+        uid: es.metadata.uid.as_deref().unwrap_or_default(),
+        generation: es.metadata.generation,
+    }
+}
 
 /// An object waiting for KMS to come back.
 #[derive(Debug, Clone)]
@@ -563,10 +595,10 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             metrics,
             admission,
             recent: Arc::new(RecentWrites::new()),
-            failures: Mutex::new(HashMap::new()),
+            retries: Mutex::new(retries::Retries::new()),
             kms_waiting: Mutex::new(HashMap::new()),
             deferred: Arc::new(WaitingRoom::new()),
-            key_facts: Arc::new(key_facts::KeyFactsCache::new()),
+            key_facts: Arc::new(key_facts::KeyFactsCache::default()),
             not_current: Mutex::new(HashMap::new()),
             rotation: Arc::new(rewrap::Rotation::new(crate::api::RotationPolicy::Rewrap)),
         }
@@ -587,14 +619,35 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     }
 
     /// What the object's `KeyCurrent` condition should be (see [`reconcile::with_key_current`]):
-    /// judged from its items' clear headers and the key facts known so far, with no KMS call.
-    /// `keys`: the items' keys as read by the reconcile; `None` (unreadable) says nothing.
+    /// judged from its items' clear headers and the key facts known so far, with no KMS call;
+    /// nothing at all for a refused object.
     fn key_current(
         &self,
         es: &EncryptedSecret,
-        keys: Option<&open::ItemKeys>,
+        keys: KeyView<'_>,
     ) -> Option<Option<crate::api::Condition>> {
-        self.key_current_with(es, keys, true)
+        match keys {
+            KeyView::Judge(keys) => self.key_current_with(es, Some(keys), true),
+            KeyView::Refused => {
+                self.note_not_current(Self::key(es), None);
+                Some(None)
+            }
+            KeyView::Unknown => None,
+        }
+    }
+
+    /// What KMS says about keys, as far as known, for an object in `namespace` that may use
+    /// them (the key policy allowed them): unknown keys are wanted for the next refresh, as
+    /// far as the namespace has room (the policy's own keys always have).
+    fn known_facts<'s>(
+        &'s self,
+        namespace: &'s str,
+    ) -> impl Fn(&str) -> Option<crate::rotation::KeyFacts> + 's {
+        let snapshot = self.admission.snapshot();
+        move |id: &str| {
+            let named = snapshot.policy.names(id, &snapshot.aliases);
+            self.key_facts.get(namespace, id, named)
+        }
     }
 
     /// [`Reconciler::key_current`]; `may_rewrap` false reports stale values even when the
@@ -608,7 +661,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let keys = keys?;
         let desired = self.desired_key(es);
         let now = unix_now();
-        let facts = |id: &str| self.key_facts.get(id);
+        let facts = self.known_facts(es.metadata.namespace.as_deref().unwrap_or_default());
         let verdict =
             crate::rotation::key_current(&keys.wrappings, desired.as_deref(), &facts, now)?;
         let key = Self::key(es);
@@ -744,36 +797,36 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         )
     }
 
-    fn record_failure(&self, es: &EncryptedSecret) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(Self::key(es)).or_insert(0);
-        *count = count.saturating_add(1);
-        reconcile::backoff_delay(*count, jitter())
+    fn retries(&self) -> std::sync::MutexGuard<'_, retries::Retries> {
+        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a failure of `es` and returns how long it waits. `charged`: the object itself
+    /// caused a failed KMS attempt, which takes from its namespace's failure budget.
+    fn record_failure(&self, es: &EncryptedSecret, charged: bool) -> Duration {
+        self.retries().failed(
+            &attempt_of(es),
+            charged,
+            jitter(),
+            tokio::time::Instant::now(),
+        )
     }
 
     /// Whether the object is waiting out a backoff after a failure: the resync sweep leaves
     /// it to its backoff.
     pub fn backing_off(&self, namespace: &str, name: &str) -> bool {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&(namespace.to_owned(), name.to_owned()))
+        self.retries().backing_off(namespace, name)
     }
 
     fn record_success(&self, es: &EncryptedSecret) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&Self::key(es));
+        let (namespace, name) = Self::key(es);
+        self.retries().succeeded(&namespace, &name);
     }
 
     /// Drops the backoff state of objects for which `exists(namespace, name)` is false
     /// (deleted EncryptedSecrets are never reconciled again, so nothing else would).
     pub fn prune_failures(&self, exists: impl Fn(&str, &str) -> bool) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(namespace, name), _| exists(namespace, name));
+        self.retries().retain(&exists, tokio::time::Instant::now());
         self.waiting()
             .retain(|(namespace, name), _| exists(namespace, name));
         self.deferred.retain(&exists);
@@ -794,15 +847,12 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
 
     /// Objects currently in backoff.
     pub fn failing_objects(&self) -> usize {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.retries().failing()
     }
 
     /// The back-off for an object whose reconcile returned an error.
     pub fn error_backoff(&self, es: &EncryptedSecret) -> Duration {
-        self.record_failure(es)
+        self.record_failure(es, false)
     }
 
     /// Reconciles one object and says when to look at it again.
@@ -842,6 +892,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Ok((Reconciled::Failed(r), _)) => ("failed", Some(*r)),
             Ok((Reconciled::Cancelled, _)) => ("cancelled", None),
             Ok((Reconciled::Deferred, _)) => ("deferred", None),
+            Ok((Reconciled::BackingOff, _)) => ("backing_off", None),
             Err(_) => ("failed", Some(reason::APPLY_FAILED)),
         };
         self.metrics
@@ -869,7 +920,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     },
                 );
             }
-            Ok((Reconciled::Cancelled | Reconciled::Deferred, _)) => {}
+            Ok((Reconciled::Cancelled | Reconciled::Deferred | Reconciled::BackingOff, _)) => {}
             _ => {
                 self.waiting().remove(&Self::key(es));
             }
@@ -911,6 +962,14 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             }
         };
         let keys = keys.ok();
+        if matches!(plan, Plan::Create | Plan::Replace { .. }) {
+            let now = tokio::time::Instant::now();
+            if let Err(at) = self.retries().may_attempt(&attempt_of(es), now) {
+                // Failed before: it waits out its backoff, or its namespace's failure budget,
+                // however often its spec changes. Nothing is sent to KMS, nothing written.
+                return Ok((Reconciled::BackingOff, Action::requeue(at - now)));
+            }
+        }
         // A write needs the values, which a settled object's watched copy no longer holds.
         let whole;
         let es = match (&plan, settled) {
@@ -930,20 +989,27 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Plan::UpToDate => {
                 self.record_success(es);
                 // The resync's path: a status is built only when the verdict differs.
-                self.write_key_current(es, self.key_current(es, keys))
+                self.write_key_current(es, self.key_current(es, keys.into()))
                     .await?;
                 Ok((Reconciled::UpToDate, Action::await_change()))
             }
             Plan::Reject { reason, message } => {
-                self.fail(es, failed(reason, message), None, keys).await
+                // Refused before KMS: nothing is said about any key its values name.
+                self.fail(es, failed(reason, message), None, KeyView::Refused, false)
+                    .await
             }
             Plan::Refuse { message } => {
-                self.report(es, &failed(reason::SECRET_EXISTS, message), None, keys)
-                    .await?;
+                self.report(
+                    es,
+                    &failed(reason::SECRET_EXISTS, message),
+                    None,
+                    keys.into(),
+                )
+                .await?;
                 // The Secret watch only sees managed Secrets, so look again for a hand-over.
                 Ok((
                     Reconciled::Refused,
-                    Action::requeue(self.record_failure(es)),
+                    Action::requeue(self.record_failure(es, false)),
                 ))
             }
             Plan::Create => self.apply(es, namespace, name, None, keys).await,
@@ -963,17 +1029,19 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
 
     /// Reports a failure (status, and an event and a log line when the condition changes) and
     /// backs off. `detail` is the operator's view (KMS's own words, the role), for the log only.
+    /// `charged`: a KMS attempt failed because of the object (see [`retries`]).
     async fn fail(
         &self,
         es: &EncryptedSecret,
         outcome: Outcome,
         detail: Option<&str>,
-        keys: Option<&open::ItemKeys>,
+        keys: KeyView<'_>,
+        charged: bool,
     ) -> Result<(Reconciled, Action), ReconcileError> {
         self.report(es, &outcome, detail, keys).await?;
         Ok((
             Reconciled::Failed(outcome.reason),
-            Action::requeue(self.record_failure(es)),
+            Action::requeue(self.record_failure(es, charged)),
         ))
     }
 
@@ -1024,8 +1092,19 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     failure.error.tenant_message()
                 );
                 let detail = failure.error.to_string();
+                // KMS being down, throttling or without credentials is not the tenant's doing.
+                let charged = !matches!(
+                    reason,
+                    reason::THROTTLED | reason::KMS_UNAVAILABLE | reason::NO_CREDENTIALS
+                );
                 return self
-                    .fail(es, failed(reason, message), Some(&detail), keys)
+                    .fail(
+                        es,
+                        failed(reason, message),
+                        Some(&detail),
+                        keys.into(),
+                        charged,
+                    )
                     .await;
             }
         };
@@ -1078,7 +1157,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 tracing::debug!(namespace, name, "Secret changed meanwhile; planning again");
                 return Ok((
                     Reconciled::Cancelled,
-                    Action::requeue(self.record_failure(es)),
+                    Action::requeue(self.record_failure(es, false)),
                 ));
             }
             Err(WriteError::Api(e)) => failed(
@@ -1110,34 +1189,34 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     kept_arns.extend(k.envelope_keys().iter().map(|k| (*k).to_owned()));
                     outcome.key_arns = kept_arns.into_iter().collect();
                 }
-                self.report(patched, &outcome, None, patched_keys.as_ref())
+                self.report(patched, &outcome, None, patched_keys.as_ref().into())
                     .await?;
             } else {
-                self.report(es, &outcome, None, keys).await?;
+                self.report(es, &outcome, None, keys.into()).await?;
             }
             self.record_success(es);
             Ok((Reconciled::Applied, Action::await_change()))
         } else if outcome.reason == reason::SECRET_EXISTS {
-            self.report(es, &outcome, None, keys).await?;
+            self.report(es, &outcome, None, keys.into()).await?;
             Ok((
                 Reconciled::Refused,
-                Action::requeue(self.record_failure(es)),
+                Action::requeue(self.record_failure(es, false)),
             ))
         } else {
-            self.fail(es, outcome, None, keys).await
+            self.fail(es, outcome, None, keys.into(), false).await
         }
     }
 
     /// Writes the status if it changed; when the Ready condition changes, also emits an event
     /// and logs a line (INFO when ready, WARN when not, with the operator's `detail`).
-    /// `keys`: the items' keys as the reconcile read them (`es` may be a settled object, kept
-    /// without its values); without them the KeyCurrent condition is left as it is.
+    /// `keys`: what to say about the values' keys (`es` may be a settled object, kept without
+    /// its values).
     async fn report(
         &self,
         es: &EncryptedSecret,
         outcome: &Outcome,
         detail: Option<&str>,
-        keys: Option<&open::ItemKeys>,
+        keys: KeyView<'_>,
     ) -> Result<(), ApiError> {
         let next = reconcile::next_status(es, outcome, &now_rfc3339());
         let next = reconcile::with_key_current(next, self.key_current(es, keys));

@@ -381,6 +381,24 @@ impl KeyPolicy {
         aliases
     }
 
+    /// Whether the policy itself names `key_id`: a key ARN of a rule, one of its aliases (or
+    /// the key it points to now), or a multi-region key id as a rule writes it. Such keys are
+    /// the operator's to have followed, not a tenant's; any other key an object may use (a
+    /// multi-region key's ARN in some account and region, any key under `--allow-any-key`) is
+    /// the tenant's say.
+    pub fn names(&self, key_id: &str, aliases: &ResolvedAliases) -> bool {
+        self.rules.iter().flatten().any(|rule| match &rule.key {
+            KeyRef::Key(arn) => arn::same_key(arn, key_id),
+            KeyRef::MultiRegion(id) => id == key_id,
+            KeyRef::Alias(alias) => {
+                alias == key_id
+                    || aliases
+                        .get(alias)
+                        .is_some_and(|target| arn::same_key(target, key_id))
+            }
+        })
+    }
+
     /// Whether `namespace` may use the key `key_arn` (a full key ARN, as an envelope header or
     /// KMS names it).
     pub fn check_key(

@@ -220,7 +220,9 @@ async fn foreign_ciphertext_is_never_decrypted_for_a_tenant() {
     admission.set_policy(policy);
     let (r, kms, _) = controller(aws().await, admission);
     for scope in ["strict", "namespace", "cluster"] {
-        let es = loot(scope, Some(&payments));
+        let mut es = loot(scope, Some(&payments));
+        // Each a new object: a failed one's retry would wait for its backoff.
+        es.metadata.uid = Some(format!("uid-loot-{scope}"));
         assert_eq!(
             step(&r, &es).await,
             Reconciled::Failed(reason::DECRYPT_FAILED)
@@ -263,7 +265,8 @@ async fn a_wrapped_data_key_never_comes_out_as_a_value() {
         for scope in ["strict", "namespace", "cluster"] {
             let mut es = with_scope(object("tenant-a", "dk", &[("k", wrapped)]), scope);
             es.spec.key_id = Some(key.clone());
-            es.metadata.generation = Some(i as i64 + 1);
+            // Each a new object: a failed one's retry would wait for its backoff.
+            es.metadata.uid = Some(format!("uid-dk-{i}-{scope}"));
             assert_eq!(
                 step(&r, &es).await,
                 Reconciled::Failed(reason::DECRYPT_FAILED),
@@ -321,8 +324,8 @@ async fn a_key_not_allowed_for_the_namespace_costs_no_kms_call() {
 
 /// Finding 3: 3,000 junk items cost 3,000 Decrypt calls per attempt. An object holds at most
 /// 256 items; past that it is refused with no call, and within it the first failed call ends
-/// the attempt.
-#[tokio::test]
+/// the attempt; a retry before its backoff is over makes none.
+#[tokio::test(start_paused = true)]
 async fn junk_items_cost_at_most_one_decrypt_per_attempt() {
     let memory = MemoryKms::new("eu-west-1");
     let key = memory.create_key();
@@ -364,6 +367,9 @@ async fn junk_items_cost_at_most_one_decrypt_per_attempt() {
             Reconciled::Failed(reason::DECRYPT_FAILED)
         );
         assert_eq!(kms.decrypts(), attempt, "one Decrypt per attempt");
+        assert_eq!(step(&r, &es).await, Reconciled::BackingOff);
+        assert_eq!(kms.decrypts(), attempt, "none during the backoff");
+        tokio::time::advance(Duration::from_secs(300)).await;
     }
 }
 

@@ -3,90 +3,235 @@
 //! [`KEY_FACTS_TTL`]), never while reconciling. A reconcile reads what is known and marks what
 //! is missing as wanted; the next refresh asks for it, and when what is known changed, every
 //! object is judged again.
+//!
+//! Tenants name keys (in their values' clear headers), so what a tenant can make the
+//! controller follow is bounded, whoever asks: the reconciler asks only for keys the object's
+//! namespace may use (after the key policy), each namespace may have at most
+//! [`MAX_KEYS_PER_NAMESPACE`] keys followed and all namespaces together [`MAX_KEYS`], while
+//! the keys the policy itself names always have room. A key KMS cannot describe is asked
+//! again later and later (10 s, 20 s, … up to every 5 minutes, or the refresh interval if
+//! longer), and a key nobody asked about for a while is dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::kms::Kms;
+use crate::kms::{Kms, KmsErrorKind};
 use crate::rotation::KeyFacts;
 
 /// How long what KMS said about a key is used before asking again, by default.
 pub const KEY_FACTS_TTL: Duration = Duration::from_secs(300);
 /// How often wanted keys are looked up.
 pub const KEY_FACTS_CHECK: Duration = Duration::from_secs(5);
-/// At most this many keys are followed: tenants name keys, and each costs a `DescribeKey`.
+/// At most this many keys are followed for tenants, besides the key policy's own.
 pub const MAX_KEYS: usize = 1000;
+/// At most this many keys are followed for one namespace, besides the key policy's own.
+pub const MAX_KEYS_PER_NAMESPACE: usize = 32;
+/// A key nobody asked about for this long is dropped, by default (the runtime makes it longer
+/// than its resync interval, which asks about every key in use).
+pub const KEY_FACTS_IDLE: Duration = Duration::from_secs(1800);
+
+/// Who a followed key is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holder {
+    /// The key policy names it: always followed.
+    Policy,
+    /// The namespace that first asked about it; it counts against that namespace's share.
+    Namespace(String),
+}
+
+struct Entry {
+    holder: Holder,
+    /// What KMS said, and when.
+    known: Option<(KeyFacts, Instant)>,
+    /// When to ask KMS next.
+    due: Instant,
+    /// Lookups that failed in a row.
+    failures: u32,
+    /// When a reconcile last asked about it.
+    wanted: Instant,
+}
 
 #[derive(Default)]
 struct Inner {
-    known: HashMap<String, (KeyFacts, Instant)>,
-    wanted: BTreeSet<String>,
+    entries: HashMap<String, Entry>,
+    /// Keys followed per namespace (entries held by a namespace).
+    per_namespace: HashMap<String, usize>,
 }
 
-#[derive(Default)]
+impl Inner {
+    fn held(&self) -> usize {
+        self.per_namespace.values().sum()
+    }
+
+    fn release(&mut self, holder: &Holder) {
+        if let Holder::Namespace(namespace) = holder
+            && let Some(count) = self.per_namespace.get_mut(namespace)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_namespace.remove(namespace);
+            }
+        }
+    }
+}
+
 pub struct KeyFactsCache {
     inner: Mutex<Inner>,
+    idle: Duration,
+}
+
+impl Default for KeyFactsCache {
+    fn default() -> Self {
+        KeyFactsCache::new(KEY_FACTS_IDLE)
+    }
+}
+
+/// When a key whose lookup failed `failures` times in a row is asked about again: the check
+/// interval, doubling, up to the refresh interval `ttl` or [`KEY_FACTS_TTL`], the longer.
+fn retry_delay(failures: u32, ttl: Duration) -> Duration {
+    let doubled = KEY_FACTS_CHECK.saturating_mul(1 << failures.min(16));
+    doubled.min(ttl.max(KEY_FACTS_TTL))
 }
 
 impl KeyFactsCache {
-    pub fn new() -> Self {
-        KeyFactsCache::default()
+    /// A cache that drops keys nobody asked about for `idle`.
+    pub fn new(idle: Duration) -> Self {
+        KeyFactsCache {
+            inner: Mutex::new(Inner::default()),
+            idle,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What is known about `key_id` (a key ARN, or a key id or alias the object names); when
-    /// nothing is, it is wanted for the next refresh.
-    pub fn get(&self, key_id: &str) -> Option<KeyFacts> {
+    /// What is known about `key_id` (a key ARN, or a key id or alias the object names), asked
+    /// for an object in `namespace` that may use the key; `policy` says the key policy names
+    /// it. When nothing is known, the key is wanted for the next refresh, if the namespace
+    /// (and all namespaces together) still have room for another key.
+    pub fn get(&self, namespace: &str, key_id: &str, policy: bool) -> Option<KeyFacts> {
+        let now = Instant::now();
         let mut inner = self.lock();
-        if let Some((facts, _)) = inner.known.get(key_id) {
-            return Some(facts.clone());
+        let holder = if policy {
+            Holder::Policy
+        } else {
+            Holder::Namespace(namespace.to_owned())
+        };
+        if let Some(entry) = inner.entries.get_mut(key_id) {
+            entry.wanted = now;
+            let facts = entry.known.as_ref().map(|(facts, _)| facts.clone());
+            if policy && entry.holder != Holder::Policy {
+                // The policy names it now: it no longer counts against a namespace's share.
+                let before = std::mem::replace(&mut entry.holder, Holder::Policy);
+                inner.release(&before);
+            }
+            return facts;
         }
-        if inner.known.len() + inner.wanted.len() < MAX_KEYS {
-            inner.wanted.insert(key_id.to_owned());
+        if let Holder::Namespace(ns) = &holder {
+            let mine = inner.per_namespace.get(ns).copied().unwrap_or(0);
+            if mine >= MAX_KEYS_PER_NAMESPACE || inner.held() >= MAX_KEYS {
+                tracing::debug!(
+                    namespace,
+                    key = key_id,
+                    "not following another key for this namespace: it has its share"
+                );
+                return None;
+            }
+            *inner.per_namespace.entry(ns.clone()).or_insert(0) += 1;
         }
+        inner.entries.insert(
+            key_id.to_owned(),
+            Entry {
+                holder,
+                known: None,
+                due: now,
+                failures: 0,
+                wanted: now,
+            },
+        );
         None
     }
 
-    /// Asks KMS about the wanted keys and those known for longer than `ttl`. A key KMS does
-    /// not answer for stays wanted (and what was known about it is kept). Returns how many
-    /// keys were asked about, and whether what is known changed (a key newly known, or what
-    /// KMS says about one is different).
+    /// How many keys are followed for `namespace` (not counting the key policy's own).
+    pub fn followed_for(&self, namespace: &str) -> usize {
+        self.lock()
+            .per_namespace
+            .get(namespace)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many keys are followed in all.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks KMS about the keys that are due: newly wanted, known for longer than `ttl`, or
+    /// failed and waited out their retry delay. A key KMS does not answer for is asked again
+    /// after a delay that doubles with each failure (see [`retry_delay`]); what was known about it is
+    /// kept while KMS is only unavailable, and dropped when KMS says the key is not there (or
+    /// not the controller's to describe). Keys nobody asked about for the idle time are
+    /// dropped first. Returns how many keys were asked about, and whether what is known
+    /// changed (a key newly known, or what KMS says about one is different).
     pub async fn refresh<K: Kms>(&self, kms: &K, ttl: Duration) -> (usize, bool) {
+        let now = Instant::now();
         let due: Vec<String> = {
-            let inner = self.lock();
-            inner
-                .wanted
+            let mut inner = self.lock();
+            let idle = self.idle;
+            let gone: Vec<String> = inner
+                .entries
                 .iter()
-                .cloned()
-                .chain(
-                    inner
-                        .known
-                        .iter()
-                        .filter(|(_, (_, at))| at.elapsed() >= ttl)
-                        .map(|(k, _)| k.clone()),
-                )
+                .filter(|(_, e)| now.duration_since(e.wanted) >= idle)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in gone {
+                if let Some(entry) = inner.entries.remove(&key) {
+                    inner.release(&entry.holder);
+                }
+            }
+            inner
+                .entries
+                .iter()
+                .filter(|(_, e)| e.due <= now)
+                .map(|(k, _)| k.clone())
                 .collect()
         };
         let mut changed = false;
         for key_id in &due {
-            match crate::kms::key_facts(kms, key_id).await {
+            let answer = crate::kms::key_facts(kms, key_id).await;
+            let mut inner = self.lock();
+            let Some(entry) = inner.entries.get_mut(key_id) else {
+                continue;
+            };
+            let at = Instant::now();
+            match answer {
                 Ok(facts) => {
-                    let mut inner = self.lock();
-                    inner.wanted.remove(key_id);
-                    let before = inner
-                        .known
-                        .insert(key_id.clone(), (facts.clone(), Instant::now()));
+                    entry.failures = 0;
+                    entry.due = at + ttl;
+                    let before = entry.known.replace((facts.clone(), at));
                     changed |= before.is_none_or(|(old, _)| old != facts);
                 }
                 Err(e) => {
-                    tracing::debug!(key = %key_id, error = %e, "cannot describe a key for rotation checks");
-                    self.lock().wanted.insert(key_id.clone());
+                    entry.failures = entry.failures.saturating_add(1);
+                    entry.due = at + retry_delay(entry.failures, ttl);
+                    let gone = matches!(
+                        e.kind,
+                        KmsErrorKind::KeyNotFound
+                            | KmsErrorKind::AccessDenied
+                            | KmsErrorKind::InvalidRequest
+                    );
+                    if gone && entry.known.take().is_some() {
+                        changed = true;
+                    }
+                    tracing::debug!(key = %key_id, error = %e, failures = entry.failures, "cannot describe a key for rotation checks");
                 }
             }
         }
@@ -105,11 +250,11 @@ mod tests {
         let kms = MemoryKms::new("eu-west-1");
         let key = kms.create_key();
         kms.create_alias("alias/app", &key);
-        let cache = KeyFactsCache::new();
+        let cache = KeyFactsCache::default();
         assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (0, false));
-        assert!(cache.get("alias/app").is_none());
+        assert!(cache.get("a", "alias/app", false).is_none());
         assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, true));
-        assert_eq!(cache.get("alias/app").unwrap().key_arn, key);
+        assert_eq!(cache.get("a", "alias/app", false).unwrap().key_arn, key);
         // Known and fresh: no call.
         assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (0, false));
         assert_eq!(kms.calls.describe_key.load(Ordering::Relaxed), 1);
@@ -118,14 +263,89 @@ mod tests {
         kms.create_alias("alias/app", &other);
         tokio::time::advance(KEY_FACTS_TTL).await;
         assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, true));
-        assert_eq!(cache.get("alias/app").unwrap().key_arn, other);
+        assert_eq!(cache.get("a", "alias/app", false).unwrap().key_arn, other);
         // Asked again, the same answer: nothing changed.
         tokio::time::advance(KEY_FACTS_TTL).await;
         assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, false));
-        // A key KMS cannot describe stays wanted.
-        assert!(cache.get("alias/missing").is_none());
+    }
+
+    /// A key KMS cannot describe is asked again later and later, not every check; once a
+    /// reconcile stops asking about it, it is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn keys_kms_cannot_describe_back_off_and_are_dropped() {
+        let kms = MemoryKms::new("eu-west-1");
+        let cache = KeyFactsCache::new(Duration::from_secs(600));
+        let missing = "arn:aws:kms:eu-west-1:000000000000:key/missing";
+        assert!(cache.get("a", missing, false).is_none());
+        let mut asked_at = Vec::new();
+        let start = Instant::now();
+        for _ in 0..(590 / 5) {
+            if cache.refresh(&kms, KEY_FACTS_TTL).await.0 > 0 {
+                asked_at.push(start.elapsed().as_secs());
+            }
+            cache.get("a", missing, false);
+            tokio::time::advance(KEY_FACTS_CHECK).await;
+        }
+        // 0, then 10 s, 20 s, 40 s, 80 s, 160 s apart, then once per refresh interval.
+        assert_eq!(asked_at, [0, 10, 30, 70, 150, 310], "{asked_at:?}");
+        assert_eq!(cache.followed_for("a"), 1);
+        // Nobody asks any more: dropped after the idle time, and its share is free again.
+        tokio::time::advance(Duration::from_secs(600)).await;
         cache.refresh(&kms, KEY_FACTS_TTL).await;
-        assert!(cache.get("alias/missing").is_none());
-        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, false));
+        assert!(cache.is_empty());
+        assert_eq!(cache.followed_for("a"), 0);
+    }
+
+    /// What KMS knew about a key is kept while KMS is unavailable, and dropped when the key is
+    /// gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_key_is_forgotten() {
+        let kms = MemoryKms::new("eu-west-1");
+        let key = kms.create_key();
+        let cache = KeyFactsCache::default();
+        cache.get("a", &key, false);
+        cache.refresh(&kms, KEY_FACTS_TTL).await;
+        assert!(cache.get("a", &key, false).is_some());
+        kms.deny("kms:DescribeKey", &key);
+        tokio::time::advance(KEY_FACTS_TTL).await;
+        assert_eq!(cache.refresh(&kms, KEY_FACTS_TTL).await, (1, true));
+        assert!(cache.get("a", &key, false).is_none());
+    }
+
+    /// Each namespace has a share of the keys followed, all of them together a bound, and the
+    /// key policy's own keys always have room.
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_can_have_only_its_share_of_keys_followed() {
+        let kms = MemoryKms::new("eu-west-1");
+        let cache = KeyFactsCache::default();
+        let key = |ns: &str, i: usize| format!("arn:aws:kms:eu-west-1:000000000000:key/{ns}-{i}");
+        for i in 0..100 {
+            cache.get("noisy", &key("noisy", i), false);
+        }
+        assert_eq!(cache.followed_for("noisy"), MAX_KEYS_PER_NAMESPACE);
+        assert_eq!(cache.len(), MAX_KEYS_PER_NAMESPACE);
+        // A key another namespace follows already costs nothing more.
+        cache.get("other", &key("noisy", 0), false);
+        assert_eq!(cache.followed_for("other"), 0);
+        // Fill the table from many namespaces.
+        let mut namespaces = 0;
+        while cache.lock().held() < MAX_KEYS {
+            for i in 0..MAX_KEYS_PER_NAMESPACE {
+                cache.get(
+                    &format!("ns{namespaces}"),
+                    &key(&format!("ns{namespaces}"), i),
+                    false,
+                );
+            }
+            namespaces += 1;
+        }
+        cache.get("late", &key("late", 0), false);
+        assert_eq!(cache.followed_for("late"), 0, "the table is full");
+        // The policy's keys still get in, and are looked up.
+        let policy_key = kms.create_key();
+        assert!(cache.get("late", &policy_key, true).is_none());
+        cache.refresh(&kms, KEY_FACTS_TTL).await;
+        assert!(cache.get("late", &policy_key, true).is_some());
+        assert!(cache.lock().held() <= MAX_KEYS);
     }
 }

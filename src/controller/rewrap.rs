@@ -2,15 +2,17 @@
 //! KMS `ReEncrypt`, off the reconcile path.
 //!
 //! A reconcile that finds an object's values stale (see [`crate::rotation`]) and its policy
-//! `Rewrap` only queues it here. A single worker takes the queue round-robin between
-//! namespaces, at its own rate ([`Pacer`]), so a rotation of 10,000 objects never holds a
-//! reconcile slot and never takes more than its share of the KMS budget. For each object it
-//! reads the object whole, plans with [`rotation::plan_rewrap`] (one `ReEncrypt` per data key),
-//! patches only the moved values under its own field manager, and writes a status that says
-//! the Secret is still right for the new spec, so no `Decrypt` and no Secret write follow.
-//! Nothing is kept but the queue: after a restart, the resync finds what is still stale.
+//! `Rewrap` only queues it here. A single worker takes turns per data key between namespaces
+//! (one `ReEncrypt` for one namespace's object, then one for the next namespace's), at its own
+//! rate ([`Pacer`]), so a rotation of 10,000 objects never holds a reconcile slot and an object
+//! of many data keys never holds up another namespace's. For each object it reads the object
+//! whole, plans with [`rotation::plan_rewrap`] (one `ReEncrypt` per data key), keeps the moved
+//! values until all are moved, patches only those under its own field manager, and writes a
+//! status that says the Secret is still right for the new spec, so no `Decrypt` and no Secret
+//! write follow. Nothing is kept but in memory: after a restart, the resync finds what is still
+//! stale.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 
 use super::{ApiError, ClusterApi, Reconciler, WaitingRoom, WriteError, now_rfc3339, unix_now};
 use crate::api::{EncryptedSecret, RewrapRecord, RotationPolicy};
+use crate::envelope::Envelope;
 use crate::kms::Kms;
 use crate::metrics::ResultLabels;
 use crate::open::{self, Decoded};
@@ -45,6 +48,8 @@ pub struct Rotation {
     in_progress: Mutex<HashSet<Key>>,
     /// Objects whose last re-wrap failed, and when.
     failed: Mutex<HashMap<Key, Instant>>,
+    /// Re-wraps under way, at most one per namespace, in the order of their next turn.
+    jobs: Mutex<VecDeque<Job>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,6 +67,7 @@ impl Rotation {
             queue: WaitingRoom::new(),
             in_progress: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -151,32 +157,94 @@ pub enum Rewrapped {
     Failed,
 }
 
+/// One object's re-wrap in progress: what was read and planned when it started, and the values
+/// moved so far (one `ReEncrypt` per turn; patched into the object once all are moved).
+pub(super) struct Job {
+    key: Key,
+    es: EncryptedSecret,
+    envelopes: BTreeMap<String, Box<Envelope>>,
+    groups: Vec<rotation::RewrapGroup>,
+    target: String,
+    /// Groups moved so far.
+    moved: usize,
+    values: BTreeMap<String, String>,
+    now: u64,
+}
+
+/// What one turn of the re-wrap worker did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Nothing is queued or under way.
+    Idle,
+    /// One data key moved; its object has more to move.
+    Moved,
+    /// An object is done (or left): its reconciles stood aside meanwhile.
+    Done(Key, Rewrapped),
+}
+
+/// How a job's step ended.
+enum Step {
+    More(Box<Job>),
+    Done(Rewrapped),
+}
+
 impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
-    /// Re-wraps the next queued object of this scope, if any: `None` when none waits.
-    pub async fn rewrap_next(&self, pacer: &mut Pacer) -> Option<(Key, Rewrapped)> {
-        let (namespace, name) = self.rotation.queue.next()?;
-        lock(&self.rotation.in_progress).insert(key(&namespace, &name));
-        let result = self.rewrap(&namespace, &name, pacer).await;
-        lock(&self.rotation.in_progress).remove(&key(&namespace, &name));
+    /// One turn of the re-wrap worker for this scope. Objects of namespaces with nothing under
+    /// way start first (reading the object and planning costs no KMS request); then the job
+    /// whose turn it is moves one data key. Jobs take turns per data key, one per namespace at
+    /// a time, so another namespace's re-wrap waits for at most one request of each namespace
+    /// ahead of it, however many data keys their objects have.
+    pub async fn rewrap_turn(&self, pacer: &mut Pacer) -> Turn {
+        loop {
+            let next = {
+                let jobs = lock(&self.rotation.jobs);
+                self.rotation
+                    .queue
+                    .next_where(|ns| !jobs.iter().any(|j| j.key.0 == ns))
+            };
+            let Some((namespace, name)) = next else {
+                break;
+            };
+            lock(&self.rotation.in_progress).insert(key(&namespace, &name));
+            match self.start(&namespace, &name).await {
+                Ok(Step::More(job)) => lock(&self.rotation.jobs).push_back(*job),
+                Ok(Step::Done(done)) => return self.finish(key(&namespace, &name), Ok(done)),
+                Err(e) => return self.finish(key(&namespace, &name), Err(e)),
+            }
+        }
+        let Some(job) = lock(&self.rotation.jobs).pop_front() else {
+            return Turn::Idle;
+        };
+        let job_key = job.key.clone();
+        match self.step(job, pacer).await {
+            Ok(Step::More(job)) => {
+                lock(&self.rotation.jobs).push_back(*job);
+                Turn::Moved
+            }
+            Ok(Step::Done(done)) => self.finish(job_key, Ok(done)),
+            Err(e) => self.finish(job_key, Err(e)),
+        }
+    }
+
+    /// An object's re-wrap is over: its reconciles may run again.
+    fn finish(&self, job_key: Key, result: Result<Rewrapped, ApiError>) -> Turn {
+        lock(&self.rotation.in_progress).remove(&job_key);
         let done = match result {
             Ok(done) => done,
             Err(e) => {
+                let (namespace, name) = &job_key;
                 tracing::warn!(namespace, name, error = %e.summary(), "re-wrap stopped: the Kubernetes API failed");
-                lock(&self.rotation.failed).insert(key(&namespace, &name), Instant::now());
+                lock(&self.rotation.failed).insert(job_key.clone(), Instant::now());
                 Rewrapped::Failed
             }
         };
-        Some(((namespace, name), done))
+        Turn::Done(job_key, done)
     }
 
-    async fn rewrap(
-        &self,
-        namespace: &str,
-        name: &str,
-        pacer: &mut Pacer,
-    ) -> Result<Rewrapped, ApiError> {
+    /// Reads the object whole and plans its re-wrap: a job, or what happened instead.
+    async fn start(&self, namespace: &str, name: &str) -> Result<Step, ApiError> {
         let Some(es) = self.api.encrypted_secret(namespace, name).await? else {
-            return Ok(Rewrapped::Skipped);
+            return Ok(Step::Done(Rewrapped::Skipped));
         };
         // Only an object whose Secret is right for its spec: the status then stays true for
         // the re-wrapped spec, which opens to the same values.
@@ -187,22 +255,24 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         }) && reconcile::ready_condition(es.status.as_ref())
             .is_some_and(|c| c.status == "True");
         if !settled || self.rotation.policy(&es).0 != RotationPolicy::Rewrap {
-            return Ok(Rewrapped::Skipped);
+            return Ok(Step::Done(Rewrapped::Skipped));
         }
         let keys = open::item_keys(&es);
         if self.admission.check_keys(&es, keys.as_ref()).is_err() {
-            return Ok(Rewrapped::Skipped);
+            return Ok(Step::Done(Rewrapped::Skipped));
         }
         let mut envelopes = BTreeMap::new();
         for (item, value) in &es.spec.encrypted_data {
             if let Ok(Decoded::Envelope(envelope)) = open::decode_item(value) {
-                envelopes.insert(item.as_str(), envelope);
+                envelopes.insert(item.clone(), envelope);
             }
         }
-        let headers: Vec<(&str, &crate::envelope::Header)> =
-            envelopes.iter().map(|(i, e)| (*i, &e.header)).collect();
+        let headers: Vec<(&str, &crate::envelope::Header)> = envelopes
+            .iter()
+            .map(|(i, e)| (i.as_str(), &e.header))
+            .collect();
         let desired = self.desired_key(&es);
-        let facts = |id: &str| self.key_facts.get(id);
+        let facts = self.known_facts(namespace);
         let last = es
             .status
             .as_ref()
@@ -210,13 +280,14 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .map(|r| r.target.as_str());
         let now = unix_now();
         let plan = rotation::plan_rewrap(&headers, desired.as_deref(), &facts, last, now);
-        let (groups, target) = match plan {
-            None => return Ok(Rewrapped::Skipped),
+        drop(headers);
+        match plan {
+            None => Ok(Step::Done(Rewrapped::Skipped)),
             Some(RewrapPlan::Nothing) => {
                 // Stale values it cannot move (v1, RSA): reported as they are.
                 let verdict = self.key_current_with(&es, keys.as_ref().ok(), false);
                 self.write_key_current(&es, verdict).await?;
-                return Ok(Rewrapped::Skipped);
+                Ok(Step::Done(Rewrapped::Skipped))
             }
             Some(RewrapPlan::Reverted { values, target }) => {
                 let message = format!(
@@ -224,56 +295,87 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 );
                 self.report_rewrap(&es, REWRAP_REVERTED, message, "reverted", values)
                     .await?;
-                return Ok(Rewrapped::Reverted);
+                Ok(Step::Done(Rewrapped::Reverted))
             }
-            Some(RewrapPlan::Move { groups, target }) => (groups, target),
-        };
-        let mut values = BTreeMap::new();
-        for group in &groups {
-            pacer.turn().await;
-            if !self.api.is_current(&es) {
-                return Ok(Rewrapped::Skipped);
-            }
-            let moved = crate::kms::move_data_key(
-                &self.kms,
-                &group.header,
-                namespace,
-                name,
-                &group.target.key_arn,
+            Some(RewrapPlan::Move { groups, target }) => Ok(Step::More(Box::new(Job {
+                key: key(namespace, name),
+                es,
+                envelopes,
+                groups,
+                target,
+                moved: 0,
+                values: BTreeMap::new(),
                 now,
-            )
-            .await;
-            let header = match moved {
-                Ok(header) => header,
-                Err(e) => {
-                    tracing::warn!(namespace, name, error = %e, "re-wrap failed");
-                    let message = format!(
-                        "moving {} value(s) to key {} with kms:ReEncrypt failed: {}; they still open and the Secret is unchanged; kmseal tries again in {} min",
-                        group.items.len(),
-                        group.target.key_arn,
-                        e.tenant_message(),
-                        REWRAP_RETRY.as_secs() / 60
-                    );
-                    let count = groups.iter().map(|g| g.items.len()).sum();
-                    self.report_rewrap(&es, REWRAP_FAILED, message, "failed", count)
-                        .await?;
-                    lock(&self.rotation.failed).insert(key(namespace, name), Instant::now());
-                    return Ok(Rewrapped::Failed);
-                }
+            }))),
+        }
+    }
+
+    /// Moves the job's next data key (one paced `ReEncrypt`); after its last one, patches the
+    /// moved values into the object and reports the move.
+    async fn step(&self, mut job: Job, pacer: &mut Pacer) -> Result<Step, ApiError> {
+        let (namespace, name) = job.key.clone();
+        pacer.turn().await;
+        if !self.api.is_current(&job.es) {
+            return Ok(Step::Done(Rewrapped::Skipped));
+        }
+        let group = &job.groups[job.moved];
+        let moved = crate::kms::move_data_key(
+            &self.kms,
+            &group.header,
+            &namespace,
+            &name,
+            &group.target.key_arn,
+            job.now,
+        )
+        .await;
+        let header = match moved {
+            Ok(header) => header,
+            Err(e) => {
+                tracing::warn!(namespace, name, error = %e, "re-wrap failed");
+                let message = format!(
+                    "moving {} value(s) to key {} with kms:ReEncrypt failed: {}; they still open and the Secret is unchanged; kmseal tries again in {} min",
+                    group.items.len(),
+                    group.target.key_arn,
+                    e.tenant_message(),
+                    REWRAP_RETRY.as_secs() / 60
+                );
+                let count = job.groups.iter().map(|g| g.items.len()).sum();
+                self.report_rewrap(&job.es, REWRAP_FAILED, message, "failed", count)
+                    .await?;
+                lock(&self.rotation.failed).insert(job.key.clone(), Instant::now());
+                return Ok(Step::Done(Rewrapped::Failed));
+            }
+        };
+        for item in &group.items {
+            let Some(envelope) = job.envelopes.get(item) else {
+                continue;
             };
-            for item in &group.items {
-                let Some(envelope) = envelopes.get(item.as_str()) else {
-                    continue;
-                };
-                // Only the wrapping changes: the nonce and ciphertext stay byte for byte.
-                match envelope.rewrapped(&header) {
-                    Ok(bytes) => {
-                        values.insert(item.clone(), BASE64.encode(bytes));
-                    }
-                    Err(_) => return Ok(Rewrapped::Skipped),
+            // Only the wrapping changes: the nonce and ciphertext stay byte for byte.
+            match envelope.rewrapped(&header) {
+                Ok(bytes) => {
+                    job.values.insert(item.clone(), BASE64.encode(bytes));
                 }
+                Err(_) => return Ok(Step::Done(Rewrapped::Skipped)),
             }
         }
+        job.moved += 1;
+        if job.moved < job.groups.len() {
+            return Ok(Step::More(Box::new(job)));
+        }
+        self.complete(job).await.map(Step::Done)
+    }
+
+    /// Patches a job's moved values into its object, writes the status that says the Secret
+    /// is right for the new spec, and tells the tenant.
+    async fn complete(&self, job: Job) -> Result<Rewrapped, ApiError> {
+        let Job {
+            es,
+            groups,
+            target,
+            values,
+            key: (namespace, name),
+            ..
+        } = job;
         // The new values must pass what every reconcile checks: the key policy above all.
         let mut moved = es.clone();
         moved.spec.encrypted_data.extend(values.clone());
@@ -312,8 +414,10 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             &from,
             record,
         );
-        let status =
-            reconcile::with_key_current(status, self.key_current(&patched, patched_keys.as_ref()));
+        let status = reconcile::with_key_current(
+            status,
+            self.key_current(&patched, patched_keys.as_ref().into()),
+        );
         self.api.apply_status(&patched, &status).await?;
         self.recent.wrote_status(&patched, &status);
         let event = EventSpec {

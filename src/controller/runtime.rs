@@ -473,7 +473,10 @@ pub async fn run_with<K: Kms + 'static>(
 ) -> Result<(), RunError> {
     let shutdown = shutdown.shared();
     let admission = Arc::new(Admission::new(args.key_policy()?, args.secret_types()?));
-    let key_facts = Arc::new(KeyFactsCache::new());
+    // Every key in use is asked about at least once per resync (and per key refresh): a key
+    // nobody asked about for three of the longer is no longer in use.
+    let idle = 3 * Duration::from_secs(args.resync_interval.max(args.key_refresh_interval));
+    let key_facts = Arc::new(KeyFactsCache::new(idle));
     let lost_lease: BoxFuture<'static, RunError> = if args.leader_election {
         // A standby has nothing to sync and is healthy: it must count as ready, or a rolling
         // update of a Deployment with several replicas would wait for it forever.
@@ -779,20 +782,27 @@ async fn kms_recovery<K: Kms + 'static>(
 /// How often the re-wrap worker looks for queued objects when it found none.
 const REWRAP_CHECK: Duration = Duration::from_secs(1);
 
-/// Key rotation in the cluster: re-wraps queued objects one at a time, round-robin between
-/// scopes (and, in each, between namespaces), its `ReEncrypt` requests paced at `per_second`;
-/// then asks for a reconcile of each, which its reconciles stood aside for meanwhile.
+/// Key rotation in the cluster: one data key at a time, the objects' re-wraps taking turns
+/// per data key between scopes (and, in each, between namespaces), the `ReEncrypt` requests
+/// paced at `per_second`; when an object is done, asks for a reconcile of it, which its
+/// reconciles stood aside for meanwhile.
 async fn rewrap_worker<K: Kms + 'static>(
     scopes: Vec<(Arc<Ctx<Arc<K>>>, RetrySender)>,
     per_second: f64,
 ) {
+    use super::rewrap::Turn;
     let mut pacer = super::rewrap::Pacer::new(per_second);
     loop {
         let mut any = false;
         for (reconciler, retry) in &scopes {
-            if let Some(((namespace, name), _)) = reconciler.rewrap_next(&mut pacer).await {
-                any = true;
-                let _ = retry.unbounded_send(reflector::ObjectRef::new(&name).within(&namespace));
+            match reconciler.rewrap_turn(&mut pacer).await {
+                Turn::Idle => {}
+                Turn::Moved => any = true,
+                Turn::Done((namespace, name), _) => {
+                    any = true;
+                    let _ =
+                        retry.unbounded_send(reflector::ObjectRef::new(&name).within(&namespace));
+                }
             }
         }
         if !any {

@@ -61,6 +61,24 @@ impl WaitingRoom {
         Some(key)
     }
 
+    /// The oldest object of the first namespace, in turn order, for which `wanted(namespace)`
+    /// holds; the namespaces passed over keep their turn.
+    pub fn next_where(&self, wanted: impl Fn(&str) -> bool) -> Option<(String, String)> {
+        let mut room = self.lock();
+        let at = room.turns.iter().position(|ns| wanted(ns))?;
+        let namespace = room.turns.remove(at)?;
+        let queue = room.queues.get_mut(&namespace)?;
+        let name = queue.pop_front()?;
+        if queue.is_empty() {
+            room.queues.remove(&namespace);
+        } else {
+            room.turns.push_back(namespace.clone());
+        }
+        let key = (namespace, name);
+        room.members.remove(&key);
+        Some(key)
+    }
+
     /// Forgets objects for which `exists(namespace, name)` is false.
     pub fn retain(&self, exists: impl Fn(&str, &str) -> bool) {
         let mut room = self.lock();
@@ -102,6 +120,24 @@ mod tests {
         let order: Vec<_> = std::iter::from_fn(|| room.next()).collect();
         let names: Vec<&str> = order.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["n0", "q", "n1", "n2"]);
+        assert!(room.is_empty());
+    }
+
+    #[test]
+    fn namespaces_passed_over_keep_their_turn() {
+        let room = WaitingRoom::new();
+        room.defer("busy", "b0");
+        room.defer("busy", "b1");
+        room.defer("quiet", "q0");
+        room.defer("other", "o0");
+        assert_eq!(
+            room.next_where(|ns| ns != "busy"),
+            Some(("quiet".into(), "q0".into()))
+        );
+        assert_eq!(room.next_where(|ns| ns == "nobody"), None);
+        assert_eq!(room.next(), Some(("busy".into(), "b0".into())));
+        assert_eq!(room.next(), Some(("other".into(), "o0".into())));
+        assert_eq!(room.next(), Some(("busy".into(), "b1".into())));
         assert!(room.is_empty());
     }
 

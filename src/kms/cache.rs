@@ -24,14 +24,81 @@ struct Entry {
     key_arn: String,
     plaintext: Zeroizing<Vec<u8>>,
     stored: Instant,
+    /// Whose request decrypted it (the namespace): each has a share of the cache.
+    tenant: String,
 }
 
-/// Entries, and their keys in insertion order: entries only ever get older, so expiry and
-/// eviction both take from the front, in amortized constant time per insert.
+/// A record of an entry in insertion order; it is stale once the entry is gone or was stored
+/// again later.
+type Record = ([u8; 32], Instant);
+
+/// Entries, in insertion order overall (entries only ever get older, so expiry takes from the
+/// front) and per tenant (eviction takes a tenant's oldest), in amortized constant time per
+/// insert.
 #[derive(Default)]
 struct Entries {
     map: HashMap<[u8; 32], Entry>,
-    order: VecDeque<([u8; 32], Instant)>,
+    order: VecDeque<Record>,
+    by_tenant: HashMap<String, VecDeque<Record>>,
+    /// Live entries per tenant.
+    counts: HashMap<String, usize>,
+}
+
+impl Entries {
+    fn live(&self, (key, stored): &Record) -> bool {
+        self.map.get(key).is_some_and(|e| e.stored == *stored)
+    }
+
+    fn remove(&mut self, key: &[u8; 32]) {
+        if let Some(entry) = self.map.remove(key)
+            && let Some(count) = self.counts.get_mut(&entry.tenant)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&entry.tenant);
+                self.by_tenant.remove(&entry.tenant);
+            }
+        }
+    }
+
+    /// Removes `tenant`'s oldest entry.
+    fn evict_oldest_of(&mut self, tenant: &str) {
+        while let Some(record) = self.by_tenant.get_mut(tenant).and_then(VecDeque::pop_front) {
+            if self.live(&record) {
+                self.remove(&record.0);
+                return;
+            }
+        }
+    }
+
+    /// Whose entry makes room for one of `tenant`'s in a full cache of `capacity`: its own
+    /// oldest when it holds its share (the capacity divided between the tenants that hold
+    /// entries, itself included) or more; else the oldest of the tenant that holds the most.
+    fn evictee(&self, tenant: &str, capacity: usize) -> String {
+        let holders = self.counts.len() + usize::from(!self.counts.contains_key(tenant));
+        let share = (capacity / holders.max(1)).max(1);
+        if self.counts.get(tenant).copied().unwrap_or(0) >= share {
+            return tenant.to_owned();
+        }
+        self.counts
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map_or_else(|| tenant.to_owned(), |(t, _)| t.clone())
+    }
+
+    /// Drops the stale records once they outnumber the entries.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let order = std::mem::take(&mut self.order);
+            self.order = order.into_iter().filter(|r| self.live(r)).collect();
+            let mut by_tenant = std::mem::take(&mut self.by_tenant);
+            for records in by_tenant.values_mut() {
+                records.retain(|r| self.live(r));
+            }
+            by_tenant.retain(|_, records| !records.is_empty());
+            self.by_tenant = by_tenant;
+        }
+    }
 }
 
 pub struct CachingKms<K> {
@@ -45,7 +112,10 @@ pub struct CachingKms<K> {
 }
 
 impl<K> CachingKms<K> {
-    /// A cache of at most `capacity` data keys, each kept for at most `ttl`.
+    /// A cache of at most `capacity` data keys, each kept for at most `ttl`. When it is full,
+    /// a tenant (namespace) holding less than its share (the capacity divided between the
+    /// tenants holding entries) takes the place of the oldest entry of the tenant holding the
+    /// most; one holding its share or more replaces its own oldest.
     pub fn new(inner: K, capacity: usize, ttl: Duration) -> Self {
         CachingKms {
             inner,
@@ -97,6 +167,11 @@ impl<K> CachingKms<K> {
         self.len() == 0
     }
 
+    /// How many entries `tenant`'s requests put in the cache.
+    pub fn held_by(&self, tenant: &str) -> usize {
+        self.lock().counts.get(tenant).copied().unwrap_or(0)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -104,20 +179,33 @@ impl<K> CachingKms<K> {
     fn insert(&self, key: [u8; 32], entry: Entry) {
         let mut entries = self.lock();
         let now = Instant::now();
-        let Entries { map, order } = &mut *entries;
-        while let Some((oldest, stored)) = order.front().copied() {
-            let expired = now.duration_since(stored) >= self.ttl;
-            if !expired && map.len() < self.capacity {
-                break;
+        while let Some(record) = entries.order.front().copied() {
+            if entries.live(&record) {
+                if now.duration_since(record.1) < self.ttl {
+                    break;
+                }
+                entries.remove(&record.0);
             }
-            order.pop_front();
-            // A queue record is stale when its key was stored again later.
-            if map.get(&oldest).is_some_and(|e| e.stored == stored) {
-                map.remove(&oldest);
-            }
+            entries.order.pop_front();
         }
-        order.push_back((key, entry.stored));
-        map.insert(key, entry);
+        entries.remove(&key);
+        if entries.map.len() >= self.capacity {
+            let evictee = entries.evictee(&entry.tenant, self.capacity);
+            entries.evict_oldest_of(&evictee);
+        }
+        while entries.order.front().is_some_and(|r| !entries.live(r)) {
+            entries.order.pop_front();
+        }
+        let record = (key, entry.stored);
+        entries.order.push_back(record);
+        entries
+            .by_tenant
+            .entry(entry.tenant.clone())
+            .or_default()
+            .push_back(record);
+        *entries.counts.entry(entry.tenant.clone()).or_insert(0) += 1;
+        entries.map.insert(key, entry);
+        entries.compact();
     }
 }
 
@@ -148,6 +236,7 @@ impl<K: Kms> Kms for CachingKms<K> {
 
     async fn decrypt(&self, request: DecryptRequest<'_>) -> Result<Decrypted, KmsError> {
         let digest = request_digest(&request);
+        let tenant = request.tenant;
         {
             let entries = self.lock();
             if let Some(entry) = entries.map.get(&digest)
@@ -168,6 +257,7 @@ impl<K: Kms> Kms for CachingKms<K> {
                 key_arn: decrypted.key_arn.clone(),
                 plaintext: decrypted.plaintext.clone(),
                 stored: Instant::now(),
+                tenant: tenant.to_owned(),
             },
         );
         Ok(decrypted)
@@ -276,5 +366,89 @@ mod tests {
         short.decrypt(request).await.unwrap();
         short.decrypt(request).await.unwrap();
         assert_eq!(short.hits(), 0, "a zero TTL never serves from the cache");
+    }
+
+    /// One tenant decrypting more data keys than the cache holds pushes out only its own
+    /// entries once it holds its share; another tenant's stay.
+    #[tokio::test]
+    async fn a_tenant_over_its_share_evicts_only_its_own_entries() {
+        let memory = MemoryKms::new("eu-west-1");
+        let key = memory.create_key();
+        let victim = memory
+            .generate_data_key(&key, &context("victim"))
+            .await
+            .unwrap();
+        let mut flood = Vec::new();
+        for _ in 0..50 {
+            flood.push(
+                memory
+                    .generate_data_key(&key, &context("noisy"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let cache = CachingKms::new(memory, 10, Duration::from_secs(60));
+        let ctx = context("victim");
+        let victim_request = DecryptRequest::new(
+            Some(&key),
+            &victim.wrapped,
+            WrapAlgorithm::KmsSymmetric,
+            &ctx,
+            "victim",
+        );
+        cache.decrypt(victim_request).await.unwrap();
+        let noisy = context("noisy");
+        for generated in &flood {
+            cache
+                .decrypt(DecryptRequest::new(
+                    Some(&key),
+                    &generated.wrapped,
+                    WrapAlgorithm::KmsSymmetric,
+                    &noisy,
+                    "noisy",
+                ))
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 10);
+        assert_eq!(cache.held_by("victim"), 1);
+        assert_eq!(cache.held_by("noisy"), 9);
+        let calls = cache.inner().calls.decrypt.load(Ordering::Relaxed);
+        cache.decrypt(victim_request).await.unwrap();
+        assert_eq!(
+            cache.inner().calls.decrypt.load(Ordering::Relaxed),
+            calls,
+            "a hit"
+        );
+        // A third tenant under its share (10 / 3) takes the place of the largest holder's.
+        let third = cache
+            .inner()
+            .generate_data_key(&key, &context("third"))
+            .await
+            .unwrap();
+        let ctx3 = context("third");
+        cache
+            .decrypt(DecryptRequest::new(
+                Some(&key),
+                &third.wrapped,
+                WrapAlgorithm::KmsSymmetric,
+                &ctx3,
+                "third",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                cache.held_by("victim"),
+                cache.held_by("noisy"),
+                cache.held_by("third")
+            ),
+            (1, 8, 1)
+        );
+        let entries = cache.lock();
+        assert!(
+            entries.order.len() <= 2 * entries.map.len() + 64,
+            "records stay bounded"
+        );
     }
 }
