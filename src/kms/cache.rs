@@ -24,8 +24,16 @@ struct Entry {
     key_arn: String,
     plaintext: Zeroizing<Vec<u8>>,
     stored: Instant,
-    /// Whose request decrypted it (the namespace): each has a share of the cache.
-    tenant: String,
+    /// Whose request decrypted it (the namespace): each has a share of the cache. One copy
+    /// per namespace, shared by its entries.
+    tenant: std::sync::Arc<str>,
+}
+
+/// An entry before it is stored.
+struct Fresh {
+    key_arn: String,
+    plaintext: Zeroizing<Vec<u8>>,
+    stored: Instant,
 }
 
 /// A record of an entry in insertion order; it is stale once the entry is gone or was stored
@@ -39,9 +47,17 @@ type Record = ([u8; 32], Instant);
 struct Entries {
     map: HashMap<[u8; 32], Entry>,
     order: VecDeque<Record>,
-    by_tenant: HashMap<String, VecDeque<Record>>,
+    by_tenant: HashMap<std::sync::Arc<str>, VecDeque<Record>>,
     /// Live entries per tenant.
-    counts: HashMap<String, usize>,
+    counts: HashMap<std::sync::Arc<str>, usize>,
+}
+
+/// The cache's copy of a tenant's name (one per tenant, shared by its entries).
+fn entries_tenant(entries: &Entries, tenant: &str) -> std::sync::Arc<str> {
+    entries
+        .counts
+        .get_key_value(tenant)
+        .map_or_else(|| std::sync::Arc::from(tenant), |(t, _)| t.clone())
 }
 
 impl Entries {
@@ -74,16 +90,16 @@ impl Entries {
     /// Whose entry makes room for one of `tenant`'s in a full cache of `capacity`: its own
     /// oldest when it holds its share (the capacity divided between the tenants that hold
     /// entries, itself included) or more; else the oldest of the tenant that holds the most.
-    fn evictee(&self, tenant: &str, capacity: usize) -> String {
+    fn evictee(&self, tenant: &std::sync::Arc<str>, capacity: usize) -> std::sync::Arc<str> {
         let holders = self.counts.len() + usize::from(!self.counts.contains_key(tenant));
         let share = (capacity / holders.max(1)).max(1);
         if self.counts.get(tenant).copied().unwrap_or(0) >= share {
-            return tenant.to_owned();
+            return tenant.clone();
         }
         self.counts
             .iter()
             .max_by_key(|(_, count)| **count)
-            .map_or_else(|| tenant.to_owned(), |(t, _)| t.clone())
+            .map_or_else(|| tenant.clone(), |(t, _)| t.clone())
     }
 
     /// Drops the stale records once they outnumber the entries.
@@ -176,8 +192,14 @@ impl<K> CachingKms<K> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, key: [u8; 32], entry: Entry) {
+    fn insert(&self, key: [u8; 32], fresh: Fresh, tenant: &str) {
         let mut entries = self.lock();
+        let entry = Entry {
+            key_arn: fresh.key_arn,
+            plaintext: fresh.plaintext,
+            stored: fresh.stored,
+            tenant: entries_tenant(&entries, tenant),
+        };
         let now = Instant::now();
         while let Some(record) = entries.order.front().copied() {
             if entries.live(&record) {
@@ -253,12 +275,12 @@ impl<K: Kms> Kms for CachingKms<K> {
         let decrypted = self.inner.decrypt(request).await?;
         self.insert(
             digest,
-            Entry {
+            Fresh {
                 key_arn: decrypted.key_arn.clone(),
                 plaintext: decrypted.plaintext.clone(),
                 stored: Instant::now(),
-                tenant: tenant.to_owned(),
             },
+            tenant,
         );
         Ok(decrypted)
     }
