@@ -56,7 +56,7 @@ type Check = fn(&Target) -> futures::future::BoxFuture<'_, Checked>;
 /// Runs every check, in order (later ones build on earlier objects); stops at the first
 /// failure, named.
 pub async fn run_all(t: &Target) -> Checked {
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("the Secret appears, whole", |t| Box::pin(secret_appears(t))),
         ("a changed Secret is repaired", |t| {
             Box::pin(drift_is_repaired(t))
@@ -66,6 +66,9 @@ pub async fn run_all(t: &Target) -> Checked {
         }),
         ("a foreign Secret is refused", |t| {
             Box::pin(foreign_secret_is_refused(t))
+        }),
+        ("an annotated Secret is adopted, replaced whole", |t| {
+            Box::pin(annotated_secret_is_adopted(t))
         }),
         ("a key the namespace may not use is refused", |t| {
             Box::pin(other_key_is_refused(t))
@@ -287,6 +290,60 @@ async fn foreign_secret_is_refused(t: &Target) -> Checked {
     if kept.data != foreign.data {
         return Err("the foreign Secret was overwritten".into());
     }
+    Ok(())
+}
+
+/// A Secret someone made by hand, annotated `kmseal.dev/managed=true`, is handed over: the
+/// controller replaces it whole (the annotation and the hand-made item are gone, an owner
+/// reference is there).
+async fn annotated_secret_is_adopted(t: &Target) -> Checked {
+    let name = "e2e-adopted";
+    let handmade = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(t.namespace.clone()),
+            annotations: Some(BTreeMap::from([(
+                "kmseal.dev/managed".to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/basic-auth".into()),
+        // A basic-auth Secret needs a username or a password (the API server checks).
+        data: Some(BTreeMap::from([
+            ("username".into(), ByteString(b"hand-made".to_vec())),
+            ("old".into(), ByteString(b"hand-made".to_vec())),
+        ])),
+        ..Default::default()
+    };
+    secrets(t)
+        .create(&PostParams::default(), &handmade)
+        .await
+        .map_err(|e| format!("creating the Secret to hand over: {e}"))?;
+    let es = sealed(t, name, &t.allowed_key).await?;
+    encrypted(t)
+        .create(&PostParams::default(), &es)
+        .await
+        .map_err(|e| format!("creating the EncryptedSecret: {e}"))?;
+    let adopted = until(t, "adopted Secret", || async {
+        Ok(secret(t, name).await?.filter(data_is_the_values))
+    })
+    .await?;
+    let owned = adopted
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.kind == "EncryptedSecret" && o.name == name && o.controller == Some(true));
+    let annotated = adopted
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .contains_key("kmseal.dev/managed");
+    if !owned || annotated {
+        return Err(format!("owned {owned}, still annotated {annotated}"));
+    }
+    ready_is(t, name, "True").await?;
     Ok(())
 }
 

@@ -213,6 +213,9 @@ impl Fake {
             }
             ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => {
                 let mut secret = parse();
+                if invalid_for_its_type(&secret).is_some() {
+                    return Some(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid"));
+                }
                 secret["metadata"]["namespace"] = (*ns).into();
                 let key = key_of(&secret);
                 if state.secrets.contains_key(&key) {
@@ -226,6 +229,9 @@ impl Fake {
             }
             ("PUT", ["api", "v1", "namespaces", ns, "secrets", name]) => {
                 let mut secret = parse();
+                if invalid_for_its_type(&secret).is_some() {
+                    return Some(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid"));
+                }
                 let key = ((*ns).to_owned(), (*name).to_owned());
                 let Some(before) = state.secrets.get(&key).cloned() else {
                     return Some(not_found());
@@ -484,6 +490,9 @@ impl Fake {
                 );
                 state.secret_writes += 1;
                 let mut created: Value = serde_json::from_slice(body).unwrap();
+                if invalid_for_its_type(&created).is_some() {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+                }
                 let name = created["metadata"]["name"].as_str().unwrap().to_owned();
                 let key = ((*ns).to_owned(), name);
                 if state.secrets.contains_key(&key) {
@@ -513,7 +522,7 @@ impl Fake {
                 if next["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"] {
                     return status(StatusCode::CONFLICT, "Conflict");
                 }
-                if next["type"] != before["type"] {
+                if next["type"] != before["type"] || invalid_for_its_type(&next).is_some() {
                     return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
                 }
                 let changed = {
@@ -658,6 +667,34 @@ fn list_meta(version: u64, next: Option<String>) -> Value {
         Some(token) => json!({"resourceVersion": version.to_string(), "continue": token}),
         None => json!({"resourceVersion": version.to_string()}),
     }
+}
+
+/// What the API server's Secret validation refuses for the Secret's type (its required keys),
+/// as `kubectl` would be told (422 Invalid).
+fn invalid_for_its_type(secret: &Value) -> Option<String> {
+    let has = |key: &str| {
+        secret["data"][key].as_str().is_some_and(|v| !v.is_empty())
+            || secret["stringData"][key]
+                .as_str()
+                .is_some_and(|v| !v.is_empty())
+    };
+    let missing = |keys: &[&str]| {
+        keys.iter()
+            .filter(|k| !has(k))
+            .map(|k| format!("data[{k}]: Required value"))
+            .collect::<Vec<_>>()
+    };
+    let problems = match secret["type"].as_str().unwrap_or("Opaque") {
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            missing(&["username", "password"])
+        }
+        "kubernetes.io/ssh-auth" => missing(&["ssh-privatekey"]),
+        "kubernetes.io/tls" => missing(&["tls.crt", "tls.key"]),
+        "kubernetes.io/dockerconfigjson" => missing(&[".dockerconfigjson"]),
+        "kubernetes.io/dockercfg" => missing(&[".dockercfg"]),
+        _ => Vec::new(),
+    };
+    (!problems.is_empty()).then(|| problems.join(", "))
 }
 
 fn key_of(value: &Value) -> Key {
