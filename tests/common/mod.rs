@@ -1,6 +1,8 @@
 //! Helpers for tests that run against the KMS/STS emulators started by `scripts/test.sh`.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::Output;
 
