@@ -134,3 +134,52 @@ fn the_dockerfile_pins_its_bases_and_runs_as_nonroot() {
         );
     }
 }
+
+/// The README's "run it" command does what it says: the controller, on a real API server,
+/// writes the Secret (its values shown decoded), and refuses the same values in another
+/// namespace; the CLI-only path seals, verifies and unseals. (With the binaries this test run
+/// built, so no cargo inside cargo, and a control plane of its own.)
+#[test]
+fn the_quickstart_shows_the_secret_the_controller_wrote() {
+    if common::moto().is_none() || common::cluster::ControlPlane::from_env().is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_kmseal")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("bash")
+            .arg(root.join("scripts/quickstart.sh"))
+            .args(args)
+            .env("KMSEAL_QUICKSTART_BIN", bin)
+            .env(
+                "KMSEAL_QUICKSTART_CONTROL_PLANE_DIR",
+                dir.path().join("plane"),
+            )
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let text = run(&[]);
+    assert!(text.contains("Server Version: v1.37"), "{text}");
+    assert!(
+        text.contains("password: correct-horse-battery-staple\nusername: app"),
+        "{text}"
+    );
+    assert!(
+        text.contains("app.kubernetes.io/managed-by: kmseal"),
+        "{text}"
+    );
+    assert!(text.contains("Ready=False DecryptFailed"), "{text}");
+    let text = run(&["--cli"]);
+    assert!(text.contains("kmseal unseal"), "{text}");
+    assert!(!text.contains("control plane"), "{text}");
+}
