@@ -6,12 +6,15 @@
 //!
 //! The Kubernetes API is the test suite's in-process fake (`tests/common/fake_api.rs`), served
 //! over HTTP on loopback from this process; it honours metadata-only requests as the real API
-//! server does, so the controller's memory is what it would hold in a cluster. KMS is moto's
-//! server. Run it with `scripts/bench-controller-binary.sh`, which builds the release binaries
-//! and starts moto. Flags: `--objects N`, `--namespaces N`, `--items N` (3), `--value-bytes N`
+//! server does, so the controller's memory is what it would hold in a cluster. With `--real`,
+//! it is a real kube-apiserver (`scripts/control-plane.sh`), and the requests are counted from
+//! its audit log. KMS is moto's server. Run it with `scripts/bench-controller-binary.sh
+//! [--real]`, which builds the release binaries and starts moto (and the control plane).
+//! Flags: `--objects N`, `--namespaces N`, `--items N` (3), `--value-bytes N`
 //! (64), `--kms-requests-per-second R` (default 0: off, for the first two phases),
-//! `--no-rotation` (skip the third phase); `MALLOC_ARENA_MAX` and `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to
-//! the controller, for allocator experiments.
+//! `--no-rotation` (skip the third phase); `--real --admin-kubeconfig F --controller-kubeconfig
+//! F --audit-log F --controller-user U` (the script passes them); `MALLOC_ARENA_MAX` and
+//! `BENCH_LD_PRELOAD` (as `LD_PRELOAD`) are passed to the controller, for allocator experiments.
 
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
@@ -39,6 +42,16 @@ struct Params {
     moto: String,
     controller: std::path::PathBuf,
     rotation: bool,
+    /// The real API server: (admin kubeconfig, the controller's kubeconfig, audit log, the
+    /// controller's user name).
+    real: Option<Real>,
+}
+
+struct Real {
+    admin_kubeconfig: std::path::PathBuf,
+    controller_kubeconfig: std::path::PathBuf,
+    audit_log: std::path::PathBuf,
+    controller_user: String,
 }
 
 fn params() -> Params {
@@ -67,6 +80,20 @@ fn params() -> Params {
             .map(Into::into)
             .unwrap_or_else(|| release.join("kmseal-controller")),
         rotation: !args.iter().any(|a| a == "--no-rotation"),
+        real: args.iter().any(|a| a == "--real").then(|| {
+            let path = |flag: &str| -> std::path::PathBuf {
+                value(flag)
+                    .unwrap_or_else(|| panic!("--real needs {flag}"))
+                    .into()
+            };
+            Real {
+                admin_kubeconfig: path("--admin-kubeconfig"),
+                controller_kubeconfig: path("--controller-kubeconfig"),
+                audit_log: path("--audit-log"),
+                controller_user: value("--controller-user")
+                    .expect("--real needs --controller-user"),
+            }
+        }),
     }
 }
 
@@ -148,6 +175,7 @@ struct Counts {
     status_writes: u64,
     events: u64,
     event_patches: u64,
+    value_patches: u64,
 }
 
 impl Counts {
@@ -160,28 +188,158 @@ impl Counts {
             status_writes: self.status_writes - before.status_writes,
             events: self.events - before.events,
             event_patches: self.event_patches - before.event_patches,
+            value_patches: self.value_patches - before.value_patches,
         }
     }
 }
 
-fn counts(fake: &Fake, requests: &AtomicU64) -> Counts {
-    let s = fake.lock();
-    Counts {
-        requests: requests.load(Ordering::Relaxed),
-        secret_gets: s.secret_gets,
-        secret_writes: s.secret_writes,
-        status_writes: s.status_writes,
-        events: s.events.len() as u64,
-        event_patches: s.event_patches,
-    }
+/// Where the objects live: the fake (counting what it answers) or a real API server (counting
+/// from its audit log what the controller's user asked).
+enum Cluster {
+    Fake {
+        fake: Fake,
+        requests: Arc<AtomicU64>,
+    },
+    Real {
+        client: kube::Client,
+        audit_log: std::path::PathBuf,
+        user: String,
+    },
 }
 
-fn ready_count(fake: &Fake) -> usize {
-    fake.lock()
-        .encrypted
-        .values()
-        .filter(|es| es["status"]["conditions"][0]["status"] == "True")
-        .count()
+impl Cluster {
+    async fn add(&self, es: &kmseal::api::EncryptedSecret) {
+        match self {
+            Cluster::Fake { fake, .. } => fake.add_encrypted(es),
+            Cluster::Real { client, .. } => {
+                let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+                let api: kube::Api<kmseal::api::EncryptedSecret> =
+                    kube::Api::namespaced(client.clone(), namespace);
+                api.create(&Default::default(), es)
+                    .await
+                    .expect("create an EncryptedSecret");
+            }
+        }
+    }
+
+    /// Objects whose status matches `pick`.
+    async fn count(&self, pick: impl Fn(&serde_json::Value) -> bool) -> usize {
+        match self {
+            Cluster::Fake { fake, .. } => fake
+                .lock()
+                .encrypted
+                .values()
+                .filter(|es| pick(&es["status"]))
+                .count(),
+            Cluster::Real { client, .. } => {
+                let api: kube::Api<kmseal::api::EncryptedSecret> = kube::Api::all(client.clone());
+                let mut count = 0;
+                let mut params = kube::api::ListParams::default().limit(2000);
+                loop {
+                    let page = api.list(&params).await.expect("list EncryptedSecrets");
+                    count += page
+                        .items
+                        .iter()
+                        .filter(|es| pick(&serde_json::to_value(&es.status).unwrap_or_default()))
+                        .count();
+                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                        Some(next) => params = params.continue_token(&next),
+                        None => break,
+                    }
+                }
+                count
+            }
+        }
+    }
+
+    async fn ready_count(&self) -> usize {
+        self.count(|status| status["conditions"][0]["status"] == "True")
+            .await
+    }
+
+    async fn is_ready(&self, namespace: &str, name: &str) -> bool {
+        match self {
+            Cluster::Fake { fake, .. } => fake
+                .lock()
+                .encrypted
+                .get(&(namespace.to_owned(), name.to_owned()))
+                .is_some_and(|es| es["status"]["conditions"][0]["status"] == "True"),
+            Cluster::Real { client, .. } => {
+                let api: kube::Api<kmseal::api::EncryptedSecret> =
+                    kube::Api::namespaced(client.clone(), namespace);
+                api.get_opt(name).await.ok().flatten().is_some_and(|es| {
+                    es.status.is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+            }
+        }
+    }
+
+    async fn rewrapped_count(&self) -> usize {
+        self.count(|status| !status["rewrapped"].is_null()).await
+    }
+
+    /// How often to look at the objects while waiting.
+    fn poll(&self) -> Duration {
+        match self {
+            Cluster::Fake { .. } => Duration::from_millis(100),
+            // A list of 10,000 objects is work for the API server too.
+            Cluster::Real { .. } => Duration::from_secs(2),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        match self {
+            Cluster::Fake { fake, requests } => {
+                let s = fake.lock();
+                Counts {
+                    requests: requests.load(Ordering::Relaxed),
+                    secret_gets: s.secret_gets,
+                    secret_writes: s.secret_writes,
+                    status_writes: s.status_writes,
+                    events: s.events.len() as u64,
+                    event_patches: s.event_patches,
+                    value_patches: s.value_patches,
+                }
+            }
+            Cluster::Real {
+                audit_log, user, ..
+            } => {
+                let text = std::fs::read_to_string(audit_log).unwrap_or_default();
+                let mut c = Counts::default();
+                for line in text.lines() {
+                    let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                        continue;
+                    };
+                    if e["stage"] != "RequestReceived" || e["user"]["username"] != user.as_str() {
+                        continue;
+                    }
+                    let (verb, resource, sub) = (
+                        e["verb"].as_str().unwrap_or_default(),
+                        e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                        e["objectRef"]["subresource"].as_str().unwrap_or_default(),
+                    );
+                    if resource == "leases" {
+                        continue;
+                    }
+                    c.requests += 1;
+                    match (verb, resource, sub) {
+                        ("get", "secrets", _) => c.secret_gets += 1,
+                        ("create" | "update", "secrets", _) => c.secret_writes += 1,
+                        ("patch", "encryptedsecrets", "status") => c.status_writes += 1,
+                        ("patch", "encryptedsecrets", "") => c.value_patches += 1,
+                        ("create", "events", _) => c.events += 1,
+                        ("patch", "events", _) => c.event_patches += 1,
+                        _ => {}
+                    }
+                }
+                c
+            }
+        }
+    }
 }
 
 struct Phase {
@@ -239,7 +397,6 @@ async fn main() {
     let key = ALIAS.to_owned();
     let kms = Arc::new(AwsKms::from_sdk_config(sdk));
     let started = Instant::now();
-    let fake = Fake::default();
     let sealed: Vec<_> = futures::stream::iter(0..n)
         .map(|i| {
             let (kms, key, namespaces) = (kms.clone(), key.clone(), p.namespaces);
@@ -275,26 +432,71 @@ async fn main() {
         .buffer_unordered(16)
         .collect()
         .await;
-    for es in &sealed {
-        fake.add_encrypted(es);
-    }
-    drop(sealed);
     println!(
         "setup: sealed {n} objects against moto in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-
-    // The fake API server, over HTTP.
-    let requests = Arc::new(AtomicU64::new(0));
-    let api_port = fake_api::serve_http(fake.clone(), requests.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake_api::kubeconfig(api_port, false)).expect("kubeconfig");
+    let (cluster, kubeconfig) = match &p.real {
+        None => {
+            // The fake API server, over HTTP.
+            let fake = Fake::default();
+            let requests = Arc::new(AtomicU64::new(0));
+            let api_port = fake_api::serve_http(fake.clone(), requests.clone()).await;
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::fs::write(&kubeconfig, fake_api::kubeconfig(api_port, false)).expect("kubeconfig");
+            (Cluster::Fake { fake, requests }, kubeconfig)
+        }
+        Some(real) => {
+            let text = std::fs::read_to_string(&real.admin_kubeconfig).expect("admin kubeconfig");
+            let config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::from_yaml(&text).expect("a kubeconfig"),
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .expect("the admin's kubeconfig");
+            let client = kube::Client::try_from(config).expect("a client");
+            let cluster = Cluster::Real {
+                client,
+                audit_log: real.audit_log.clone(),
+                user: real.controller_user.clone(),
+            };
+            (cluster, real.controller_kubeconfig.clone())
+        }
+    };
+    if let Cluster::Real { client, .. } = &cluster {
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+        for i in 0..p.namespaces {
+            let namespace: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": format!("ns-{i:02}")}}),
+            )
+            .expect("a namespace");
+            match api.create(&Default::default(), &namespace).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => panic!("creating a namespace: {e}"),
+            }
+        }
+    }
+    let started = Instant::now();
+    futures::stream::iter(&sealed)
+        .for_each_concurrent(16, |es| cluster.add(es))
+        .await;
+    drop(sealed);
+    println!(
+        "setup: {n} objects stored in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        if p.real.is_some() {
+            "the real API server"
+        } else {
+            "the fake API server"
+        }
+    );
 
     let mut phases = Vec::new();
     for name in ["cold start", "restart"] {
         let metrics_port = free_port();
-        let before = counts(&fake, &requests);
+        let before = cluster.counts();
         let started = Instant::now();
         let mut child = spawn_controller(&p, &kubeconfig, metrics_port, &p.kms_rps);
         let pid = child.id();
@@ -303,9 +505,9 @@ async fn main() {
         // for any echo of its own writes to come back and be acted on.
         let mut done_at: Option<Instant> = None;
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(cluster.poll()).await;
             peak = peak.max(status_kib(pid, "VmRSS:"));
-            let all_ready = ready_count(&fake) == n
+            let all_ready = cluster.ready_count().await == n
                 && reqwest_lite(metrics_port, "/readyz")
                     .await
                     .is_ok_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"));
@@ -318,11 +520,14 @@ async fn main() {
                 break;
             }
             if started.elapsed() > Duration::from_secs(1800) {
-                panic!("not done after 30 min: {} of {n} ready", ready_count(&fake));
+                panic!(
+                    "not done after 30 min: {} of {n} ready",
+                    cluster.ready_count().await
+                );
             }
         }
         let wall = done_at.expect("done") - started;
-        let after = counts(&fake, &requests);
+        let after = cluster.counts();
         let decrypts = metric(
             metrics_port,
             "kmseal_kms_requests_total{operation=\"Decrypt\",outcome=\"ok\"}",
@@ -345,7 +550,7 @@ async fn main() {
     }
 
     let rotation = if p.rotation {
-        Some(rotation_phase(&p, &fake, &requests, &kubeconfig, &admin, &kms, &first_key).await)
+        Some(rotation_phase(&p, &cluster, &kubeconfig, &admin, &kms, &first_key).await)
     } else {
         None
     };
@@ -383,7 +588,14 @@ async fn main() {
         );
     }
     println!();
-    println!("requests: every API request but Leases (lists, watches, GETs, writes, events);");
+    println!(
+        "requests: every API request but Leases (lists, watches, GETs, writes, events), {};",
+        if p.real.is_some() {
+            "from the API server's audit log"
+        } else {
+            "as the fake answered them"
+        }
+    );
     println!("wall: from the process start until every object is ready and /readyz answers;");
     println!(
         "peak/end MiB: the controller process's VmHWM / VmRSS; KMS rate limit: {}/s (0: off).",
@@ -433,21 +645,12 @@ struct Rotation {
     probes: Vec<Duration>,
 }
 
-fn rewrapped_count(fake: &Fake) -> usize {
-    fake.lock()
-        .encrypted
-        .values()
-        .filter(|es| !es["status"]["rewrapped"].is_null())
-        .count()
-}
-
 /// The third phase: the alias the objects name moves to a new key; a controller started then
 /// re-wraps every object. Meanwhile a new object arrives every 10 s, and the time until it is
 /// Ready is what an ordinary reconcile waits during a rotation.
 async fn rotation_phase(
     p: &Params,
-    fake: &Fake,
-    requests: &AtomicU64,
+    cluster: &Cluster,
     kubeconfig: &std::path::Path,
     admin: &aws_sdk_kms::Client,
     kms: &Arc<AwsKms>,
@@ -471,8 +674,7 @@ async fn rotation_phase(
         .expect("moto: update_alias");
     assert_ne!(first_key, second_key);
     let metrics_port = free_port();
-    let before = counts(fake, requests);
-    let patches_before = fake.lock().value_patches;
+    let before = cluster.counts();
     let started = Instant::now();
     // The default budgets.
     let mut child = spawn_controller(p, kubeconfig, metrics_port, "50");
@@ -482,7 +684,7 @@ async fn rotation_phase(
     let mut next_probe = Instant::now() + Duration::from_secs(10);
     let mut done_at = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(cluster.poll()).await;
         peak = peak.max(status_kib(pid, "VmRSS:"));
         if done_at.is_none() && Instant::now() >= next_probe {
             next_probe += Duration::from_secs(10);
@@ -505,20 +707,15 @@ async fn rotation_phase(
             )
             .await
             .expect("seal a probe");
-            fake.add_encrypted(&es);
+            cluster.add(&es).await;
             probes.push((name, Instant::now(), None));
         }
         for (name, added, ready) in probes.iter_mut().filter(|p| p.2.is_none()) {
-            let is_ready = fake
-                .lock()
-                .encrypted
-                .get(&("ns-00".to_owned(), name.clone()))
-                .is_some_and(|es| es["status"]["conditions"][0]["status"] == "True");
-            if is_ready {
+            if cluster.is_ready("ns-00", name).await {
                 *ready = Some(added.elapsed());
             }
         }
-        if done_at.is_none() && rewrapped_count(fake) >= n {
+        if done_at.is_none() && cluster.rewrapped_count().await >= n {
             done_at = Some(Instant::now());
         }
         if let Some(at) = done_at
@@ -530,12 +727,12 @@ async fn rotation_phase(
         if started.elapsed() > Duration::from_secs(3600) {
             panic!(
                 "not done after 60 min: {} of {n} re-wrapped",
-                rewrapped_count(fake)
+                cluster.rewrapped_count().await
             );
         }
     }
     let wall = done_at.expect("done") - started;
-    let after = counts(fake, requests);
+    let after = cluster.counts();
     let re_encrypts = metric(
         metrics_port,
         "kmseal_kms_requests_total{operation=\"ReEncrypt\",outcome=\"ok\"}",
@@ -556,7 +753,7 @@ async fn rotation_phase(
         delta: after.since(before),
         re_encrypts,
         decrypts,
-        value_patches: fake.lock().value_patches - patches_before,
+        value_patches: after.since(before).value_patches,
         peak_rss_kib,
         probes: probes.into_iter().filter_map(|p| p.2).collect(),
     }
