@@ -11,6 +11,12 @@ pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "EncryptedSecret";
 pub const API_VERSION: &str = "kmseal.dev/v1alpha1";
 
+/// The most items one EncryptedSecret may hold (also in the CRD schema). Each may need a KMS
+/// call of its own, so this bounds the KMS work one object can cause.
+pub const MAX_ITEMS: usize = 256;
+/// The longest base64 text any valid item can have (also in the CRD schema).
+pub const MAX_ITEM_BASE64_LEN: usize = crate::envelope::MAX_SEALED_LEN.div_ceil(3) * 4;
+
 /// Annotation on an EncryptedSecret: the scope for items that are plain KMS ciphertext
 /// (`aws kms encrypt` output), which carry no header of their own. `strict` when absent; an
 /// invalid value makes the whole object invalid.
@@ -80,10 +86,10 @@ pub enum RotationPolicy {
 fn encrypted_data_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "maxProperties": crate::open::MAX_ITEMS,
+        "maxProperties": MAX_ITEMS,
         "additionalProperties": {
             "type": "string",
-            "maxLength": crate::open::MAX_ITEM_BASE64_LEN,
+            "maxLength": MAX_ITEM_BASE64_LEN,
         },
         "default": {},
     })

@@ -266,7 +266,7 @@ pub fn validate_namespace(namespace: &str) -> Result<(), NameError> {
     } else {
         Err(NameError::InvalidName {
             what: "namespace",
-            value: printable(namespace),
+            value: crate::text::bounded(namespace, 80),
             max: 63,
         })
     }
@@ -280,7 +280,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     } else {
         Err(NameError::InvalidName {
             what: "name",
-            value: printable(name),
+            value: crate::text::bounded(name, 80),
             max: 253,
         })
     }
@@ -299,7 +299,7 @@ pub fn validate_item_key(key: &str) -> Result<(), NameError> {
         Ok(())
     } else {
         Err(NameError::InvalidItemKey {
-            value: printable(key),
+            value: crate::text::bounded(key, 80),
         })
     }
 }
@@ -313,18 +313,6 @@ fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
-}
-
-/// Names go into error messages; keep them short so hostile input cannot flood the terminal.
-fn printable(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.chars().count() <= MAX {
-        s.to_owned()
-    } else {
-        let mut cut: String = s.chars().take(MAX).collect();
-        cut.push('…');
-        cut
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,7 +15,8 @@ use zeroize::Zeroizing;
 use crate::api::EncryptedSecret;
 use crate::binding::Scope;
 use crate::envelope::WrapAlgorithm;
-use crate::kms::{AwsKms, AwsSettings, Kms};
+use crate::kms::aws::AwsArgs;
+use crate::kms::{AwsKms, Kms};
 use crate::manifest::{self, Format};
 use crate::open::{self, ItemFormat, Rules};
 use crate::policy::{KeyPolicy, ResolvedAliases};
@@ -81,43 +81,6 @@ pub struct Cli {
     pub aws: AwsArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Where and as whom to call AWS.
-#[derive(Debug, Args, Clone, Default)]
-pub struct AwsArgs {
-    /// AWS region for key ids and aliases (default: AWS_REGION or the profile's region).
-    #[arg(long, global = true, value_name = "REGION")]
-    pub region: Option<String>,
-    /// KMS/STS endpoint URL, e.g. http://localhost:4566 for LocalStack.
-    #[arg(long, global = true, value_name = "URL")]
-    pub endpoint: Option<String>,
-    /// Assume this IAM role on top of the default credentials (e.g. for a key in another account).
-    #[arg(long, global = true, env = "KMSEAL_ROLE_ARN", value_name = "ARN")]
-    pub role_arn: Option<String>,
-    /// Session name for --role-arn.
-    #[arg(
-        long,
-        global = true,
-        env = "KMSEAL_ROLE_SESSION_NAME",
-        default_value = "kmseal"
-    )]
-    pub role_session_name: String,
-    /// Named profile from the AWS config files (default: AWS_PROFILE).
-    #[arg(long, global = true, value_name = "NAME")]
-    pub profile: Option<String>,
-}
-
-impl AwsArgs {
-    pub fn settings(&self) -> AwsSettings {
-        AwsSettings {
-            region: self.region.clone(),
-            endpoint: self.endpoint.clone(),
-            role_arn: self.role_arn.clone(),
-            role_session_name: Some(self.role_session_name.clone()),
-            profile: self.profile.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -448,10 +411,7 @@ pub async fn run(
             return code;
         }
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::time::unix_now();
     let mut rng = OsRandom;
     let mut io = Io {
         stdin,
@@ -839,33 +799,11 @@ fn describe(format: &ItemFormat) -> String {
             };
             format!(
                 "envelope {version}, scope {scope}, {wrap}, wrapped {}",
-                rfc3339(*wrapped_at)
+                crate::time::rfc3339(*wrapped_at)
             )
         }
         ItemFormat::PlainKms { scope } => format!("plain KMS ciphertext, scope {scope}"),
     }
-}
-
-/// Formats Unix seconds as an RFC 3339 UTC timestamp.
-pub fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the whole u64 day range we use.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// The CLI decrypts with its user's own credentials, whose IAM policy decides which keys they
@@ -936,7 +874,7 @@ fn validate_policy(args: &ValidateArgs) -> Result<KeyPolicy, CliError> {
         let mut rules = KeyPolicy::rules_for_all_namespaces(&args.allowed_keys)
             .map_err(|e| usage(format!("--allowed-keys: {e}")))?;
         if let Some(path) = &args.key_policy {
-            rules.extend(crate::config::read_policy_file(path)?);
+            rules.extend(KeyPolicy::read_rules(path)?);
         }
         KeyPolicy::from_rules(rules)
     };

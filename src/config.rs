@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-use crate::cli::AwsArgs;
+use crate::kms::aws::AwsArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -163,8 +163,6 @@ pub enum ConfigError {
         "no KMS key is allowed: set --allowed-keys (KMSEAL_ALLOWED_KEYS) to the key ARNs, alias ARNs or mrk- ids the controller may decrypt with, or --key-policy FILE to say which namespaces may use which key; --allow-any-key allows every key, for single-tenant clusters only (see README: multi-tenant clusters)"
     )]
     NoKeysAllowed,
-    #[error("--key-policy {path}: {message}")]
-    PolicyFile { path: String, message: String },
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
 }
@@ -178,7 +176,7 @@ impl ControllerArgs {
         } else {
             let mut rules = KeyPolicy::rules_for_all_namespaces(&self.allowed_keys)?;
             if let Some(path) = &self.key_policy {
-                rules.extend(read_policy_file(path)?);
+                rules.extend(KeyPolicy::read_rules(path)?);
             }
             if rules.is_empty() && self.key_policy.is_none() {
                 return Err(ConfigError::NoKeysAllowed);
@@ -211,26 +209,6 @@ impl ControllerArgs {
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| "default".to_owned())
     }
-}
-
-/// Reads and parses a key policy file.
-pub fn read_policy_file(path: &std::path::Path) -> Result<Vec<crate::policy::Rule>, ConfigError> {
-    use std::io::Read;
-    let shown = path.display().to_string();
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| {
-            f.take(crate::policy::MAX_POLICY_LEN as u64 + 1)
-                .read_to_string(&mut text)
-        })
-        .map_err(|e| ConfigError::PolicyFile {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
-    crate::policy::KeyPolicy::parse_rules(&text).map_err(|e| ConfigError::PolicyFile {
-        path: shown,
-        message: e.to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! writes the Secret and the status, publishes events, and decides when to look again.
 //!
 //! Cluster access goes through [`ClusterApi`], implemented for a real API server by
-//! [`KubeClusterApi`] and in memory by [`fake::InMemoryCluster`] for tests and benchmarks.
+//! [`KubeClusterApi`] and in memory by `fake::InMemoryCluster` for tests and benchmarks (the
+//! `testing` feature).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -20,12 +21,14 @@ use crate::api::{EncryptedSecret, EncryptedSecretStatus};
 use crate::kms::{Kms, KmsErrorKind};
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::open::{self, OpenError};
-use crate::reconcile::{
-    self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason, truncate,
-};
+use crate::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason};
+use crate::time::{now_rfc3339, unix_now};
+use crate::wrapping::ItemKeys;
 
 pub mod admission;
 pub mod body;
+/// An in-memory cluster for tests and benchmarks (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod key_facts;
 pub mod recent;
@@ -55,9 +58,13 @@ impl ApiError {
     pub fn summary(&self) -> String {
         match self {
             ApiError::Kube(kube::Error::Api(status)) => {
-                format!("{} ({})", truncate(&status.message, 300), status.code)
+                format!(
+                    "{} ({})",
+                    crate::text::bounded(&status.message, 300),
+                    status.code
+                )
             }
-            other => truncate(&other.to_string(), 300),
+            other => crate::text::bounded(&other.to_string(), 300),
         }
     }
 }
@@ -313,7 +320,7 @@ impl KubeClusterApi {
                     .unwrap_or_else(|_| "no explanation".into());
                 Err(WriteError::Api(ApiError::Other(format!(
                     "{} ({code})",
-                    truncate(&message, 300)
+                    crate::text::bounded(&message, 300)
                 ))))
             }
         }
@@ -335,7 +342,7 @@ impl ClusterApi for KubeClusterApi {
         }
         let key = (namespace.to_owned(), name.to_owned());
         {
-            let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+            let mut absent = crate::sync::lock(&self.absent);
             match absent.get(&key) {
                 Some(at) if at.elapsed() < ABSENT_FOR => return Ok(None),
                 Some(_) => {
@@ -350,7 +357,7 @@ impl ClusterApi for KubeClusterApi {
             .await?
             .map(|meta| ExistingSecret::from(&meta.metadata));
         if found.is_none() {
-            let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+            let mut absent = crate::sync::lock(&self.absent);
             // Expired entries go when the map doubles: amortized constant time per insert.
             if absent.len() >= 1024 && absent.len().is_power_of_two() {
                 absent.retain(|_, at| at.elapsed() < ABSENT_FOR);
@@ -376,10 +383,7 @@ impl ClusterApi for KubeClusterApi {
             secret.metadata.namespace.clone().unwrap_or_default(),
             secret.metadata.name.clone().unwrap_or_default(),
         );
-        self.absent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        crate::sync::lock(&self.absent).remove(&key);
         written
     }
 
@@ -438,7 +442,7 @@ impl ClusterApi for KubeClusterApi {
                 EventType::Normal
             },
             reason: event.reason.to_owned(),
-            note: Some(truncate(&event.note, 1000)),
+            note: Some(crate::text::bounded(&event.note, 1000)),
             action: "Reconcile".to_owned(),
             secondary: None,
         };
@@ -517,7 +521,7 @@ type NotCurrent = (&'static str, usize);
 #[derive(Debug, Clone, Copy)]
 enum KeyView<'a> {
     /// The object passed the key policy: its values' keys, as the reconcile read them.
-    Judge(&'a open::ItemKeys),
+    Judge(&'a ItemKeys),
     /// Refused before any KMS call (a key the namespace may not use, a malformed item):
     /// nothing is said about any key it names, and a condition from before goes.
     Refused,
@@ -525,8 +529,8 @@ enum KeyView<'a> {
     Unknown,
 }
 
-impl<'a> From<Option<&'a open::ItemKeys>> for KeyView<'a> {
-    fn from(keys: Option<&'a open::ItemKeys>) -> Self {
+impl<'a> From<Option<&'a ItemKeys>> for KeyView<'a> {
+    fn from(keys: Option<&'a ItemKeys>) -> Self {
         keys.map_or(KeyView::Unknown, KeyView::Judge)
     }
 }
@@ -556,18 +560,6 @@ pub enum ReconcileError {
     Unnamed,
     #[error(transparent)]
     Api(#[from] ApiError),
-}
-
-/// Now, in Unix seconds.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn now_rfc3339() -> String {
-    crate::cli::rfc3339(unix_now())
 }
 
 fn jitter() -> f64 {
@@ -642,7 +634,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     fn known_facts<'s>(
         &'s self,
         namespace: &'s str,
-    ) -> impl Fn(&str) -> Option<crate::rotation::KeyFacts> + 's {
+    ) -> impl Fn(&str) -> Option<crate::kms::KeyFacts> + 's {
         let snapshot = self.admission.snapshot();
         move |id: &str| {
             let named = snapshot.policy.names(id, &snapshot.aliases);
@@ -655,7 +647,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     fn key_current_with(
         &self,
         es: &EncryptedSecret,
-        keys: Option<&open::ItemKeys>,
+        keys: Option<&ItemKeys>,
         may_rewrap: bool,
     ) -> Option<Option<crate::api::Condition>> {
         let keys = keys?;
@@ -737,7 +729,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
 
     /// Keeps the `stale_values` gauge: what this object contributes now.
     fn note_not_current(&self, key: (String, String), now: Option<NotCurrent>) {
-        let mut map = self.not_current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.not_current);
         let before = match now {
             Some(entry) => map.insert(key, entry),
             None => map.remove(&key),
@@ -767,7 +759,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), KmsWaiting>> {
-        self.kms_waiting.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.kms_waiting)
     }
 
     /// Forgets the objects that failed for want of KMS before KMS answered again, and returns
@@ -798,7 +790,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     }
 
     fn retries(&self) -> std::sync::MutexGuard<'_, retries::Retries> {
-        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.retries)
     }
 
     /// Records a failure of `es` and returns how long it waits. `charged`: the object itself
@@ -831,10 +823,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .retain(|(namespace, name), _| exists(namespace, name));
         self.deferred.retain(&exists);
         self.rotation.retain(&exists);
-        let gone: Vec<_> = self
-            .not_current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let gone: Vec<_> = crate::sync::lock(&self.not_current)
             .keys()
             .filter(|(namespace, name)| !exists(namespace, name))
             .cloned()
@@ -1051,7 +1040,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         namespace: &str,
         name: &str,
         replacing: Option<(&str, &ExistingSecret)>,
-        keys: Option<&open::ItemKeys>,
+        keys: Option<&ItemKeys>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
         let snapshot = self.admission.snapshot();
         let proceed = || self.api.is_current(es);
@@ -1086,7 +1075,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     .as_deref()
                     .map(|i| format!("item {i}: "))
                     .unwrap_or_default();
-                let reason = reconcile::reason_for_category(failure.error.category());
+                let reason = failure.error.category().reason();
                 let message = format!(
                     "{item}{}; the existing Secret, if any, was left unchanged",
                     failure.error.tenant_message()

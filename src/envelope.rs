@@ -33,6 +33,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
 use crate::binding::{Binding, BindingError, Scope};
+use crate::category::Category;
 
 pub const MAGIC: &[u8; 6] = b"kmseal";
 /// The version `kmseal seal` writes.
@@ -315,13 +316,21 @@ pub enum EnvelopeError {
 
 impl EnvelopeError {
     /// A fixed, low-cardinality category for metrics, conditions and events.
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Category {
         match self {
-            EnvelopeError::Tampered => "tampered",
-            EnvelopeError::UnsupportedVersion(_) => "unsupported_version",
-            EnvelopeError::TooLarge { .. } => "too_large",
-            EnvelopeError::Binding(_) => "invalid_input",
-            _ => "malformed",
+            EnvelopeError::Tampered => Category::Tampered,
+            EnvelopeError::UnsupportedVersion(_) => Category::UnsupportedVersion,
+            EnvelopeError::TooLarge { .. } => Category::TooLarge,
+            EnvelopeError::Binding(_) => Category::InvalidInput,
+            EnvelopeError::Truncated(_)
+            | EnvelopeError::NotAnEnvelope
+            | EnvelopeError::UnknownScope(_)
+            | EnvelopeError::UnknownAlgorithm(_)
+            | EnvelopeError::InvalidKeyArn
+            | EnvelopeError::InvalidKeyMaterialId
+            | EnvelopeError::WrappedKeyLength(_)
+            | EnvelopeError::DataKeyLength(_)
+            | EnvelopeError::NotRewrappable => Category::Malformed,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod arn;
 pub mod binding;
+pub mod category;
 pub mod cli;
 pub mod config;
 pub mod controller;
@@ -21,5 +22,9 @@ pub mod reconcile;
 pub mod rotation;
 pub mod seal;
 pub mod server;
+pub mod sync;
 pub mod telemetry;
+pub mod text;
+pub mod time;
 pub mod validate;
+pub mod wrapping;

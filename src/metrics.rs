@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::binding::EncryptionContext;
 use crate::kms::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, PublicKeyInfo,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, PublicKeyInfo,
     ReEncryptRequest, ReEncrypted,
 };
 
@@ -169,7 +169,7 @@ impl Metrics {
     ) {
         let outcome = match result {
             Ok(_) => "ok",
-            Err(e) => e.category(),
+            Err(e) => e.category().as_str(),
         };
         self.kms_requests
             .get_or_create(&KmsLabels { operation, outcome })
@@ -227,7 +227,7 @@ impl<K: Kms> Kms for MeteredKms<K> {
         result
     }
 
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         let started = Instant::now();
         let result = self.inner.describe_key(key_id).await;
         self.metrics.observe_kms("DescribeKey", started, &result);

@@ -18,17 +18,15 @@ use zeroize::Zeroizing;
 use crate::api::{EncryptedSecret, PLAIN_SCOPE_ANNOTATION};
 use crate::arn;
 use crate::binding::{self, Binding, EncryptionContext, NameError, Scope};
+use crate::category::Category;
 use crate::envelope::{self, DataKey, Envelope, EnvelopeError, Version, WrapAlgorithm};
 use crate::kms::{DecryptRequest, Kms, KmsError, KmsErrorKind, Proceed};
 use crate::policy::{KeyPolicy, PolicyError, ResolvedAliases};
+use crate::wrapping::{ItemKeys, Wrapping, intern};
 
 /// KMS ciphertext blobs are at most 6144 bytes.
 pub const MAX_PLAIN_KMS_CIPHERTEXT: usize = 6144;
-/// The longest base64 text any valid item can have.
-pub const MAX_ITEM_BASE64_LEN: usize = envelope::MAX_SEALED_LEN.div_ceil(3) * 4;
-/// The most items one EncryptedSecret may hold (also in the CRD schema). Each may need a KMS
-/// call of its own, so this bounds the KMS work one object can cause.
-pub const MAX_ITEMS: usize = 256;
+use crate::api::{MAX_ITEM_BASE64_LEN, MAX_ITEMS};
 
 /// How an item was sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,13 +105,13 @@ pub enum OpenError {
 }
 
 impl OpenError {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Category {
         match self {
-            OpenError::Base64 | OpenError::NotCiphertext { .. } => "malformed",
-            OpenError::TooLarge { .. } | OpenError::TooManyItems { .. } => "too_large",
+            OpenError::Base64 | OpenError::NotCiphertext { .. } => Category::Malformed,
+            OpenError::TooLarge { .. } | OpenError::TooManyItems { .. } => Category::TooLarge,
             OpenError::MissingTarget(_)
             | OpenError::BadScopeAnnotation(_)
-            | OpenError::ItemKey(_) => "invalid_input",
+            | OpenError::ItemKey(_) => Category::InvalidInput,
             OpenError::Envelope(e) => e.category(),
             OpenError::Kms(e) => e.category(),
             OpenError::Policy(e) => e.category(),
@@ -544,74 +542,6 @@ pub async fn open_each<K: Kms>(
         .collect()
 }
 
-/// The keys an object's items name, read without KMS and without decoding whole values.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ItemKeys {
-    /// The scope of the plain KMS ciphertext items, if there are any (their key is
-    /// `spec.keyId`).
-    pub plain_scope: Option<Scope>,
-    /// How the envelope items are wrapped: one entry per distinct (key, material, version,
-    /// algorithm); usually one per object (one data key). The watch cache keeps this for every
-    /// settled object, so its strings are shared between objects (see [`intern`]).
-    pub wrappings: Vec<Wrapping>,
-}
-
-impl ItemKeys {
-    /// The key ARNs in the envelope headers, sorted, without duplicates.
-    pub fn envelope_keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.wrappings.iter().map(|w| &*w.key_arn).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
-    }
-}
-
-/// One shared copy of a string that many objects carry (key ARNs, key material ids): the
-/// watch cache holds one per settled object otherwise. Copies no object holds any more are
-/// dropped as the table grows, so it stays bounded by what is in use.
-pub fn intern(text: &str) -> std::sync::Arc<str> {
-    static TABLE: std::sync::LazyLock<std::sync::Mutex<Interner>> =
-        std::sync::LazyLock::new(|| std::sync::Mutex::new(Interner::default()));
-    TABLE.lock().unwrap_or_else(|e| e.into_inner()).get(text)
-}
-
-/// The table behind [`intern`].
-#[derive(Default)]
-struct Interner {
-    copies: HashMap<Box<str>, std::sync::Weak<str>>,
-    /// The size at which dead copies are dropped next.
-    limit: usize,
-}
-
-impl Interner {
-    fn get(&mut self, text: &str) -> std::sync::Arc<str> {
-        if let Some(shared) = self.copies.get(text).and_then(std::sync::Weak::upgrade) {
-            return shared;
-        }
-        if self.copies.len() >= self.limit.max(64) {
-            self.copies.retain(|_, weak| weak.strong_count() > 0);
-            self.limit = self.copies.len() * 2;
-        }
-        let shared: std::sync::Arc<str> = std::sync::Arc::from(text);
-        self.copies
-            .insert(text.into(), std::sync::Arc::downgrade(&shared));
-        shared
-    }
-}
-
-/// How some envelope items are wrapped, as their clear headers say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wrapping {
-    pub key_arn: std::sync::Arc<str>,
-    pub key_material_id: Option<std::sync::Arc<str>>,
-    /// The oldest wrap time among them (Unix seconds).
-    pub wrapped_at: u64,
-    pub version: Version,
-    pub algorithm: WrapAlgorithm,
-    /// How many items.
-    pub items: usize,
-}
-
 /// The keys of every item, from the first bytes of each value (no KMS): what the key policy is
 /// checked against on every reconcile, even one that needs no KMS call. Also checks what
 /// applies to the whole object (item count, scope annotation).
@@ -663,30 +593,4 @@ pub fn item_keys(es: &EncryptedSecret) -> Result<ItemKeys, Failure> {
         }
     }
     Ok(keys)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interned_strings_are_shared_and_forgotten_when_unused() {
-        let text = "arn:aws:kms:eu-west-1:111122223333:key/interned-test";
-        let (a, b) = (intern(text), intern(text));
-        assert!(std::sync::Arc::ptr_eq(&a, &b));
-        let weak = std::sync::Arc::downgrade(&a);
-        drop((a, b));
-        assert!(
-            weak.upgrade().is_none(),
-            "the table holds no strong reference"
-        );
-        // Many short-lived strings do not pile up; live ones stay shared.
-        let mut table = Interner::default();
-        let kept = table.get("kept");
-        for i in 0..10_000 {
-            drop(table.get(&format!("transient-{i}")));
-        }
-        assert!(table.copies.len() <= 130, "{} copies", table.copies.len());
-        assert!(std::sync::Arc::ptr_eq(&kept, &table.get("kept")));
-    }
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::arn::{self, KmsArn};
 use crate::binding::Scope;
+use crate::category::Category;
 
 /// The largest policy file the controller reads.
 pub const MAX_POLICY_LEN: usize = 1024 * 1024;
@@ -69,7 +70,7 @@ impl KeyRef {
         }
         Err(PolicyError::Invalid(format!(
             "{:?} is not a key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), an alias ARN (arn:aws:kms:REGION:ACCOUNT:alias/NAME) or a multi-region key id (mrk-…); bare key ids and alias names are refused because they mean different keys in different accounts and regions",
-            shorten(text)
+            crate::text::bounded(text, 120)
         )))
     }
 
@@ -96,7 +97,7 @@ impl NamespacePattern {
         } else {
             Err(PolicyError::Invalid(format!(
                 "{:?} is not a namespace or a namespace pattern: use lowercase letters, digits, '-' and '*' (any run of characters), at most 63",
-                shorten(text)
+                crate::text::bounded(text, 120)
             )))
         }
     }
@@ -161,6 +162,9 @@ pub struct KeyPolicy {
 pub enum PolicyError {
     #[error("{0}")]
     Invalid(String),
+    /// The policy file could not be read or is not a key policy.
+    #[error("--key-policy {path}: {message}")]
+    File { path: String, message: String },
     #[error(
         "KMS key {key} may not be used in namespace {namespace}{pending}; seal the value under a key your namespace may use, or ask your platform team to allow this one (kmseal key policy)"
     )]
@@ -216,29 +220,16 @@ impl fmt::Display for Pending {
 
 impl PolicyError {
     /// A fixed category for metrics, conditions and events.
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Category {
         match self {
-            PolicyError::Invalid(_) => "invalid_policy",
+            PolicyError::Invalid(_) | PolicyError::File { .. } => Category::InvalidPolicy,
             PolicyError::KeyNotAllowed { .. }
             | PolicyError::PlainKeyNotAllowed { .. }
             | PolicyError::PlainKeyIdMissing
-            | PolicyError::PlainClusterScope => "key_not_allowed",
-            PolicyError::SecretTypeNotAllowed(_) => "type_not_allowed",
+            | PolicyError::PlainClusterScope => Category::KeyNotAllowed,
+            PolicyError::SecretTypeNotAllowed(_) => Category::TypeNotAllowed,
         }
     }
-}
-
-fn shorten(s: &str) -> String {
-    const MAX: usize = 120;
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX)
-        .collect();
-    if s.chars().count() > MAX {
-        out.push('…');
-    }
-    out
 }
 
 /// The policy file, as written by the operator (or rendered by the Helm chart).
@@ -365,6 +356,23 @@ impl KeyPolicy {
             .collect()
     }
 
+    /// The rules of the policy file at `path` (at most [`MAX_POLICY_LEN`] bytes).
+    pub fn read_rules(path: &std::path::Path) -> Result<Vec<Rule>, PolicyError> {
+        use std::io::Read;
+        let shown = path.display().to_string();
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_POLICY_LEN as u64 + 1).read_to_string(&mut text))
+            .map_err(|e| PolicyError::File {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        KeyPolicy::parse_rules(&text).map_err(|e| PolicyError::File {
+            path: shown,
+            message: e.to_string(),
+        })
+    }
+
     /// The policy's aliases, which the controller resolves with `DescribeKey`.
     pub fn aliases(&self) -> Vec<&str> {
         let mut aliases: Vec<&str> = self
@@ -429,7 +437,7 @@ impl KeyPolicy {
             }
         }
         Err(PolicyError::KeyNotAllowed {
-            key: shorten(key_arn),
+            key: crate::text::bounded(key_arn, 120),
             namespace: namespace.to_owned(),
             pending: Pending(pending),
         })
@@ -456,7 +464,7 @@ impl KeyPolicy {
             return Ok(Some(wanted.to_owned()));
         };
         let not_allowed = |pending| PolicyError::PlainKeyNotAllowed {
-            key: shorten(wanted),
+            key: crate::text::bounded(wanted, 120),
             namespace: namespace.to_owned(),
             pending: Pending(pending),
         };
@@ -559,7 +567,9 @@ impl SecretTypes {
         if type_ != SERVICE_ACCOUNT_TOKEN && self.0.contains(type_) {
             Ok(())
         } else {
-            Err(PolicyError::SecretTypeNotAllowed(shorten(type_)))
+            Err(PolicyError::SecretTypeNotAllowed(crate::text::bounded(
+                type_, 120,
+            )))
         }
     }
 }
@@ -600,7 +610,7 @@ mod tests {
                 .is_ok()
         );
         let err = p.check_key("team-b", KEY_A, &none).unwrap_err();
-        assert_eq!(err.category(), "key_not_allowed");
+        assert_eq!(err.category().as_str(), "key_not_allowed");
         let text = err.to_string();
         assert!(text.contains(KEY_A) && text.contains("team-b"), "{text}");
     }
@@ -664,7 +674,7 @@ mod tests {
         ] {
             assert_eq!(
                 key_id(ns, k).unwrap_err().category(),
-                "key_not_allowed",
+                Category::KeyNotAllowed,
                 "{ns} {k:?}"
             );
         }
@@ -709,7 +719,7 @@ mod tests {
             "mrk-xyz",
         ] {
             let err = KeyPolicy::rules_for_all_namespaces(&[bad.into()]).unwrap_err();
-            assert_eq!(err.category(), "invalid_policy", "{bad}");
+            assert_eq!(err.category().as_str(), "invalid_policy", "{bad}");
         }
     }
 
@@ -747,7 +757,7 @@ mod tests {
             &"x".repeat(MAX_POLICY_LEN + 1),
         ] {
             let err = KeyPolicy::parse_rules(text).unwrap_err();
-            assert_eq!(err.category(), "invalid_policy");
+            assert_eq!(err.category().as_str(), "invalid_policy");
         }
         let quoting = "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys: [{key: mrk-00, namespaces: [a]}, s3cr3t-value: :]\n";
         let err = KeyPolicy::parse_rules(quoting).unwrap_err().to_string();
@@ -760,7 +770,7 @@ mod tests {
         assert!(types.check("Opaque").is_ok());
         assert!(types.check("kubernetes.io/tls").is_ok());
         let sa = types.check(SERVICE_ACCOUNT_TOKEN).unwrap_err();
-        assert_eq!(sa.category(), "type_not_allowed");
+        assert_eq!(sa.category().as_str(), "type_not_allowed");
         assert!(sa.to_string().contains("ServiceAccount token"), "{sa}");
         assert!(types.check("bootstrap.kubernetes.io/token").is_err());
         assert!(SecretTypes::new(&[SERVICE_ACCOUNT_TOKEN.into()]).is_err());

@@ -28,60 +28,7 @@ pub const READY: &str = "Ready";
 /// controller re-applies once instead of trusting fingerprints from an older one.
 const SECRET_SHAPE_VERSION: &str = "kmseal-secret-v2";
 
-/// Ready condition reasons: a small fixed set, also used as event reasons.
-pub mod reason {
-    pub const SYNCED: &str = "Synced";
-    pub const SECRET_EXISTS: &str = "SecretExists";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const DECRYPT_FAILED: &str = "DecryptFailed";
-    pub const ACCESS_DENIED: &str = "AccessDenied";
-    pub const NO_CREDENTIALS: &str = "NoCredentials";
-    pub const KEY_NOT_FOUND: &str = "KeyNotFound";
-    pub const KEY_DISABLED: &str = "KeyDisabled";
-    pub const THROTTLED: &str = "Throttled";
-    pub const KMS_UNAVAILABLE: &str = "KmsUnavailable";
-    pub const APPLY_FAILED: &str = "ApplyFailed";
-    pub const KEY_NOT_ALLOWED: &str = "KeyNotAllowed";
-    pub const TYPE_NOT_ALLOWED: &str = "SecretTypeNotAllowed";
-
-    pub const ALL: [&str; 13] = [
-        SYNCED,
-        SECRET_EXISTS,
-        INVALID_SPEC,
-        DECRYPT_FAILED,
-        ACCESS_DENIED,
-        NO_CREDENTIALS,
-        KEY_NOT_FOUND,
-        KEY_DISABLED,
-        THROTTLED,
-        KMS_UNAVAILABLE,
-        APPLY_FAILED,
-        KEY_NOT_ALLOWED,
-        TYPE_NOT_ALLOWED,
-    ];
-}
-
-/// The condition reason for a failure category (see `KmsErrorKind::as_str`,
-/// `EnvelopeError::category`, `OpenError::category`).
-pub fn reason_for_category(category: &str) -> &'static str {
-    match category {
-        "access_denied" => reason::ACCESS_DENIED,
-        "credentials" => reason::NO_CREDENTIALS,
-        "key_not_found" => reason::KEY_NOT_FOUND,
-        "key_disabled" => reason::KEY_DISABLED,
-        "throttled" => reason::THROTTLED,
-        "unreachable" | "kms_unavailable" | "kms_error" | "configuration" => {
-            reason::KMS_UNAVAILABLE
-        }
-        "tampered" | "invalid_ciphertext" | "wrong_key" | "key_usage" => reason::DECRYPT_FAILED,
-        "malformed" | "too_large" | "unsupported_version" | "invalid_input" | "invalid_request" => {
-            reason::INVALID_SPEC
-        }
-        "key_not_allowed" => reason::KEY_NOT_ALLOWED,
-        "type_not_allowed" => reason::TYPE_NOT_ALLOWED,
-        _ => reason::APPLY_FAILED,
-    }
-}
+pub use crate::category::reason;
 
 /// What the controller knows of an existing Secret: its metadata only.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -193,23 +140,11 @@ pub fn ownership(es: &EncryptedSecret, existing: &ExistingSecret) -> Ownership {
         // Another controller's Secret is never taken, whatever its annotations say.
         Some(owner) => Ownership::Foreign(format!(
             "controlled by {} {}",
-            truncate(&owner.kind, 63),
-            truncate(&owner.name, 253)
+            crate::text::bounded(&owner.kind, 63),
+            crate::text::bounded(&owner.name, 253)
         )),
         None if adoptable => Ownership::Adoptable,
         None => Ownership::Foreign("not created by kmseal".to_owned()),
-    }
-}
-
-/// At most `max` characters of `s`, with an ellipsis when cut: names and server messages go
-/// into conditions and events, which must stay bounded.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
     }
 }
 
@@ -1054,20 +989,5 @@ mod tests {
             Duration::from_secs(300),
             "jitter never lifts the cap"
         );
-    }
-
-    #[test]
-    fn categories_map_to_known_reasons() {
-        for category in [
-            "access_denied",
-            "tampered",
-            "throttled",
-            "malformed",
-            "unreachable",
-            "whatever",
-        ] {
-            assert!(reason::ALL.contains(&reason_for_category(category)));
-        }
-        assert_eq!(reason_for_category("tampered"), reason::DECRYPT_FAILED);
     }
 }

@@ -9,21 +9,8 @@ use std::fmt;
 
 use crate::arn;
 use crate::envelope::{Header, Version, WrapAlgorithm};
-
-/// What KMS says about a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyFacts {
-    /// The key's ARN (an alias resolved).
-    pub key_arn: String,
-    /// e.g. `Enabled`, `Disabled`, `PendingDeletion`.
-    pub state: String,
-    /// The key's current material, where KMS says (`DescribeKey`'s `CurrentKeyMaterialId`).
-    pub current_material_id: Option<String>,
-    /// When the material last rotated (Unix seconds); `None`: never, or KMS would not say.
-    pub last_rotation: Option<u64>,
-    /// For a key pending deletion: when (Unix seconds).
-    pub deletion_date: Option<u64>,
-}
+use crate::kms::KeyFacts;
+use crate::kms::{Kms, KmsError, KmsErrorKind, ReEncryptRequest};
 
 /// Why a value should be re-wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,7 +88,7 @@ pub enum KeyCurrent {
 /// known, so nothing is said. A key at risk comes first (values will stop opening), then a key
 /// change, then rotated material.
 pub fn key_current(
-    wrappings: &[crate::open::Wrapping],
+    wrappings: &[crate::wrapping::Wrapping],
     desired: Option<&str>,
     facts: &dyn Fn(&str) -> Option<KeyFacts>,
     now: u64,
@@ -386,6 +373,46 @@ pub fn risk(facts: &KeyFacts, now: u64) -> Option<KeyRisk> {
     }
 }
 
+/// Moves the data key of a v2 value with header `source` (bound to `namespace`/`name`) under
+/// `target_key_arn` with one `ReEncrypt`: the plaintext data key never leaves KMS, and the
+/// encryption context stays the value's own. Returns the new header (wrapped at `now`), checked
+/// to be under the target key. Used by `kmseal rewrap` and the controller.
+pub async fn move_data_key<K: Kms>(
+    kms: &K,
+    source: &Header,
+    namespace: &str,
+    name: &str,
+    target_key_arn: &str,
+    now: u64,
+) -> Result<Header, KmsError> {
+    let context = crate::binding::Binding::new(source.scope, namespace, name).context_v2();
+    let moved = kms
+        .re_encrypt(ReEncryptRequest {
+            ciphertext: &source.wrapped_key,
+            source_key_id: &source.key_arn,
+            source_algorithm: WrapAlgorithm::KmsSymmetric,
+            source_context: &context,
+            destination_key_id: target_key_arn,
+            destination_context: &context,
+        })
+        .await?;
+    if !crate::arn::same_key(&moved.key_arn, target_key_arn) {
+        return Err(KmsError::new(
+            KmsErrorKind::WrongKey,
+            "kms:ReEncrypt",
+            Some(target_key_arn),
+            moved.key_arn,
+        ));
+    }
+    Ok(Header {
+        wrapped_at: now,
+        key_arn: moved.key_arn,
+        key_material_id: moved.key_material_id,
+        wrapped_key: moved.wrapped,
+        ..source.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,8 +488,8 @@ mod tests {
         material: Option<&str>,
         wrapped_at: u64,
         items: usize,
-    ) -> crate::open::Wrapping {
-        crate::open::Wrapping {
+    ) -> crate::wrapping::Wrapping {
+        crate::wrapping::Wrapping {
             key_arn: key.into(),
             key_material_id: material.map(Into::into),
             wrapped_at,

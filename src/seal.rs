@@ -14,14 +14,15 @@ use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, PublicKey};
 use zeroize::Zeroizing;
 
+use crate::api::MAX_ITEMS;
 use crate::api::{EncryptedSecret, EncryptedSecretSpec, SecretTemplate, TemplateMetadata};
 use crate::arn;
 use crate::binding::{self, Binding, NameError, Scope};
+use crate::category::Category;
 use crate::envelope::{
     self, DATA_KEY_LEN, DataKey, EnvelopeError, Header, NONCE_LEN, Version, WrapAlgorithm,
 };
 use crate::kms::{Kms, KmsError};
-use crate::open::MAX_ITEMS;
 use crate::random::{Random, RandomError};
 
 /// The smallest RSA modulus KMS issues (RSA_2048), in bytes.
@@ -127,13 +128,13 @@ pub enum SealError {
 }
 
 impl SealError {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Category {
         match self {
-            SealError::Name(_) | SealError::Input(_) => "invalid_input",
-            SealError::PublicKey(_) => "invalid_public_key",
+            SealError::Name(_) | SealError::Input(_) => Category::InvalidInput,
+            SealError::PublicKey(_) => Category::InvalidPublicKey,
             SealError::Envelope { source, .. } => source.category(),
             SealError::Kms(e) => e.category(),
-            SealError::Random(_) => "random",
+            SealError::Random(_) => Category::Random,
         }
     }
 }

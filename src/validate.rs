@@ -202,7 +202,7 @@ impl Validator {
                         name: None,
                         item: None,
                         severity: Severity::Error,
-                        code: e.category(),
+                        code: e.category().as_str(),
                         message: e.to_string(),
                     });
                 }
@@ -220,8 +220,8 @@ impl Validator {
                     code: "schema",
                     message: format!(
                         "apiVersion {:?}, kind {:?} is not served by kmseal; use apiVersion: {}, kind: {}",
-                        shorten(api_version.unwrap_or("")),
-                        shorten(kind.unwrap_or("")),
+                        crate::text::bounded(api_version.unwrap_or(""), 80),
+                        crate::text::bounded(kind.unwrap_or(""), 80),
                         api::API_VERSION,
                         api::KIND
                     ),
@@ -306,18 +306,6 @@ impl Validator {
     }
 }
 
-fn shorten(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(80)
-        .collect();
-    if s.chars().count() > 80 {
-        out.push('…');
-    }
-    out
-}
-
 /// `metadata.namespace` and `metadata.name` as text, if they are text.
 fn identity(fields: &Map<String, Value>) -> (Option<String>, Option<String>) {
     let meta = fields.get("metadata");
@@ -325,7 +313,7 @@ fn identity(fields: &Map<String, Value>) -> (Option<String>, Option<String>) {
         meta.and_then(|m| m.get(key))
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .map(shorten)
+            .map(|s| crate::text::bounded(s, 80))
     };
     (text("namespace"), text("name"))
 }
@@ -349,7 +337,7 @@ fn check_encrypted(
                 .clone()
                 .or(options.namespace.map(str::to_owned)),
             name: name.clone(),
-            item: item.map(shorten),
+            item: item.map(|s| crate::text::bounded(s, 80)),
             severity,
             code,
             message,
@@ -406,7 +394,7 @@ fn check_encrypted(
     };
 
     if let Err(e) = options.types.check(reconcile::secret_type(&es)) {
-        push(None, Severity::Error, e.category(), e.to_string());
+        push(None, Severity::Error, e.category().as_str(), e.to_string());
     }
     if es.spec.encrypted_data.is_empty() {
         push(
@@ -432,7 +420,7 @@ fn check_encrypted(
     let checked = match open::check_offline(&es, namespace.unwrap_or(""), &name, rules) {
         Ok(checked) => checked,
         Err(e) => {
-            push(None, Severity::Error, e.category(), e.to_string());
+            push(None, Severity::Error, e.category().as_str(), e.to_string());
             return (findings, None);
         }
     };
@@ -467,7 +455,12 @@ fn check_encrypted(
                     "key {key} is allowed only if one of the key policy's aliases points to it, which cannot be told offline; run kmseal verify, or name the key by its ARN in the policy"
                 ),
             ),
-            Err(e) => push(Some(item), Severity::Error, e.category(), e.to_string()),
+            Err(e) => push(
+                Some(item),
+                Severity::Error,
+                e.category().as_str(),
+                e.to_string(),
+            ),
         }
     }
     if namespace.is_none() && (needs_namespace || options.rules.policy.rules().is_some()) {
@@ -601,7 +594,10 @@ fn check_metadata(meta: Option<&Value>, problems: &mut Vec<String>) {
     };
     for key in meta.keys() {
         if !METADATA_FIELDS.contains(&key.as_str()) {
-            problems.push(format!("metadata.{}: unknown field", shorten(key)));
+            problems.push(format!(
+                "metadata.{}: unknown field",
+                crate::text::bounded(key, 80)
+            ));
         }
     }
     match meta.get("name") {
@@ -749,7 +745,7 @@ fn check_schema(
         if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
             continue;
         }
-        let shown = at(&shorten(key));
+        let shown = at(&crate::text::bounded(key, 80));
         if let Some(child_schema) = properties.and_then(|p| p.get(key)) {
             check_schema(child, child_schema, &shown, false, problems);
         } else {

@@ -88,7 +88,12 @@ async fn aws_kms_round_trip_and_context_binding() {
         for (namespace, name) in [("dev", "db"), ("prod", "other")] {
             let moved = open_each(&kms, &es, namespace, name).await;
             let err = moved["password"].as_ref().unwrap_err();
-            assert_eq!(err.category(), "invalid_ciphertext", "{}: {err}", emu.name);
+            assert_eq!(
+                err.category().as_str(),
+                "invalid_ciphertext",
+                "{}: {err}",
+                emu.name
+            );
             assert!(err.to_string().contains("re-seal"), "{err}");
         }
     }
@@ -815,7 +820,7 @@ async fn re_encrypt_and_rotation_facts_on_both_emulators() {
         );
 
         let before = kms.describe_key(&first).await.unwrap();
-        assert_eq!(before.key_state, "Enabled");
+        assert_eq!(before.state, "Enabled");
         admin
             .rotate_key_on_demand()
             .key_id(&first)
@@ -837,11 +842,8 @@ async fn re_encrypt_and_rotation_facts_on_both_emulators() {
                 assert_eq!(kms.last_rotation(&second).await.unwrap(), None);
             }
             _ => {
-                assert!(after.current_key_material_id.is_some());
-                assert_ne!(
-                    after.current_key_material_id,
-                    before.current_key_material_id
-                );
+                assert!(after.current_material_id.is_some());
+                assert_ne!(after.current_material_id, before.current_material_id);
                 assert!(kms.last_rotation(&first).await.is_err());
             }
         }
@@ -855,7 +857,7 @@ async fn re_encrypt_and_rotation_facts_on_both_emulators() {
             .await
             .unwrap();
         let pending = kms.describe_key(&second).await.unwrap();
-        assert_eq!(pending.key_state, "PendingDeletion", "{}", emu.name);
+        assert_eq!(pending.state, "PendingDeletion", "{}", emu.name);
         assert!(pending.deletion_date.is_some(), "{}", emu.name);
     }
 }

@@ -23,8 +23,8 @@ use harness::{eventually, eventually_within, ready, sealed_in, start_with_kms, v
 use kmseal::api::EncryptedSecret;
 use kmseal::binding::{EncryptionContext, Scope};
 use kmseal::kms::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    MemoryKms, PublicKeyInfo, ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, MemoryKms,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use kmseal::random::OsRandom;
 use kmseal::seal::{self, Wrapper};
@@ -102,7 +102,7 @@ impl Kms for Recording {
     async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
         self.inner.public_key(key_id).await
     }
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         self.log.lock().unwrap().looked_up.push(key_id.to_owned());
         self.outage("kms:DescribeKey")?;
         self.inner.describe_key(key_id).await

@@ -327,9 +327,9 @@ fn public_key_files_are_checked() {
 
 #[test]
 fn rfc3339_formats_known_instants() {
-    assert_eq!(cli::rfc3339(0), "1970-01-01T00:00:00Z");
-    assert_eq!(cli::rfc3339(1_764_000_000), "2025-11-24T16:00:00Z");
-    assert_eq!(cli::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(kmseal::time::rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(kmseal::time::rfc3339(1_764_000_000), "2025-11-24T16:00:00Z");
+    assert_eq!(kmseal::time::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
 }
 
 // The real binary, for what needs no KMS.

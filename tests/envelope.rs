@@ -535,7 +535,7 @@ fn format_document_states_the_code_limits() {
     };
     for (what, value) in [
         ("largest sealed value", envelope::MAX_SEALED_LEN),
-        ("largest base64 item", kmseal::open::MAX_ITEM_BASE64_LEN),
+        ("largest base64 item", kmseal::api::MAX_ITEM_BASE64_LEN),
         ("largest value", envelope::MAX_PLAINTEXT_LEN),
     ] {
         assert!(
@@ -570,7 +570,7 @@ fn format_document_states_the_code_limits() {
     assert_eq!(envelope::MAX_KEY_MATERIAL_ID_LEN, 128);
     assert_eq!(envelope::MAX_WRAPPED_KEY_LEN, 6144);
     assert_eq!(kmseal::binding::MAX_BOUND_FIELD_LEN, 253);
-    assert_eq!(kmseal::open::MAX_ITEMS, 256);
+    assert_eq!(kmseal::api::MAX_ITEMS, 256);
     assert_eq!(kmseal::binding::CONTEXT_NAMESPACE, "kmseal.dev/namespace");
     assert_eq!(kmseal::binding::CONTEXT_NAME, "kmseal.dev/name");
     assert_eq!(kmseal::binding::CONTEXT_VERSION, "kmseal.dev/v");

@@ -21,7 +21,7 @@ use kmseal::controller::fake::InMemoryCluster;
 use kmseal::controller::{Admission, Reconciled, Reconciler};
 use kmseal::envelope::{self, Header, Version, WrapAlgorithm};
 use kmseal::kms::{
-    AwsKms, CachingKms, DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError,
+    AwsKms, CachingKms, DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError,
     KmsErrorKind, MemoryKms, PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use kmseal::policy::{KeyPolicy, SecretTypes};
@@ -71,7 +71,7 @@ impl<K: Kms> Kms for Counting<K> {
     async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
         self.inner.public_key(key_id).await
     }
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         self.inner.describe_key(key_id).await
     }
     async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
@@ -360,7 +360,7 @@ async fn junk_items_cost_at_most_one_decrypt_per_attempt() {
         Reconciled::Failed(reason::INVALID_SPEC)
     );
     assert_eq!(kms.decrypts(), 0, "over the item limit: refused before KMS");
-    let es = object("tenant-a", "junk", &items[..kmseal::open::MAX_ITEMS]);
+    let es = object("tenant-a", "junk", &items[..kmseal::api::MAX_ITEMS]);
     for attempt in 1..=3 {
         assert_eq!(
             step(&r, &es).await,
@@ -579,7 +579,7 @@ impl Kms for Denying {
     async fn public_key(&self, _: &str) -> Result<PublicKeyInfo, KmsError> {
         unreachable!()
     }
-    async fn describe_key(&self, _: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, _: &str) -> Result<KeyFacts, KmsError> {
         unreachable!()
     }
     async fn re_encrypt(&self, _: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {

@@ -124,7 +124,7 @@ async fn a_leader_that_loses_its_lease_stops() {
             .unwrap();
         lease["spec"]["holderIdentity"] = "pod-z".into();
         lease["spec"]["leaseDurationSeconds"] = 3600.into();
-        lease["spec"]["renewTime"] = kmseal::cli::rfc3339(
+        lease["spec"]["renewTime"] = kmseal::time::rfc3339(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -289,7 +289,7 @@ async fn a_noisy_namespace_does_not_delay_another() {
             &format!("junk-{i}"),
             Default::default(),
         );
-        for item in 0..kmseal::open::MAX_ITEMS {
+        for item in 0..kmseal::api::MAX_ITEMS {
             let header = kmseal::envelope::Header {
                 version: kmseal::envelope::Version::V2,
                 scope: Scope::Strict,
@@ -537,7 +537,7 @@ impl<K: kmseal::kms::Kms> kmseal::kms::Kms for Faulty<K> {
     async fn describe_key(
         &self,
         key_id: &str,
-    ) -> Result<kmseal::kms::KeyDescription, kmseal::kms::KmsError> {
+    ) -> Result<kmseal::kms::KeyFacts, kmseal::kms::KmsError> {
         self.fault("kms:DescribeKey").await?;
         self.inner.describe_key(key_id).await
     }

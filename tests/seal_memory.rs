@@ -10,8 +10,8 @@ use kmseal::api::{EncryptedSecret, PLAIN_SCOPE_ANNOTATION};
 use kmseal::binding::{EncryptionContext, Scope};
 use kmseal::envelope;
 use kmseal::kms::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, MemoryKms,
-    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, MemoryKms, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 use kmseal::open::{self, ItemFormat, OpenError, Opened, Rules};
 use kmseal::policy::{KeyPolicy, ResolvedAliases};
@@ -157,7 +157,7 @@ async fn moved_values_fail_through_kms_context_and_aad() {
         let results = open_each(&kms, &es, namespace, name).await;
         let err = results["password"].as_ref().unwrap_err();
         assert_eq!(
-            err.category(),
+            err.category().as_str(),
             "invalid_ciphertext",
             "{namespace}/{name}: {err}"
         );
@@ -168,7 +168,11 @@ async fn moved_values_fail_through_kms_context_and_aad() {
     swapped.spec.encrypted_data.insert("username".into(), value);
     let results = open_each(&kms, &swapped, "prod", "db").await;
     assert_eq!(
-        results["username"].as_ref().unwrap_err().category(),
+        results["username"]
+            .as_ref()
+            .unwrap_err()
+            .category()
+            .as_str(),
         "tampered"
     );
 }
@@ -248,13 +252,13 @@ async fn disabled_and_denied_keys_have_categories_and_fixes() {
     kms.set_enabled(&key, false);
     let results = open_each(&kms, &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
-    assert_eq!(err.category(), "key_disabled");
+    assert_eq!(err.category().as_str(), "key_disabled");
     assert!(err.to_string().contains("enable-key"), "{err}");
     kms.set_enabled(&key, true);
     kms.deny("kms:Decrypt", &key);
     let results = open_each(&kms, &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
-    assert_eq!(err.category(), "access_denied");
+    assert_eq!(err.category().as_str(), "access_denied");
     assert!(
         err.to_string().contains("kms:Decrypt") && err.to_string().contains(&key),
         "{err}"
@@ -271,7 +275,7 @@ async fn disabled_and_denied_keys_have_categories_and_fixes() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.category(), "key_not_found");
+    assert_eq!(err.category().as_str(), "key_not_found");
 }
 
 /// A KMS that decrypts correctly but reports another key, as a compromised or confused
@@ -293,7 +297,7 @@ impl Kms for LyingKms<'_> {
     async fn public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
         self.0.public_key(key_id).await
     }
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         self.0.describe_key(key_id).await
     }
     async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
@@ -311,7 +315,7 @@ async fn an_answer_from_another_key_is_refused() {
     let es = seal_strict(&kms, &key, &[("a", b"1")]).await;
     let results = open_each(&LyingKms(&kms), &es, "prod", "db").await;
     let err = results["a"].as_ref().unwrap_err();
-    assert_eq!(err.category(), "wrong_key", "{err}");
+    assert_eq!(err.category().as_str(), "wrong_key", "{err}");
 }
 
 #[tokio::test]
@@ -349,7 +353,7 @@ async fn offline_rsa_sealing_round_trips_through_kms_decrypt() {
     // With no encryption context for RSA, the AAD alone keeps the binding.
     let results = open_each(&kms, &es, "dev", "db").await;
     assert_eq!(
-        results["tls.key"].as_ref().unwrap_err().category(),
+        results["tls.key"].as_ref().unwrap_err().category().as_str(),
         "tampered"
     );
 }
@@ -387,7 +391,7 @@ async fn plain_kms_ciphertext_is_bound_to_namespace_name_and_item() {
     for (namespace, name) in [("dev", "db"), ("prod", "other")] {
         let moved = open_each(&kms, &es, namespace, name).await;
         assert_eq!(
-            moved["token"].as_ref().unwrap_err().category(),
+            moved["token"].as_ref().unwrap_err().category().as_str(),
             "invalid_ciphertext"
         );
     }
@@ -397,7 +401,7 @@ async fn plain_kms_ciphertext_is_bound_to_namespace_name_and_item() {
     swapped.spec.encrypted_data.insert("other".into(), value);
     let results = open_each(&kms, &swapped, "prod", "db").await;
     assert_eq!(
-        results["other"].as_ref().unwrap_err().category(),
+        results["other"].as_ref().unwrap_err().category().as_str(),
         "invalid_ciphertext"
     );
     // The kmseal 0.1 context (no item) no longer opens.
@@ -438,7 +442,10 @@ async fn hostile_items_fail_alone_and_clearly() {
     let data = &mut es.spec.encrypted_data;
     data.insert("not-base64".into(), "***".into());
     data.insert("empty".into(), String::new());
-    data.insert("huge".into(), "A".repeat(open::MAX_ITEM_BASE64_LEN + 4));
+    data.insert(
+        "huge".into(),
+        "A".repeat(kmseal::api::MAX_ITEM_BASE64_LEN + 4),
+    );
     data.insert("truncated".into(), BASE64.encode(b"kmseal\x01\x00"));
     data.insert("too-long-for-kms".into(), BASE64.encode(vec![1u8; 7000]));
     let results = open_each(&kms, &es, "prod", "db").await;
@@ -453,7 +460,11 @@ async fn hostile_items_fail_alone_and_clearly() {
     ));
     assert!(matches!(results["huge"], Err(OpenError::TooLarge { .. })));
     assert_eq!(
-        results["truncated"].as_ref().unwrap_err().category(),
+        results["truncated"]
+            .as_ref()
+            .unwrap_err()
+            .category()
+            .as_str(),
         "malformed"
     );
     assert!(matches!(
@@ -479,7 +490,7 @@ async fn invalid_names_and_oversized_values_are_refused_before_kms() {
     let err = seal::seal_secret(&wrapper, &bad_item, Scope::Strict, &mut Counter(0), 1)
         .await
         .unwrap_err();
-    assert_eq!(err.category(), "too_large");
+    assert_eq!(err.category().as_str(), "too_large");
     let mut no_ns = secret(&[("a", b"1")]);
     no_ns.namespace = None;
     let err = seal::seal_secret(&wrapper, &no_ns, Scope::Strict, &mut Counter(0), 1)

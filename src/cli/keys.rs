@@ -11,13 +11,14 @@ use serde::Serialize;
 use super::rewrap::Facts;
 use super::{
     CliError, EXIT_OK, EXIT_VERIFY_UNCHECKED, Io, ReportFormat, fail, manifest_files,
-    manifest_text, read_capped, rfc3339, usage,
+    manifest_text, read_capped, usage,
 };
 use crate::api::EncryptedSecret;
 use crate::envelope::{Version, WrapAlgorithm};
 use crate::kms::Kms;
 use crate::open::{self, Decoded};
 use crate::rotation;
+use crate::time::rfc3339;
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {

@@ -20,9 +20,10 @@ use super::{
 use crate::api::EncryptedSecret;
 use crate::binding::Scope;
 use crate::envelope::{Envelope, Header};
+use crate::kms::KeyFacts;
 use crate::kms::{Kms, KmsError};
 use crate::open::{self, Decoded};
-use crate::rotation::{self, KeyFacts, Stale};
+use crate::rotation::{self, Stale};
 
 #[derive(Debug, Args)]
 pub struct RewrapArgs {
@@ -406,7 +407,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
         name: &str,
         target: &KeyFacts,
     ) -> Result<Header, KmsError> {
-        crate::kms::move_data_key(
+        crate::rotation::move_data_key(
             self.facts.kms,
             &group.header,
             namespace,

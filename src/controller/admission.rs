@@ -7,10 +7,12 @@
 use std::sync::{Arc, RwLock};
 
 use crate::api::EncryptedSecret;
+use crate::category::Category;
 use crate::kms::Kms;
 use crate::open::{self, Rules};
 use crate::policy::{KeyPolicy, PolicyError, ResolvedAliases, SecretTypes};
 use crate::reconcile::{self, Rejection};
+use crate::wrapping::ItemKeys;
 
 /// The key policy and what its aliases resolve to, swapped as a whole.
 #[derive(Debug, Clone)]
@@ -51,15 +53,12 @@ impl Admission {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::read(&self.current).clone()
     }
 
     /// Replaces the policy (a reloaded file); aliases it shares with the old one stay resolved.
     pub fn set_policy(&self, policy: KeyPolicy) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = crate::sync::write(&self.current);
         let mut aliases = current.aliases.clone();
         let wanted = policy.aliases();
         aliases.retain(|alias, _| wanted.contains(&alias.as_str()));
@@ -86,7 +85,7 @@ impl Admission {
                 }
             }
         }
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = crate::sync::write(&self.current);
         // Only if the policy did not change meanwhile.
         if current.policy == snapshot.policy {
             *current = Arc::new(Snapshot {
@@ -109,10 +108,10 @@ impl Admission {
     pub fn check_keys(
         &self,
         es: &EncryptedSecret,
-        keys: Result<&open::ItemKeys, &open::Failure>,
+        keys: Result<&ItemKeys, &open::Failure>,
     ) -> Result<(), Rejection> {
-        let reject = |category: &str, message: String| Rejection {
-            reason: reconcile::reason_for_category(category),
+        let reject = |category: Category, message: String| Rejection {
+            reason: category.reason(),
             message,
         };
         self.types

@@ -69,7 +69,7 @@ impl InMemoryCluster {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn bump(&self) -> String {
@@ -141,15 +141,11 @@ impl InMemoryCluster {
 
     /// Runs `hook` right before the next Secret write (after the reconcile planned it).
     pub fn before_next_write(&self, hook: impl FnOnce(&InMemoryCluster) + Send + 'static) {
-        *self.before_write.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+        *crate::sync::lock(&self.before_write) = Some(Box::new(hook));
     }
 
     fn run_hook(&self) {
-        let hook = self
-            .before_write
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let hook = crate::sync::lock(&self.before_write).take();
         if let Some(hook) = hook {
             hook(self);
         }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::kms::KeyFacts;
 use crate::kms::{Kms, KmsErrorKind};
-use crate::rotation::KeyFacts;
 
 /// How long what KMS said about a key is used before asking again, by default.
 pub const KEY_FACTS_TTL: Duration = Duration::from_secs(300);
@@ -106,7 +106,7 @@ impl KeyFactsCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// What is known about `key_id` (a key ARN, or a key id or alias the object names), asked

@@ -14,13 +14,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::time::Instant;
 
-use super::{ApiError, ClusterApi, Reconciler, WaitingRoom, WriteError, now_rfc3339, unix_now};
+use super::{ApiError, ClusterApi, Reconciler, WaitingRoom, WriteError};
 use crate::api::{EncryptedSecret, RewrapRecord, RotationPolicy};
 use crate::envelope::Envelope;
 use crate::kms::Kms;
@@ -28,6 +30,8 @@ use crate::metrics::ResultLabels;
 use crate::open::{self, Decoded};
 use crate::reconcile::{self, EventSpec};
 use crate::rotation::{self, RewrapPlan};
+use crate::time::{now_rfc3339, unix_now};
+use crate::wrapping::ItemKeys;
 
 /// How long an object whose re-wrap failed waits before it is tried again.
 pub const REWRAP_RETRY: Duration = Duration::from_secs(900);
@@ -50,10 +54,6 @@ pub struct Rotation {
     failed: Mutex<HashMap<Key, Instant>>,
     /// Re-wraps under way, at most one per namespace, in the order of their next turn.
     jobs: Mutex<VecDeque<Job>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn key(namespace: &str, name: &str) -> Key {
@@ -319,7 +319,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             return Ok(Step::Done(Rewrapped::Skipped));
         }
         let group = &job.groups[job.moved];
-        let moved = crate::kms::move_data_key(
+        let moved = crate::rotation::move_data_key(
             &self.kms,
             &group.header,
             &namespace,
@@ -450,7 +450,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     pub(super) fn v1_upgrade_plan(
         &self,
         es: &EncryptedSecret,
-        keys: Option<&open::ItemKeys>,
+        keys: Option<&ItemKeys>,
     ) -> Option<Vec<V1Upgrade>> {
         let has_v1 = keys.is_none_or(|k| {
             k.wrappings

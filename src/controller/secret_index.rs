@@ -51,7 +51,7 @@ impl SecretIndex {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
-        self.maps.write().unwrap_or_else(|e| e.into_inner())
+        crate::sync::write(&self.maps)
     }
 
     /// Takes in one watch event (the watcher's relist protocol included: a relist replaces
@@ -85,16 +85,12 @@ impl SecretIndex {
 
     /// The Secret `namespace/name`, if the watch has it.
     pub fn get(&self, namespace: &str, name: &str) -> Option<ExistingSecret> {
-        let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
+        let maps = crate::sync::read(&self.maps);
         maps.current.get(&(namespace.into(), name.into())).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.maps
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .current
-            .len()
+        crate::sync::read(&self.maps).current.len()
     }
 
     pub fn is_empty(&self) -> bool {

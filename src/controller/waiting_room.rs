@@ -28,7 +28,7 @@ impl WaitingRoom {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Room> {
-        self.room.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.room)
     }
 
     /// Adds an object (once; a second deferral keeps its place).

@@ -11,8 +11,9 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
 use crate::api::EncryptedSecret;
-use crate::open::{self, ItemKeys};
+use crate::open;
 use crate::reconcile;
+use crate::wrapping::ItemKeys;
 
 /// One listed or watched EncryptedSecret: the object, or its metadata and why it does not
 /// deserialize.

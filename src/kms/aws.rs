@@ -24,8 +24,8 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use zeroize::Zeroizing;
 
 use super::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 use crate::arn::KmsArn;
 use crate::binding::EncryptionContext;
@@ -43,6 +43,44 @@ pub struct AwsSettings {
     pub role_session_name: Option<String>,
     /// A named profile from the shared config files.
     pub profile: Option<String>,
+}
+
+/// [`AwsSettings`] as the CLI and the controller take them on the command line (flags shared
+/// by every subcommand and by the controller).
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct AwsArgs {
+    /// AWS region for key ids and aliases (default: AWS_REGION or the profile's region).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// KMS/STS endpoint URL, e.g. http://localhost:4566 for LocalStack.
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Assume this IAM role on top of the default credentials (e.g. for a key in another account).
+    #[arg(long, global = true, env = "KMSEAL_ROLE_ARN", value_name = "ARN")]
+    pub role_arn: Option<String>,
+    /// Session name for --role-arn.
+    #[arg(
+        long,
+        global = true,
+        env = "KMSEAL_ROLE_SESSION_NAME",
+        default_value = "kmseal"
+    )]
+    pub role_session_name: String,
+    /// Named profile from the AWS config files (default: AWS_PROFILE).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+impl AwsArgs {
+    pub fn settings(&self) -> AwsSettings {
+        AwsSettings {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            role_arn: self.role_arn.clone(),
+            role_session_name: Some(self.role_session_name.clone()),
+            profile: self.profile.clone(),
+        }
+    }
 }
 
 pub const DEFAULT_ROLE_SESSION_NAME: &str = "kmseal";
@@ -190,7 +228,7 @@ impl AwsKms {
     }
 
     fn client(&self, region: &str) -> aws_sdk_kms::Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = crate::sync::lock(&self.clients);
         clients
             .entry(region.to_owned())
             .or_insert_with(|| {
@@ -336,7 +374,7 @@ impl Kms for AwsKms {
         })
     }
 
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         self.describe(key_id).await
     }
 
@@ -426,7 +464,7 @@ impl Kms for AwsKms {
 }
 
 impl AwsKms {
-    async fn describe(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         const ACTION: &str = "kms:DescribeKey";
         let (region, routed_key) = self.route(ACTION, key_id)?;
         let output = self
@@ -439,15 +477,16 @@ impl AwsKms {
         let metadata = output
             .key_metadata
             .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyMetadata"))?;
-        Ok(KeyDescription {
+        Ok(KeyFacts {
             key_arn: metadata
                 .arn
                 .ok_or_else(|| malformed(ACTION, key_id, &region, "no Arn"))?,
-            key_state: metadata
+            state: metadata
                 .key_state
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
-            current_key_material_id: metadata.current_key_material_id,
+            current_material_id: metadata.current_key_material_id,
+            last_rotation: None,
             deletion_date: metadata
                 .deletion_date
                 .and_then(|d| u64::try_from(d.secs()).ok()),
@@ -501,21 +540,6 @@ pub fn kind_for_code(code: &str) -> KmsErrorKind {
         }
         _ => KmsErrorKind::Other,
     }
-}
-
-/// Keeps error detail short and printable. KMS messages carry no secrets, but a proxy or a
-/// hostile endpoint could send anything.
-fn clean(detail: &str) -> String {
-    const MAX: usize = 400;
-    let mut out: String = detail
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX)
-        .collect();
-    if detail.chars().count() > MAX {
-        out.push('…');
-    }
-    out
 }
 
 fn map_error<E, R>(action: &'static str, key: &str, region: &str, err: SdkError<E, R>) -> KmsError
@@ -574,7 +598,7 @@ where
             }
         }
     };
-    KmsError::new(kind, action, Some(key), clean(&detail)).in_region(region)
+    KmsError::new(kind, action, Some(key), crate::text::bounded(&detail, 400)).in_region(region)
 }
 
 /// The innermost error of `err`'s source chain, as its own message says it.
@@ -621,13 +645,6 @@ mod tests {
             KmsErrorKind::InvalidCiphertext
         );
         assert_eq!(kind_for_code("SomethingNew"), KmsErrorKind::Other);
-    }
-
-    #[test]
-    fn detail_is_bounded_and_printable() {
-        let cleaned = clean(&format!("a\nb{}", "x".repeat(1000)));
-        assert!(!cleaned.contains('\n'));
-        assert!(cleaned.chars().count() <= 401);
     }
 
     #[tokio::test]

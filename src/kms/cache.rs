@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, PublicKeyInfo,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, PublicKeyInfo,
     ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
@@ -189,7 +189,7 @@ impl<K> CachingKms<K> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.entries)
     }
 
     fn insert(&self, key: [u8; 32], fresh: Fresh, tenant: &str) {
@@ -289,7 +289,7 @@ impl<K: Kms> Kms for CachingKms<K> {
         self.inner.public_key(key_id).await
     }
 
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         self.inner.describe_key(key_id).await
     }
 

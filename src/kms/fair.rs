@@ -21,8 +21,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 
@@ -113,7 +113,7 @@ impl Gate {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Requests admitted so far.
@@ -340,7 +340,7 @@ impl<K: Kms> Kms for FairKms<K> {
         self.inner.public_key(key_id).await
     }
 
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         let _permit = self.gate.acquire(OPERATOR).await;
         self.inner.describe_key(key_id).await
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 
@@ -31,7 +31,7 @@ impl KmsHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.seen)
     }
 
     pub fn record<T>(&self, result: &Result<T, KmsError>) {
@@ -107,7 +107,7 @@ impl<K: Kms> Kms for HealthKms<K> {
         result
     }
 
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         let result = self.inner.describe_key(key_id).await;
         self.health.record(&result);
         result

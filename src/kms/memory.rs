@@ -18,8 +18,8 @@ use rsa::{Oaep, PrivateKey};
 use zeroize::Zeroizing;
 
 use super::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyDescription, Kms, KmsError, KmsErrorKind,
-    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, PublicKeyInfo,
+    ReEncryptRequest, ReEncrypted,
 };
 use crate::binding::EncryptionContext;
 use crate::envelope::{DataKey, WrapAlgorithm};
@@ -102,7 +102,7 @@ impl MemoryKms {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic in another test thread must not hide this test's result.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Creates a symmetric key and returns its ARN.
@@ -496,7 +496,7 @@ impl Kms for MemoryKms {
         })
     }
 
-    async fn describe_key(&self, key_id: &str) -> Result<KeyDescription, KmsError> {
+    async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
         self.calls.describe_key.fetch_add(1, Ordering::Relaxed);
         self.pause().await;
         let state = self.lock();
@@ -523,15 +523,16 @@ impl Kms for MemoryKms {
             (None, true) => "Enabled",
             (None, false) => "Disabled",
         };
-        Ok(KeyDescription {
+        Ok(KeyFacts {
             key_arn: key.arn.clone(),
-            key_state: key_state.to_owned(),
-            current_key_material_id: match &key.material {
+            state: key_state.to_owned(),
+            current_material_id: match &key.material {
                 Material::Symmetric(versions) => {
                     Some(Self::material_id(&key.arn, versions.len() - 1))
                 }
                 Material::Rsa(_) => None,
             },
+            last_rotation: None,
             deletion_date: key.deletion_date,
         })
     }
@@ -653,15 +654,12 @@ mod tests {
         let ctx = context("a");
         let old = kms.generate_data_key(&key, &ctx).await.unwrap();
         let before = kms.describe_key(&key).await.unwrap();
-        assert_eq!(before.current_key_material_id, old.key_material_id);
+        assert_eq!(before.current_material_id, old.key_material_id);
         assert_eq!(kms.last_rotation(&key).await.unwrap(), None);
 
         kms.rotate_key(&key, 1_800_000_000);
         let after = kms.describe_key(&key).await.unwrap();
-        assert_ne!(
-            after.current_key_material_id,
-            before.current_key_material_id
-        );
+        assert_ne!(after.current_material_id, before.current_material_id);
         assert_eq!(kms.last_rotation(&key).await.unwrap(), Some(1_800_000_000));
         // Old ciphertext still opens.
         let opened = kms
@@ -676,7 +674,7 @@ mod tests {
             .re_encrypt(re(blob, &key, &key, &ctx, &ctx))
             .await
             .unwrap();
-        assert_eq!(moved.key_material_id, after.current_key_material_id);
+        assert_eq!(moved.key_material_id, after.current_material_id);
         let reopened = kms
             .decrypt(decrypt(&key, &moved.wrapped, &ctx))
             .await
@@ -717,7 +715,7 @@ mod tests {
         let key = kms.create_key();
         kms.schedule_deletion(&key, 1_900_000_000);
         let description = kms.describe_key(&key).await.unwrap();
-        assert_eq!(description.key_state, "PendingDeletion");
+        assert_eq!(description.state, "PendingDeletion");
         assert_eq!(description.deletion_date, Some(1_900_000_000));
         let err = kms
             .generate_data_key(&key, &context("a"))

@@ -7,18 +7,22 @@ use std::future::Future;
 use zeroize::Zeroizing;
 
 use crate::binding::EncryptionContext;
+use crate::category::Category;
 use crate::envelope::{DataKey, WrapAlgorithm};
 
 pub mod aws;
 pub mod cache;
 pub mod fair;
 pub mod health;
+/// An in-memory KMS for tests, benchmarks and examples (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 pub use aws::{AwsKms, AwsSettings};
 pub use cache::CachingKms;
 pub use fair::FairKms;
 pub use health::{HealthKms, KmsHealth};
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryKms;
 
 /// A fresh data key: plaintext for local use, wrapped for storage.
@@ -88,15 +92,19 @@ impl fmt::Debug for DecryptRequest<'_> {
     }
 }
 
-/// What `DescribeKey` says about a key.
+/// What KMS says about a key: `DescribeKey`'s answer, and, from [`key_facts`], when its
+/// material last rotated (`ListKeyRotations`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyDescription {
+pub struct KeyFacts {
     /// The key's ARN (an alias resolves to its target key).
     pub key_arn: String,
     /// e.g. `Enabled`, `Disabled`, `PendingDeletion`.
-    pub key_state: String,
-    /// The current key material, where KMS says.
-    pub current_key_material_id: Option<String>,
+    pub state: String,
+    /// The current key material, where KMS says (`CurrentKeyMaterialId`).
+    pub current_material_id: Option<String>,
+    /// When the material last rotated (Unix seconds); `None`: never, KMS would not say, or
+    /// not asked (`describe_key` alone).
+    pub last_rotation: Option<u64>,
     /// For a key pending deletion: when it will be deleted (Unix seconds).
     pub deletion_date: Option<u64>,
 }
@@ -176,10 +184,8 @@ pub trait Kms: Send + Sync {
     ) -> impl Future<Output = Result<PublicKeyInfo, KmsError>> + Send;
 
     /// `DescribeKey`: resolves an alias to its key and reports the key's state.
-    fn describe_key(
-        &self,
-        key_id: &str,
-    ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send;
+    fn describe_key(&self, key_id: &str)
+    -> impl Future<Output = Result<KeyFacts, KmsError>> + Send;
 
     /// `ReEncrypt` (symmetric destination, the same algorithm KMS-wrapped envelopes use).
     fn re_encrypt(
@@ -222,7 +228,7 @@ impl<K: Kms> Kms for std::sync::Arc<K> {
     fn describe_key(
         &self,
         key_id: &str,
-    ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send {
+    ) -> impl Future<Output = Result<KeyFacts, KmsError>> + Send {
         (**self).describe_key(key_id)
     }
 
@@ -244,58 +250,12 @@ impl<K: Kms> Kms for std::sync::Arc<K> {
 /// What KMS says about a key, for rotation: one `DescribeKey`, then `ListKeyRotations`, whose
 /// failure (another account's key, an emulator without it) only leaves the rotation date out:
 /// material ids are then the only signal.
-pub async fn key_facts<K: Kms>(
-    kms: &K,
-    key_id: &str,
-) -> Result<crate::rotation::KeyFacts, KmsError> {
+pub async fn key_facts<K: Kms>(kms: &K, key_id: &str) -> Result<KeyFacts, KmsError> {
     let description = kms.describe_key(key_id).await?;
     let last_rotation = kms.last_rotation(&description.key_arn).await.ok().flatten();
-    Ok(crate::rotation::KeyFacts {
-        key_arn: description.key_arn,
-        state: description.key_state,
-        current_material_id: description.current_key_material_id,
+    Ok(KeyFacts {
         last_rotation,
-        deletion_date: description.deletion_date,
-    })
-}
-
-/// Moves the data key of a v2 value with header `source` (bound to `namespace`/`name`) under
-/// `target_key_arn` with one `ReEncrypt`: the plaintext data key never leaves KMS, and the
-/// encryption context stays the value's own. Returns the new header (wrapped at `now`), checked
-/// to be under the target key. Used by `kmseal rewrap` and the controller.
-pub async fn move_data_key<K: Kms>(
-    kms: &K,
-    source: &crate::envelope::Header,
-    namespace: &str,
-    name: &str,
-    target_key_arn: &str,
-    now: u64,
-) -> Result<crate::envelope::Header, KmsError> {
-    let context = crate::binding::Binding::new(source.scope, namespace, name).context_v2();
-    let moved = kms
-        .re_encrypt(ReEncryptRequest {
-            ciphertext: &source.wrapped_key,
-            source_key_id: &source.key_arn,
-            source_algorithm: WrapAlgorithm::KmsSymmetric,
-            source_context: &context,
-            destination_key_id: target_key_arn,
-            destination_context: &context,
-        })
-        .await?;
-    if !crate::arn::same_key(&moved.key_arn, target_key_arn) {
-        return Err(KmsError::new(
-            KmsErrorKind::WrongKey,
-            "kms:ReEncrypt",
-            Some(target_key_arn),
-            moved.key_arn,
-        ));
-    }
-    Ok(crate::envelope::Header {
-        wrapped_at: now,
-        key_arn: moved.key_arn,
-        key_material_id: moved.key_material_id,
-        wrapped_key: moved.wrapped,
-        ..source.clone()
+        ..description
     })
 }
 
@@ -327,24 +287,29 @@ pub enum KmsErrorKind {
 }
 
 impl KmsErrorKind {
-    pub fn as_str(self) -> &'static str {
+    /// The failure category (metric labels, condition reasons).
+    pub fn category(self) -> Category {
         match self {
-            KmsErrorKind::AccessDenied => "access_denied",
-            KmsErrorKind::KeyNotFound => "key_not_found",
-            KmsErrorKind::KeyDisabled => "key_disabled",
-            KmsErrorKind::Unavailable => "kms_unavailable",
-            KmsErrorKind::InvalidCiphertext => "invalid_ciphertext",
-            KmsErrorKind::KeyUsage => "key_usage",
-            KmsErrorKind::Throttled => "throttled",
-            KmsErrorKind::Unreachable => "unreachable",
-            KmsErrorKind::Credentials => "credentials",
-            KmsErrorKind::Configuration => "configuration",
-            KmsErrorKind::InvalidRequest => "invalid_request",
-            KmsErrorKind::WrongKey => "wrong_key",
-            KmsErrorKind::Cancelled => "cancelled",
-            KmsErrorKind::Deferred => "deferred",
-            KmsErrorKind::Other => "kms_error",
+            KmsErrorKind::AccessDenied => Category::AccessDenied,
+            KmsErrorKind::KeyNotFound => Category::KeyNotFound,
+            KmsErrorKind::KeyDisabled => Category::KeyDisabled,
+            KmsErrorKind::Unavailable => Category::KmsUnavailable,
+            KmsErrorKind::InvalidCiphertext => Category::InvalidCiphertext,
+            KmsErrorKind::KeyUsage => Category::KeyUsage,
+            KmsErrorKind::Throttled => Category::Throttled,
+            KmsErrorKind::Unreachable => Category::Unreachable,
+            KmsErrorKind::Credentials => Category::Credentials,
+            KmsErrorKind::Configuration => Category::Configuration,
+            KmsErrorKind::InvalidRequest => Category::InvalidRequest,
+            KmsErrorKind::WrongKey => Category::WrongKey,
+            KmsErrorKind::Cancelled => Category::Cancelled,
+            KmsErrorKind::Deferred => Category::Deferred,
+            KmsErrorKind::Other => Category::KmsError,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.category().as_str()
     }
 
     /// Worth retrying later without any change by the user.
@@ -391,8 +356,8 @@ impl KmsError {
         self
     }
 
-    pub fn category(&self) -> &'static str {
-        self.kind.as_str()
+    pub fn category(&self) -> Category {
+        self.kind.category()
     }
 
     /// Whether the failure comes from where the call was made (credentials, network, KMS
@@ -566,7 +531,7 @@ mod tests {
         assert!(text.contains("kms:Decrypt"), "{text}");
         assert!(text.contains("arn:aws:kms:us-east-1:1:key/k"), "{text}");
         assert!(text.contains("key policy"), "{text}");
-        assert_eq!(e.category(), "access_denied");
+        assert_eq!(e.category().as_str(), "access_denied");
         let nf = KmsError::new(
             KmsErrorKind::KeyNotFound,
             "kms:GenerateDataKey",
