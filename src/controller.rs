@@ -868,8 +868,15 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     ) -> Result<(Reconciled, Action), ReconcileError> {
         let started = Instant::now();
         // The status this controller last wrote, if the watch cache does not show it yet.
-        let latest = self.recent.latest(es);
-        let es = latest.as_ref().unwrap_or(es);
+        let latest = match self.recent.latest(es) {
+            recent::Seen::Current => None,
+            recent::Seen::Written(latest) => Some(latest),
+            recent::Seen::Behind => {
+                // An older copy than the spec this controller wrote: its watch event comes.
+                return Ok((Reconciled::Cancelled, Action::await_change()));
+            }
+        };
+        let es = latest.as_deref().unwrap_or(es);
         let result = self.reconcile_inner(es, settled).await;
         self.metrics
             .reconcile_duration

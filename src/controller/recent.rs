@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::sync::lock;
+
 use crate::api::{EncryptedSecret, EncryptedSecretStatus};
 
 type Key = (String, String);
@@ -31,14 +33,22 @@ struct WrittenStatus {
     status: EncryptedSecretStatus,
 }
 
+/// See [`RecentWrites::latest`].
+#[derive(Debug)]
+pub enum Seen {
+    /// The watch cache shows what this controller last wrote, or it wrote nothing since.
+    Current,
+    /// The cache has this spec but not yet the status written for it: the object with it.
+    Written(Box<EncryptedSecret>),
+    /// The cache's copy is older than a spec this controller wrote (a re-wrap patched the
+    /// values): acting on it would undo that; the watch event of the new spec comes.
+    Behind,
+}
+
 #[derive(Default)]
 pub struct RecentWrites {
     statuses: Mutex<HashMap<Key, WrittenStatus>>,
     secrets: Mutex<HashMap<Key, String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RecentWrites {
@@ -46,23 +56,30 @@ impl RecentWrites {
         RecentWrites::default()
     }
 
-    /// The object with the status this controller last wrote for it, if the watch cache does
-    /// not show it yet (same object, same generation). Once the cache shows it, it is forgotten.
-    pub fn latest(&self, es: &EncryptedSecret) -> Option<EncryptedSecret> {
+    /// How the watch cache's copy `es` stands to what this controller last wrote for it. Once
+    /// the cache shows the written status, or a newer spec, the write is forgotten.
+    pub fn latest(&self, es: &EncryptedSecret) -> Seen {
         let mut statuses = lock(&self.statuses);
         let key = key_of(es);
-        let written = statuses.get(&key)?;
-        if written.uid != es.metadata.uid || written.generation != es.metadata.generation {
+        let Some(written) = statuses.get(&key) else {
+            return Seen::Current;
+        };
+        if written.uid != es.metadata.uid || written.generation < es.metadata.generation {
             statuses.remove(&key);
-            return None;
+            return Seen::Current;
+        }
+        if written.generation > es.metadata.generation {
+            // The controller itself wrote a newer spec (a re-wrap's values) and its status;
+            // the watch has not caught up. Keep both until it does.
+            return Seen::Behind;
         }
         if es.status.as_ref() == Some(&written.status) {
             statuses.remove(&key);
-            return None;
+            return Seen::Current;
         }
         let mut latest = es.clone();
         latest.status = Some(written.status.clone());
-        Some(latest)
+        Seen::Written(Box::new(latest))
     }
 
     pub fn wrote_status(&self, es: &EncryptedSecret, status: &EncryptedSecretStatus) {
@@ -137,17 +154,26 @@ mod tests {
             ..Default::default()
         };
         recent.wrote_status(&es(1), &status);
-        let seen = recent.latest(&es(1)).unwrap();
+        let Seen::Written(seen) = recent.latest(&es(1)) else {
+            panic!("not seen")
+        };
         assert_eq!(seen.status.as_ref(), Some(&status));
         // The cache caught up: forgotten.
         let mut caught_up = es(1);
         caught_up.status = Some(status.clone());
-        assert!(recent.latest(&caught_up).is_none());
+        assert!(matches!(recent.latest(&caught_up), Seen::Current));
         assert!(recent.is_empty());
         // A new generation is a new spec: the old status says nothing about it.
         recent.wrote_status(&es(1), &status);
-        assert!(recent.latest(&es(2)).is_none());
+        assert!(matches!(recent.latest(&es(2)), Seen::Current));
         assert!(recent.is_empty());
+        // The controller patched the spec itself (generation 2) and wrote its status; the
+        // cache still has generation 1: behind, and the write is kept until it catches up.
+        recent.wrote_status(&es(2), &status);
+        assert!(matches!(recent.latest(&es(1)), Seen::Behind));
+        assert!(matches!(recent.latest(&es(1)), Seen::Behind));
+        assert!(matches!(recent.latest(&es(2)), Seen::Written(_)));
+        recent.retain(|_, _| false);
         // Forgotten once the cache shows it, without a reconcile.
         recent.wrote_status(&es(1), &status);
         recent.forget_shown_statuses(|_, _, s| s != &status);
