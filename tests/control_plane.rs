@@ -1049,11 +1049,17 @@ async fn the_server_counts_four_requests_per_object_and_none_on_restart() {
         cold.len() as f64 / OBJECTS as f64,
         took.as_secs_f64()
     );
+    // 4 per object: the GET of a Secret not there yet, its create, the status, the event.
+    // The real watch lags: now and then an object looked at again right after its Secret
+    // was created is not in the watch cache yet, and costs one more GET (1 in 1,000 here).
     assert!(
-        cold.len() <= 4 * OBJECTS,
+        cold.len() * 100 <= 401 * OBJECTS,
         "{} requests for {OBJECTS} objects: {kinds:?}",
         cold.len()
     );
+    for kind in ["create secrets", "create events", "patch encryptedsecrets/status"] {
+        assert_eq!(kinds.get(kind), Some(&OBJECTS), "{kind}: {kinds:?}");
+    }
     drop(controller);
     // A restart with nothing changed: lists and watches, nothing per object.
     let from = w.cp.audit().len();
