@@ -175,13 +175,13 @@ struct Counters {
 
 impl Counters {
     fn read(r: &Controller) -> Self {
-        let memory = r.kms.inner().inner();
-        let calls = &r.api.calls;
+        let memory = r.kms().inner().inner();
+        let calls = &r.api().calls;
         Counters {
             decrypt: memory.calls.decrypt.load(Ordering::Relaxed),
             generate: memory.calls.generate_data_key.load(Ordering::Relaxed),
-            hits: r.kms.hits(),
-            misses: r.kms.misses(),
+            hits: r.kms().hits(),
+            misses: r.kms().misses(),
             secret_gets: calls.secret_gets.load(Ordering::Relaxed),
             secret_applies: calls.secret_applies.load(Ordering::Relaxed),
             status_applies: calls.status_applies.load(Ordering::Relaxed),
@@ -236,7 +236,7 @@ async fn run_phase(
     let results: Vec<(Option<Reconciled>, Duration)> = futures::stream::iter(objects)
         .map(|es| async move {
             let t = Instant::now();
-            let current = r.api.with_status(es);
+            let current = r.api().with_status(es);
             let outcome = r.reconcile(&current).await.ok().map(|(o, _)| o);
             (outcome, t.elapsed())
         })
@@ -387,11 +387,11 @@ fn main() {
         let r = reconciler(memory, InMemoryCluster::new(), params.cache_capacity);
         let mut phases = Vec::new();
         phases.push(run_phase("cold start", &r, &objects, params.concurrency, false).await);
-        let created = r.api.secret_count();
+        let created = r.api().secret_count();
         phases.push(run_phase("full resync", &r, &objects, params.concurrency, false).await);
 
         // A restart: a new process with an empty cache and fresh metrics, same cluster and KMS.
-        let Reconciler { kms, api, .. } = r;
+        let (kms, api) = r.into_parts();
         let r = reconciler(kms.into_inner().into_inner(), api, params.cache_capacity);
         phases.push(run_phase("restart", &r, &objects, params.concurrency, true).await);
 
@@ -400,20 +400,20 @@ fn main() {
         let edited: Vec<usize> = (0..n).step_by(step).collect();
         for &i in &edited {
             let mut secret = r
-                .api
+                .api()
                 .secret(&namespace(i), &name(i))
                 .expect("the Secret exists after the cold start");
             secret
                 .data
                 .get_or_insert_default()
                 .insert(EDITED_ITEM.into(), ByteString(b"edited by hand".to_vec()));
-            r.api.put_secret(secret);
+            r.api().put_secret(secret);
         }
         phases.push(run_phase("drift repair", &r, &objects, params.concurrency, false).await);
         let restored = edited
             .iter()
             .filter(|&&i| {
-                r.api
+                r.api()
                     .secret(&namespace(i), &name(i))
                     .and_then(|s| s.data)
                     .and_then(|d| d.get(EDITED_ITEM).cloned())

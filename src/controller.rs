@@ -22,6 +22,7 @@ use crate::kms::{Kms, KmsErrorKind};
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::open::{self, OpenError};
 use crate::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason};
+use crate::rotation;
 use crate::time::{now_rfc3339, unix_now};
 use crate::wrapping::ItemKeys;
 
@@ -493,24 +494,33 @@ pub const DEFERRED_RETRY: Duration = Duration::from_secs(30);
 
 /// Reconciles EncryptedSecrets with a KMS and a cluster.
 pub struct Reconciler<K, A> {
-    pub kms: K,
-    pub api: A,
-    pub metrics: Arc<Metrics>,
+    kms: K,
+    api: A,
+    metrics: Arc<Metrics>,
     /// What tenants may ask for: keys per namespace, Secret types.
-    pub admission: Arc<Admission>,
+    admission: Arc<Admission>,
     /// What this controller just wrote, so its own writes do not make it work again.
-    pub recent: Arc<RecentWrites>,
+    recent: Arc<RecentWrites>,
     /// Failed objects' backoff and the namespaces' failure budgets.
     retries: Mutex<retries::Retries>,
     /// Objects whose last attempt found KMS unavailable: retried as soon as it answers again.
     kms_waiting: Mutex<HashMap<(String, String), KmsWaiting>>,
     /// Objects the KMS budget turned away, brought back when it has room.
-    pub deferred: Arc<WaitingRoom>,
+    deferred: Arc<WaitingRoom>,
     /// What KMS says about keys, for the `KeyCurrent` condition (refreshed in the background).
-    pub key_facts: Arc<key_facts::KeyFactsCache>,
+    key_facts: Arc<key_facts::KeyFactsCache>,
     /// Objects whose values are not current: (reason, values), for the `stale_values` gauge.
     not_current: Mutex<HashMap<(String, String), NotCurrent>>,
     /// Key rotation in the cluster: the policy and the queue of objects to re-wrap.
+    rotation: Arc<rewrap::Rotation>,
+}
+
+/// What a [`Reconciler`] shares with the rest of the runtime.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
+    /// One for every scope: keys are looked up once, whoever uses them.
+    pub key_facts: Arc<key_facts::KeyFactsCache>,
     pub rotation: Arc<rewrap::Rotation>,
 }
 
@@ -580,7 +590,29 @@ fn failed(reason: &'static str, message: String) -> Outcome {
 }
 
 impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
+    /// A reconciler with a key-facts cache and a re-wrap queue of its own (`Rewrap` by
+    /// default), as tests and benchmarks use it.
     pub fn new(kms: K, api: A, metrics: Arc<Metrics>, admission: Arc<Admission>) -> Self {
+        Reconciler::with(
+            kms,
+            api,
+            Shared {
+                metrics,
+                admission,
+                key_facts: Arc::new(key_facts::KeyFactsCache::default()),
+                rotation: Arc::new(rewrap::Rotation::new(crate::api::RotationPolicy::Rewrap)),
+            },
+        )
+    }
+
+    /// A reconciler over `kms` and `api` with what it shares with the runtime.
+    pub fn with(kms: K, api: A, shared: Shared) -> Self {
+        let Shared {
+            metrics,
+            admission,
+            key_facts,
+            rotation,
+        } = shared;
         Reconciler {
             kms,
             api,
@@ -590,10 +622,47 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             retries: Mutex::new(retries::Retries::new()),
             kms_waiting: Mutex::new(HashMap::new()),
             deferred: Arc::new(WaitingRoom::new()),
-            key_facts: Arc::new(key_facts::KeyFactsCache::default()),
+            key_facts,
             not_current: Mutex::new(HashMap::new()),
-            rotation: Arc::new(rewrap::Rotation::new(crate::api::RotationPolicy::Rewrap)),
+            rotation,
         }
+    }
+
+    pub fn kms(&self) -> &K {
+        &self.kms
+    }
+
+    pub fn api(&self) -> &A {
+        &self.api
+    }
+
+    /// The KMS and the cluster, for a test that starts another reconciler over them.
+    pub fn into_parts(self) -> (K, A) {
+        (self.kms, self.api)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    pub fn recent(&self) -> &Arc<RecentWrites> {
+        &self.recent
+    }
+
+    pub fn deferred(&self) -> &WaitingRoom {
+        &self.deferred
+    }
+
+    pub fn rotation(&self) -> &rewrap::Rotation {
+        &self.rotation
+    }
+
+    pub fn key_facts(&self) -> &key_facts::KeyFactsCache {
+        &self.key_facts
     }
 
     /// The key the object's values should be under, as the key policy lets it name one (an
@@ -651,80 +720,58 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         may_rewrap: bool,
     ) -> Option<Option<crate::api::Condition>> {
         let keys = keys?;
-        let desired = self.desired_key(es);
-        let now = unix_now();
-        let facts = self.known_facts(es.metadata.namespace.as_deref().unwrap_or_default());
-        let verdict =
-            crate::rotation::key_current(&keys.wrappings, desired.as_deref(), &facts, now)?;
+        let reported = es.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == reconcile::KEY_CURRENT
+                        && c.observed_generation == es.metadata.generation
+                })
+                .map(|c| c.reason.as_str())
+        });
+        let verdict = rotation::verdict(
+            &keys.wrappings,
+            self.desired_key(es).as_deref(),
+            &self.known_facts(es.metadata.namespace.as_deref().unwrap_or_default()),
+            unix_now(),
+            self.rotation.policy(es),
+            may_rewrap,
+            reported,
+        );
         let key = Self::key(es);
-        let condition = match verdict {
-            crate::rotation::KeyCurrent::Current => {
+        match verdict {
+            rotation::Verdict::Unknown => None,
+            rotation::Verdict::Current => {
                 self.note_not_current(key, None);
-                None
+                Some(None)
             }
-            crate::rotation::KeyCurrent::NotCurrent {
+            rotation::Verdict::Rewrap {
                 reason,
                 values,
-                mut message,
+                queue,
             } => {
                 self.note_not_current(key.clone(), Some((reason, values)));
-                // Only v2 values wrapped by KMS can be re-wrapped in the cluster.
-                let movable = may_rewrap
-                    && (reason == crate::rotation::Stale::KeyChanged.reason()
-                        || reason == crate::rotation::Stale::MaterialRotated.reason())
-                    && keys.wrappings.iter().any(|w| {
-                        w.version == crate::envelope::Version::V2
-                            && w.algorithm == crate::envelope::WrapAlgorithm::KmsSymmetric
-                    });
-                if movable {
-                    match self.rotation.policy(es) {
-                        (crate::api::RotationPolicy::Rewrap, _) => {
-                            // A re-wrap that was set back or failed stays reported as it
-                            // is; anything else is re-wrapped, and the re-wrap writes the
-                            // status.
-                            let reported = es.status.as_ref().and_then(|s| {
-                                s.conditions.iter().find(|c| {
-                                    c.type_ == reconcile::KEY_CURRENT
-                                        && c.observed_generation == es.metadata.generation
-                                        && (c.reason == rewrap::REWRAP_REVERTED
-                                            || c.reason == rewrap::REWRAP_FAILED)
-                                })
-                            });
-                            if reported.is_none()
-                                || reported.is_some_and(|c| c.reason == rewrap::REWRAP_FAILED)
-                            {
-                                self.rotation.want(&key.0, &key.1);
-                            }
-                            return None;
-                        }
-                        (crate::api::RotationPolicy::Report, source) => {
-                            message.push_str(&match source {
-                                crate::rotation::PolicySource::Spec => {
-                                    "; kmseal only reports this (spec.rotation.policy: Report)"
-                                        .to_owned()
-                                }
-                                crate::rotation::PolicySource::GitOps(marker, tool) => format!(
-                                    "; kmseal only reports this, as {tool} applies this object ({marker}) and would set re-wrapped values back; set spec.rotation.policy: Rewrap to let kmseal re-wrap them (see README on GitOps)"
-                                ),
-                                crate::rotation::PolicySource::Default => {
-                                    "; kmseal only reports this (--rotation-policy Report)"
-                                        .to_owned()
-                                }
-                            });
-                        }
-                    }
+                if queue {
+                    self.rotation.want(&key.0, &key.1);
                 }
-                Some(crate::api::Condition {
+                None
+            }
+            rotation::Verdict::Report {
+                reason,
+                values,
+                message,
+            } => {
+                self.note_not_current(key, Some((reason, values)));
+                Some(Some(crate::api::Condition {
                     type_: reconcile::KEY_CURRENT.to_owned(),
                     status: "False".to_owned(),
                     reason: reason.to_owned(),
                     message,
                     last_transition_time: Some(now_rfc3339()),
                     observed_generation: es.metadata.generation,
-                })
+                }))
             }
-        };
-        Some(condition)
+        }
     }
 
     /// Keeps the `stale_values` gauge: what this object contributes now.

@@ -222,7 +222,7 @@ enum Planned {
 }
 
 /// What opening an object takes: every item parsed and checked, and the distinct KMS calls.
-struct Plan {
+struct OpenPlan {
     items: Vec<(String, Planned)>,
     calls: Vec<Call>,
 }
@@ -245,7 +245,7 @@ fn check_object(es: &EncryptedSecret) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn plan(es: &EncryptedSecret, namespace: &str, name: &str, rules: Rules<'_>) -> Plan {
+fn plan(es: &EncryptedSecret, namespace: &str, name: &str, rules: Rules<'_>) -> OpenPlan {
     type Group = (Version, WrapAlgorithm, String, Vec<u8>, Scope);
     let mut calls = Vec::new();
     let mut groups: HashMap<Group, usize> = HashMap::new();
@@ -312,7 +312,7 @@ fn plan(es: &EncryptedSecret, namespace: &str, name: &str, rules: Rules<'_>) -> 
         .unwrap_or_else(Planned::Failed);
         items.push((item.clone(), planned));
     }
-    Plan { items, calls }
+    OpenPlan { items, calls }
 }
 
 /// What one call gave: the key that answered and the plaintext (a data key, or a value).

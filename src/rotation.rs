@@ -152,6 +152,102 @@ pub fn key_current(
     })
 }
 
+/// The `KeyCurrent` reasons an in-cluster re-wrap reports.
+pub const REWRAP_FAILED: &str = "RewrapFailed";
+pub const REWRAP_REVERTED: &str = "RewrapReverted";
+
+/// What the controller does about an object's keys (its `KeyCurrent` condition and the
+/// re-wrap queue), decided from its wrappings and what is known, with no KMS call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not every fact is known yet: the condition stays as it is.
+    Unknown,
+    /// Nothing to do: no `KeyCurrent` condition.
+    Current,
+    /// Stale values the controller re-wraps in place; the re-wrap writes the status, so the
+    /// condition stays as it is. `queue`: whether to queue it (not when its last re-wrap was
+    /// set back).
+    Rewrap {
+        reason: &'static str,
+        values: usize,
+        queue: bool,
+    },
+    /// A `KeyCurrent` condition saying this.
+    Report {
+        reason: &'static str,
+        values: usize,
+        message: String,
+    },
+}
+
+/// The [`Verdict`] for an object: its wrappings, the key its values should be under
+/// (`desired`), what KMS says about keys (`facts`), its rotation policy and where that came
+/// from, whether a re-wrap may move its values at all (`may_rewrap`: false once a re-wrap
+/// found nothing it can move), and the reason of the `KeyCurrent` condition its status has
+/// for this generation.
+pub fn verdict(
+    wrappings: &[crate::wrapping::Wrapping],
+    desired: Option<&str>,
+    facts: &dyn Fn(&str) -> Option<KeyFacts>,
+    now: u64,
+    policy: (RotationPolicy, PolicySource),
+    may_rewrap: bool,
+    reported: Option<&str>,
+) -> Verdict {
+    let Some(judged) = key_current(wrappings, desired, facts, now) else {
+        return Verdict::Unknown;
+    };
+    let KeyCurrent::NotCurrent {
+        reason,
+        values,
+        mut message,
+    } = judged
+    else {
+        return Verdict::Current;
+    };
+    // Only v2 values wrapped by KMS can be re-wrapped in the cluster, and only for a key
+    // change or rotated material (not a key at risk).
+    let movable = may_rewrap
+        && (reason == Stale::KeyChanged.reason() || reason == Stale::MaterialRotated.reason())
+        && wrappings
+            .iter()
+            .any(|w| w.version == Version::V2 && w.algorithm == WrapAlgorithm::KmsSymmetric);
+    if !movable {
+        return Verdict::Report {
+            reason,
+            values,
+            message,
+        };
+    }
+    match policy {
+        (RotationPolicy::Rewrap, _) => Verdict::Rewrap {
+            reason,
+            values,
+            // A re-wrap that was set back stays reported; a failed one is tried again (after
+            // its retry delay, which the queue keeps).
+            queue: reported != Some(REWRAP_REVERTED),
+        },
+        (RotationPolicy::Report, source) => {
+            message.push_str(&match source {
+                PolicySource::Spec => {
+                    "; kmseal only reports this (spec.rotation.policy: Report)".to_owned()
+                }
+                PolicySource::GitOps(marker, tool) => format!(
+                    "; kmseal only reports this, as {tool} applies this object ({marker}) and would set re-wrapped values back; set spec.rotation.policy: Rewrap to let kmseal re-wrap them (see README on GitOps)"
+                ),
+                PolicySource::Default => {
+                    "; kmseal only reports this (--rotation-policy Report)".to_owned()
+                }
+            });
+            Verdict::Report {
+                reason,
+                values,
+                message,
+            }
+        }
+    }
+}
+
 /// Why a stale value cannot be re-wrapped in place (it must be sealed again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotRewrappable {
@@ -248,14 +344,74 @@ pub fn rewrap_target(target: &KeyFacts) -> String {
 
 /// Stale values of one object that share a data key: one `ReEncrypt` moves them all.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RewrapGroup {
+pub struct RewrapGroup<T = String> {
     pub reason: Stale,
     /// The wrapping they share now.
     pub header: Header,
-    /// Their item names.
-    pub items: Vec<String>,
+    /// The values (their item names, or whatever the caller keeps of them).
+    pub items: Vec<T>,
     /// Where they go.
     pub target: KeyFacts,
+}
+
+/// How a stale value can be brought to the key and material it should be under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fix {
+    /// One `ReEncrypt` of its data key (envelope v2, KMS-wrapped).
+    Move,
+    /// Envelope v1 authenticates its wrapping: open it and seal it again as v2.
+    SealV1Again,
+    /// Only sealing it again from the plaintext (an RSA-wrapped value).
+    SealAgain(NotRewrappable),
+}
+
+/// What one value needs, from its clear header, what KMS says about the key it is under
+/// (`own`) and the key it should be under (`target`), at `now` (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueState {
+    Current,
+    /// Current, but under a key that puts it at risk.
+    AtRisk(KeyRisk),
+    Stale(Stale, Fix),
+}
+
+/// [`ValueState`] of the value under `header`. The kmseal CLI reports every value by it; the
+/// controller re-wraps only what it can [`Fix::Move`] (see [`plan_rewrap`]).
+pub fn classify(header: &Header, own: &KeyFacts, target: &KeyFacts, now: u64) -> ValueState {
+    let Some(reason) = staleness(header, target) else {
+        return risk(own, now).map_or(ValueState::Current, ValueState::AtRisk);
+    };
+    let fix = if header.version == Version::V1 && header.algorithm == WrapAlgorithm::KmsSymmetric {
+        Fix::SealV1Again
+    } else {
+        match rewrappable(header) {
+            Ok(()) => Fix::Move,
+            Err(why) => Fix::SealAgain(why),
+        }
+    };
+    ValueState::Stale(reason, fix)
+}
+
+/// Adds a value to move to the group of the values that share its data key, or starts one.
+pub fn add_to_group<T>(
+    groups: &mut Vec<RewrapGroup<T>>,
+    reason: Stale,
+    header: &Header,
+    target: &KeyFacts,
+    item: T,
+) {
+    match groups
+        .iter_mut()
+        .find(|g| g.header.wrapped_key == header.wrapped_key && g.header.key_arn == header.key_arn)
+    {
+        Some(group) => group.items.push(item),
+        None => groups.push(RewrapGroup {
+            reason,
+            header: header.clone(),
+            items: vec![item],
+            target: target.clone(),
+        }),
+    }
 }
 
 /// What an in-cluster re-wrap of one object should do.
@@ -294,23 +450,12 @@ pub fn plan_rewrap(
     for (item, header) in items {
         let own = facts(&header.key_arn)?;
         let target = desired.clone().unwrap_or_else(|| own.clone());
-        let Some(reason) = staleness(header, &target) else {
-            continue;
-        };
-        if rewrappable(header).is_err() || risk(&own, now).is_some() || risk(&target, now).is_some()
+        // KMS will not use a key at risk (disabled, pending deletion): reported, not moved.
+        if let ValueState::Stale(reason, Fix::Move) = classify(header, &own, &target, now)
+            && risk(&own, now).is_none()
+            && risk(&target, now).is_none()
         {
-            continue;
-        }
-        match groups.iter_mut().find(|g| {
-            g.header.wrapped_key == header.wrapped_key && g.header.key_arn == header.key_arn
-        }) {
-            Some(group) => group.items.push((*item).to_owned()),
-            None => groups.push(RewrapGroup {
-                reason,
-                header: (*header).clone(),
-                items: vec![(*item).to_owned()],
-                target,
-            }),
+            add_to_group(&mut groups, reason, header, &target, (*item).to_owned());
         }
     }
     if groups.is_empty() {
@@ -704,5 +849,78 @@ mod tests {
             Some(KeyRisk::PendingDeletion { days_left: 0 })
         );
         assert!(risk(&f, 0).unwrap().to_string().contains("10 day(s)"));
+    }
+
+    /// The whole `KeyCurrent` decision: what is re-wrapped, what is reported and how, and what
+    /// is left alone, from the policy and the status alone.
+    #[test]
+    fn the_verdict_rewraps_what_it_may_and_reports_the_rest() {
+        let current = facts(KEY, Some("m1"), None);
+        let other = facts(OTHER, Some("o1"), None);
+        let known = |id: &str| match id {
+            KEY => Some(current.clone()),
+            OTHER | "alias/new" => Some(other.clone()),
+            _ => None,
+        };
+        let w = [wrapping(KEY, Some("m1"), 10, 2)];
+        let rewrap = (RotationPolicy::Rewrap, PolicySource::Default);
+        let judge = |desired: Option<&str>, policy, may_rewrap, reported| {
+            verdict(&w, desired, &known, 0, policy, may_rewrap, reported)
+        };
+        assert_eq!(judge(None, rewrap, true, None), Verdict::Current);
+        assert_eq!(
+            judge(Some("alias/gone"), rewrap, true, None),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            judge(Some("alias/new"), rewrap, true, None),
+            Verdict::Rewrap {
+                reason: "KeyChanged",
+                values: 2,
+                queue: true
+            }
+        );
+        // A failed re-wrap is queued again (its retry delay is the queue's); a reverted one not.
+        assert!(matches!(
+            judge(Some("alias/new"), rewrap, true, Some(REWRAP_FAILED)),
+            Verdict::Rewrap { queue: true, .. }
+        ));
+        assert!(matches!(
+            judge(Some("alias/new"), rewrap, true, Some(REWRAP_REVERTED)),
+            Verdict::Rewrap { queue: false, .. }
+        ));
+        // Nothing the re-wrap can move: reported.
+        assert!(matches!(
+            judge(Some("alias/new"), rewrap, false, None),
+            Verdict::Report {
+                reason: "KeyChanged",
+                ..
+            }
+        ));
+        for (source, says) in [
+            (PolicySource::Spec, "spec.rotation.policy: Report"),
+            (PolicySource::Default, "--rotation-policy Report"),
+            (
+                PolicySource::GitOps("argocd.argoproj.io/tracking-id", "Argo CD"),
+                "Argo CD",
+            ),
+        ] {
+            let Verdict::Report { message, .. } = judge(
+                Some("alias/new"),
+                (RotationPolicy::Report, source),
+                true,
+                None,
+            ) else {
+                panic!("reported")
+            };
+            assert!(message.contains(says), "{message}");
+        }
+        // v1 values cannot be re-wrapped: reported even under Rewrap.
+        let mut v1 = w.clone();
+        v1[0].version = Version::V1;
+        assert!(matches!(
+            verdict(&v1, Some("alias/new"), &known, 0, rewrap, true, None),
+            Verdict::Report { .. }
+        ));
     }
 }

@@ -677,7 +677,7 @@ async fn one_tenant_cannot_push_another_out_of_the_data_key_cache() {
         let reconciler = &reconciler;
         async move {
             reconciler
-                .reconcile(&reconciler.api.with_status(&es))
+                .reconcile(&reconciler.api().with_status(&es))
                 .await
                 .unwrap()
                 .0

@@ -1057,7 +1057,11 @@ async fn the_server_counts_four_requests_per_object_and_none_on_restart() {
         "{} requests for {OBJECTS} objects: {kinds:?}",
         cold.len()
     );
-    for kind in ["create secrets", "create events", "patch encryptedsecrets/status"] {
+    for kind in [
+        "create secrets",
+        "create events",
+        "patch encryptedsecrets/status",
+    ] {
         assert_eq!(kinds.get(kind), Some(&OBJECTS), "{kind}: {kinds:?}");
     }
     drop(controller);

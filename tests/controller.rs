@@ -76,7 +76,7 @@ fn data(secret: &Secret) -> BTreeMap<String, String> {
 
 /// One reconcile of the object as the API server currently has it (with its status).
 async fn step<K: Kms>(r: &Reconciler<K, InMemoryCluster>, es: &EncryptedSecret) -> Reconciled {
-    let current = r.api.with_status(es);
+    let current = r.api().with_status(es);
     r.reconcile(&current).await.expect("reconcile").0
 }
 
@@ -84,7 +84,7 @@ fn decrypt_calls<K>(r: &Reconciler<Stack<K>, InMemoryCluster>) -> u64
 where
     K: Kms,
 {
-    r.kms.misses()
+    r.kms().misses()
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn create_update_and_remove_items() {
     let r = reconciler(kms, InMemoryCluster::new());
 
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
-    let secret = r.api.secret("prod", "db").expect("Secret created");
+    let secret = r.api().secret("prod", "db").expect("Secret created");
     assert_eq!(data(&secret)["password"], "s3cr3t");
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
     let labels = secret.metadata.labels.clone().unwrap();
@@ -107,7 +107,7 @@ async fn create_update_and_remove_items() {
         ("EncryptedSecret", "db")
     );
     assert_eq!(owner.controller, Some(true));
-    let status = r.api.with_status(&es).status.unwrap();
+    let status = r.api().with_status(&es).status.unwrap();
     assert_eq!(status.conditions[0].status, "True");
     assert_eq!(status.conditions[0].reason, reason::SYNCED);
     assert_eq!(status.observed_generation, Some(1));
@@ -115,7 +115,7 @@ async fn create_update_and_remove_items() {
     assert_eq!(status.key_arns, vec![key.clone()]);
 
     // Update: replace one item, drop another, change a label.
-    let update = sealed(r.kms.inner().inner(), &key, &[("password", "rotated")]).await;
+    let update = sealed(r.kms().inner().inner(), &key, &[("password", "rotated")]).await;
     es.spec = update.spec.clone();
     es.spec.template = Some(SecretTemplate {
         type_: Some("kubernetes.io/basic-auth".into()),
@@ -127,14 +127,14 @@ async fn create_update_and_remove_items() {
     });
     es.metadata.generation = Some(2);
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
-    let secret = r.api.secret("prod", "db").unwrap();
+    let secret = r.api().secret("prod", "db").unwrap();
     assert_eq!(
         data(&secret),
         BTreeMap::from([("password".into(), "rotated".into())])
     );
     assert_eq!(secret.metadata.labels.unwrap()["app"], "web");
     assert_eq!(
-        r.api.with_status(&es).status.unwrap().observed_generation,
+        r.api().with_status(&es).status.unwrap().observed_generation,
         Some(2)
     );
 }
@@ -147,7 +147,7 @@ async fn unchanged_objects_cost_nothing_even_after_a_restart() {
     let r = reconciler(kms, InMemoryCluster::new());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     let kms_calls = decrypt_calls(&r);
-    let writes = r.api.calls.status_applies.load(Ordering::Relaxed);
+    let writes = r.api().calls.status_applies.load(Ordering::Relaxed);
     assert_eq!(kms_calls, 1);
     // Periodic resync: nothing to do, nothing written.
     for _ in 0..3 {
@@ -155,14 +155,14 @@ async fn unchanged_objects_cost_nothing_even_after_a_restart() {
     }
     assert_eq!(decrypt_calls(&r), kms_calls);
     assert_eq!(
-        r.api.calls.status_applies.load(Ordering::Relaxed),
+        r.api().calls.status_applies.load(Ordering::Relaxed),
         writes,
         "status written only on change"
     );
-    assert_eq!(r.api.calls.secret_applies.load(Ordering::Relaxed), 1);
+    assert_eq!(r.api().calls.secret_applies.load(Ordering::Relaxed), 1);
 
     // A restart: new process, empty cache, same cluster state.
-    let Reconciler { kms, api, .. } = r;
+    let (kms, api) = r.into_parts();
     let memory = kms.into_inner().into_inner();
     let restarted = reconciler(memory, api);
     assert_eq!(step(&restarted, &es).await, Reconciled::UpToDate);
@@ -173,7 +173,7 @@ async fn unchanged_objects_cost_nothing_even_after_a_restart() {
     );
     assert_eq!(
         restarted
-            .kms
+            .kms()
             .inner()
             .inner()
             .calls
@@ -191,26 +191,26 @@ async fn drift_is_repaired_from_the_cache() {
     let r = reconciler(kms, InMemoryCluster::new());
     step(&r, &es).await;
     // Someone edits the managed Secret.
-    let mut edited = r.api.secret("prod", "db").unwrap();
+    let mut edited = r.api().secret("prod", "db").unwrap();
     edited.data = Some(BTreeMap::from([(
         "password".into(),
         ByteString(b"hacked".to_vec()),
     )]));
-    r.api.put_secret(edited);
+    r.api().put_secret(edited);
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     assert_eq!(
-        data(&r.api.secret("prod", "db").unwrap())["password"],
+        data(&r.api().secret("prod", "db").unwrap())["password"],
         "s3cr3t"
     );
     // Someone deletes it.
-    r.api.delete_secret("prod", "db");
+    r.api().delete_secret("prod", "db");
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     assert_eq!(
-        data(&r.api.secret("prod", "db").unwrap())["password"],
+        data(&r.api().secret("prod", "db").unwrap())["password"],
         "s3cr3t"
     );
     assert_eq!(decrypt_calls(&r), 1, "repairs reuse the cached data key");
-    assert!(r.kms.hits() >= 2);
+    assert!(r.kms().hits() >= 2);
 }
 
 #[tokio::test]
@@ -220,7 +220,7 @@ async fn a_failed_decrypt_leaves_the_secret_exactly_as_it_was() {
     let mut es = sealed(&kms, &key, &[("password", "s3cr3t"), ("user", "app")]).await;
     let r = reconciler(kms, InMemoryCluster::new());
     step(&r, &es).await;
-    let before = r.api.secret("prod", "db").unwrap();
+    let before = r.api().secret("prod", "db").unwrap();
     // A tampered item: one character of the ciphertext changed.
     let value = es.spec.encrypted_data.get_mut("password").unwrap();
     let flipped = if value.ends_with('A') { 'B' } else { 'A' };
@@ -232,11 +232,11 @@ async fn a_failed_decrypt_leaves_the_secret_exactly_as_it_was() {
     let outcome = step(&r, &es).await;
     assert!(matches!(outcome, Reconciled::Failed(_)), "{outcome:?}");
     assert_eq!(
-        r.api.secret("prod", "db").unwrap(),
+        r.api().secret("prod", "db").unwrap(),
         before,
         "Secret untouched"
     );
-    let status = r.api.with_status(&es).status.unwrap();
+    let status = r.api().with_status(&es).status.unwrap();
     let ready = &status.conditions[0];
     assert_eq!(ready.status, "False");
     assert!(
@@ -255,7 +255,7 @@ async fn a_failed_decrypt_leaves_the_secret_exactly_as_it_was() {
     step(&r, &es).await;
     step(&r, &es).await;
     let warnings: Vec<_> = r
-        .api
+        .api()
         .events()
         .into_iter()
         .filter(|(_, e)| e.warning)
@@ -271,9 +271,9 @@ async fn kms_failures_keep_the_secret_and_say_why() {
     let cluster = InMemoryCluster::new();
     let r = reconciler(kms, cluster);
     step(&r, &es).await;
-    let before = r.api.secret("prod", "db").unwrap();
+    let before = r.api().secret("prod", "db").unwrap();
     // A restart while the key is disabled: the cache is empty, so KMS must be asked.
-    let Reconciler { kms, api, .. } = r;
+    let (kms, api) = r.into_parts();
     let memory = kms.into_inner().into_inner();
     memory.set_enabled(&key, false);
     let r = reconciler(memory, api);
@@ -283,21 +283,21 @@ async fn kms_failures_keep_the_secret_and_say_why() {
         step(&r, &changed).await,
         Reconciled::Failed(reason::KEY_DISABLED)
     );
-    assert_eq!(r.api.secret("prod", "db").unwrap(), before);
-    let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    assert_eq!(r.api().secret("prod", "db").unwrap(), before);
+    let ready = r.api().with_status(&es).status.unwrap().conditions[0].clone();
     assert!(ready.message.contains("enable it"), "{}", ready.message);
     assert!(
         !ready.message.contains("KMS said"),
         "tenants get a reason and a fix, not KMS's words: {}",
         ready.message
     );
-    r.kms.inner().inner().set_enabled(&key, true);
+    r.kms().inner().inner().set_enabled(&key, true);
     // Not before its backoff is over, even once the key is back (nothing is sent to KMS)...
     assert_eq!(step(&r, &changed).await, Reconciled::BackingOff);
     // ... and then at its first step.
     tokio::time::advance(std::time::Duration::from_secs(6)).await;
     assert_eq!(step(&r, &changed).await, Reconciled::Applied);
-    let events = r.api.events();
+    let events = r.api().events();
     let last = &events.last().unwrap().1;
     assert_eq!(
         (last.warning, last.reason),
@@ -329,19 +329,19 @@ async fn a_foreign_secret_is_refused_until_handed_over() {
     cluster.put_secret(foreign.clone());
     let r = reconciler(kms, cluster);
     assert_eq!(step(&r, &es).await, Reconciled::Refused);
-    let untouched = r.api.secret("prod", "db").unwrap();
+    let untouched = r.api().secret("prod", "db").unwrap();
     assert_eq!(data(&untouched)["password"], "theirs");
     assert_eq!(
         decrypt_calls(&r),
         0,
         "no KMS call for a Secret we will not write"
     );
-    let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    let ready = r.api().with_status(&es).status.unwrap().conditions[0].clone();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", reason::SECRET_EXISTS)
     );
-    let events = r.api.events();
+    let events = r.api().events();
     assert_eq!(events.len(), 1);
     assert!(events[0].1.warning && events[0].1.note.contains("kmseal.dev/managed=true"));
     // The owner hands it over with the annotation.
@@ -350,9 +350,9 @@ async fn a_foreign_secret_is_refused_until_handed_over() {
         reconcile::ADOPT_ANNOTATION.into(),
         "true".into(),
     )]));
-    r.api.put_secret(annotated);
+    r.api().put_secret(annotated);
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
-    let adopted = r.api.secret("prod", "db").unwrap();
+    let adopted = r.api().secret("prod", "db").unwrap();
     // Adopted means replaced whole: exactly the desired Secret, nothing of the old one left.
     assert_eq!(
         data(&adopted),
@@ -375,7 +375,7 @@ async fn metrics_count_by_result_and_reason_only() {
     let r = reconciler(kms, InMemoryCluster::new());
     step(&r, &es).await;
     step(&r, &es).await;
-    let text = r.metrics.encode();
+    let text = r.metrics().encode();
     assert!(
         text.contains(r#"kmseal_reconciles_total{result="applied"} 1"#),
         "{text}"
@@ -409,10 +409,10 @@ async fn controller_flow_against_moto() {
     let r = reconciler(aws, InMemoryCluster::new());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     assert_eq!(
-        data(&r.api.secret("prod", "db").unwrap())["password"],
+        data(&r.api().secret("prod", "db").unwrap())["password"],
         "from-moto"
     );
-    let text = r.metrics.encode();
+    let text = r.metrics().encode();
     assert!(
         text.contains(r#"kmseal_kms_requests_total{operation="Decrypt",outcome="ok"} 1"#),
         "{text}"
@@ -425,14 +425,14 @@ async fn controller_flow_against_moto() {
         step(&r, &moved).await,
         Reconciled::Failed(reason::DECRYPT_FAILED)
     );
-    assert!(r.api.secret("dev", "db").is_none());
+    assert!(r.api().secret("dev", "db").is_none());
     // Restart with nothing changed: zero KMS requests.
-    let Reconciler { kms, api, .. } = r;
+    let (kms, api) = r.into_parts();
     let restarted = reconciler(kms.into_inner().into_inner(), api);
     assert_eq!(step(&restarted, &es).await, Reconciled::UpToDate);
     assert!(
         !restarted
-            .metrics
+            .metrics()
             .encode()
             .contains("kmseal_kms_requests_total{"),
         "no KMS request after restart"
@@ -442,23 +442,23 @@ async fn controller_flow_against_moto() {
     es.metadata.generation = Some(2);
     assert_eq!(step(&restarted, &es).await, Reconciled::Applied);
     assert_eq!(
-        data(&restarted.api.secret("prod", "db").unwrap())
+        data(&restarted.api().secret("prod", "db").unwrap())
             .keys()
             .collect::<Vec<_>>(),
         ["password"]
     );
     // A deleted Secret is recreated.
-    restarted.api.delete_secret("prod", "db");
+    restarted.api().delete_secret("prod", "db");
     assert_eq!(step(&restarted, &es).await, Reconciled::Applied);
     assert_eq!(
-        data(&restarted.api.secret("prod", "db").unwrap())["password"],
+        data(&restarted.api().secret("prod", "db").unwrap())["password"],
         "from-moto"
     );
     // A foreign Secret of the same name elsewhere is refused and left alone.
     let mut elsewhere = es.clone();
     elsewhere.metadata.namespace = Some("staging".into());
     elsewhere.metadata.uid = Some("uid-staging".into());
-    restarted.api.put_secret(Secret {
+    restarted.api().put_secret(Secret {
         metadata: ObjectMeta {
             name: Some("db".into()),
             namespace: Some("staging".into()),
@@ -472,7 +472,7 @@ async fn controller_flow_against_moto() {
     });
     assert_eq!(step(&restarted, &elsewhere).await, Reconciled::Refused);
     assert_eq!(
-        data(&restarted.api.secret("staging", "db").unwrap())["password"],
+        data(&restarted.api().secret("staging", "db").unwrap())["password"],
         "theirs"
     );
 }
@@ -503,21 +503,21 @@ async fn an_immutable_secret_that_cannot_change_says_how_to_proceed() {
         .immutable = Some(true);
     let r = reconciler(kms, InMemoryCluster::new());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
-    let update = sealed(r.kms.inner().inner(), &key, &[("password", "two")]).await;
+    let update = sealed(r.kms().inner().inner(), &key, &[("password", "two")]).await;
     es.spec.encrypted_data = update.spec.encrypted_data;
     es.metadata.generation = Some(2);
     assert_eq!(
         step(&r, &es).await,
         Reconciled::Failed(reason::APPLY_FAILED)
     );
-    let ready = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    let ready = r.api().with_status(&es).status.unwrap().conditions[0].clone();
     assert!(
         ready.message.contains("delete it and kmseal recreates it"),
         "{}",
         ready.message
     );
     assert_eq!(
-        data(&r.api.secret("prod", "db").unwrap())["password"],
+        data(&r.api().secret("prod", "db").unwrap())["password"],
         "one"
     );
 }
@@ -538,7 +538,7 @@ async fn v1_values_from_kmseal_0_1_still_open() {
     }
     let r = reconciler(kms, InMemoryCluster::new());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
-    let secret = r.api.secret("prod", "db").unwrap();
+    let secret = r.api().secret("prod", "db").unwrap();
     assert_eq!(data(&secret)["legacy"], "v1-value");
     assert_eq!(data(&secret)["password"], "v2-value");
     assert_eq!(decrypt_calls(&r), 2, "one Decrypt per data key, v1 and v2");
@@ -561,7 +561,7 @@ async fn an_invalid_scope_annotation_is_reported_even_without_plain_items() {
         Reconciled::Failed(reason::INVALID_SPEC)
     );
     assert_eq!(decrypt_calls(&r), 0);
-    let message = r.api.with_status(&es).status.unwrap().conditions[0]
+    let message = r.api().with_status(&es).status.unwrap().conditions[0]
         .message
         .clone();
     assert!(message.contains("kmseal.dev/scope"), "{message}");

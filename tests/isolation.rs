@@ -141,11 +141,11 @@ fn with_scope(mut es: EncryptedSecret, scope: &str) -> EncryptedSecret {
 }
 
 async fn step<K: Kms>(r: &Controller<K>, es: &EncryptedSecret) -> Reconciled {
-    r.reconcile(&r.api.with_status(es)).await.unwrap().0
+    r.reconcile(&r.api().with_status(es)).await.unwrap().0
 }
 
 fn ready_reason<K: Kms>(r: &Controller<K>, es: &EncryptedSecret) -> String {
-    r.api.with_status(es).status.unwrap().conditions[0]
+    r.api().with_status(es).status.unwrap().conditions[0]
         .reason
         .clone()
 }
@@ -208,7 +208,7 @@ async fn foreign_ciphertext_is_never_decrypted_for_a_tenant() {
     ] {
         assert!(matches!(step(&r, &es).await, Reconciled::Failed(_)));
         assert_eq!(ready_reason(&r, &es), reason::KEY_NOT_ALLOWED);
-        assert!(r.api.secret("tenant-a", "loot").is_none());
+        assert!(r.api().secret("tenant-a", "loot").is_none());
     }
     assert_eq!(kms.decrypts(), 0, "refused before any KMS call");
 
@@ -227,7 +227,7 @@ async fn foreign_ciphertext_is_never_decrypted_for_a_tenant() {
             step(&r, &es).await,
             Reconciled::Failed(reason::DECRYPT_FAILED)
         );
-        assert!(r.api.secret("tenant-a", "loot").is_none(), "{scope}");
+        assert!(r.api().secret("tenant-a", "loot").is_none(), "{scope}");
     }
     assert_eq!(kms.decrypts(), 3, "one refused Decrypt per attempt");
 }
@@ -272,7 +272,7 @@ async fn a_wrapped_data_key_never_comes_out_as_a_value() {
                 Reconciled::Failed(reason::DECRYPT_FAILED),
                 "wrapped key {i} as a {scope} plain item"
             );
-            assert!(r.api.secret("tenant-a", "dk").is_none());
+            assert!(r.api().secret("tenant-a", "dk").is_none());
         }
     }
     assert_eq!(kms.decrypts(), wrapped_keys.len() as u64 * 3);
@@ -307,7 +307,7 @@ async fn a_key_not_allowed_for_the_namespace_costs_no_kms_call() {
             step(&r, es).await,
             Reconciled::Failed(reason::KEY_NOT_ALLOWED)
         );
-        let message = r.api.with_status(es).status.unwrap().conditions[0]
+        let message = r.api().with_status(es).status.unwrap().conditions[0]
             .message
             .clone();
         assert!(
@@ -408,9 +408,9 @@ async fn a_deleted_object_makes_no_further_kms_calls() {
     }));
     assert_eq!(step(&r, &es).await, Reconciled::Cancelled);
     assert_eq!(kms.decrypts(), 1, "the second data key was never asked for");
-    assert!(r.api.secret("tenant-a", "two").is_none());
+    assert!(r.api().secret("tenant-a", "two").is_none());
     assert!(
-        r.api.with_status(&es).status.is_none(),
+        r.api().with_status(&es).status.is_none(),
         "nothing reported for a deleted object"
     );
 }
@@ -439,7 +439,7 @@ async fn a_secret_created_during_the_reconcile_is_not_taken_over() {
     let racing = theirs.clone();
     cluster.before_next_write(move |c| c.put_secret(racing));
     assert_eq!(step(&r, &es).await, Reconciled::Refused);
-    let after = r.api.secret("tenant-a", "raced").unwrap();
+    let after = r.api().secret("tenant-a", "raced").unwrap();
     assert_eq!(after.data, theirs.data, "their data is untouched");
     assert_eq!(
         after.metadata.owner_references, None,
@@ -451,7 +451,7 @@ async fn a_secret_created_during_the_reconcile_is_not_taken_over() {
     // ownership check and our write. Our write is refused by its precondition; the next
     // reconcile sees a foreign Secret.
     let es2 = sealed(
-        &r.kms.inner().inner,
+        &r.kms().inner().inner,
         &key,
         "tenant-a",
         "owned",
@@ -469,9 +469,9 @@ async fn a_secret_created_during_the_reconcile_is_not_taken_over() {
         c.put_secret(replacement);
     });
     assert_eq!(step(&r, &edited).await, Reconciled::Cancelled);
-    assert_eq!(r.api.secret("tenant-a", "owned").unwrap().data, expected);
+    assert_eq!(r.api().secret("tenant-a", "owned").unwrap().data, expected);
     assert_eq!(step(&r, &edited).await, Reconciled::Refused);
-    assert_eq!(r.api.secret("tenant-a", "owned").unwrap().data, expected);
+    assert_eq!(r.api().secret("tenant-a", "owned").unwrap().data, expected);
 }
 
 /// Finding 5: the controller may create Secrets, so a template of type
@@ -497,9 +497,9 @@ async fn service_account_token_secrets_are_refused() {
         step(&r, &es).await,
         Reconciled::Failed(reason::TYPE_NOT_ALLOWED)
     );
-    assert!(r.api.secret("tenant-a", "token").is_none());
+    assert!(r.api().secret("tenant-a", "token").is_none());
     assert_eq!(kms.decrypts(), 0);
-    let message = r.api.with_status(&es).status.unwrap().conditions[0]
+    let message = r.api().with_status(&es).status.unwrap().conditions[0]
         .message
         .clone();
     assert!(message.contains("ServiceAccount token"), "{message}");
@@ -540,10 +540,10 @@ async fn another_controllers_secret_is_never_adopted() {
         ..Secret::default()
     });
     assert_eq!(step(&r, &es).await, Reconciled::Refused);
-    let after = r.api.secret("tenant-a", "tls").unwrap();
+    let after = r.api().secret("tenant-a", "tls").unwrap();
     assert_eq!(after.metadata.owner_references, Some(vec![certificate]));
     assert_eq!(kms.decrypts(), 0);
-    let message = r.api.with_status(&es).status.unwrap().conditions[0]
+    let message = r.api().with_status(&es).status.unwrap().conditions[0]
         .message
         .clone();
     assert!(
@@ -602,14 +602,14 @@ async fn tenants_see_a_reason_and_a_fix_not_the_controllers_role() {
         step(&r, &es).await,
         Reconciled::Failed(reason::ACCESS_DENIED)
     );
-    let condition = r.api.with_status(&es).status.unwrap().conditions[0].clone();
+    let condition = r.api().with_status(&es).status.unwrap().conditions[0].clone();
     assert!(
         condition.message.contains("platform team"),
         "{}",
         condition.message
     );
     assert!(condition.message.contains(&key), "{}", condition.message);
-    for (_, event) in r.api.events() {
+    for (_, event) in r.api().events() {
         assert!(!event.note.contains("assumed-role"), "{}", event.note);
     }
     assert!(
@@ -630,15 +630,15 @@ async fn a_revoked_key_turns_the_object_not_ready_and_keeps_the_secret() {
     let (r, kms, _) = controller(memory, allow(&key, &["tenant-a"]));
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     assert_eq!(step(&r, &es).await, Reconciled::UpToDate);
-    let before = r.api.secret("tenant-a", "revoked").unwrap();
-    r.admission.set_policy(KeyPolicy::from_rules(
+    let before = r.api().secret("tenant-a", "revoked").unwrap();
+    r.admission().set_policy(KeyPolicy::from_rules(
         KeyPolicy::rules_for_all_namespaces(&[]).unwrap(),
     ));
     assert_eq!(
         step(&r, &es).await,
         Reconciled::Failed(reason::KEY_NOT_ALLOWED)
     );
-    assert_eq!(r.api.secret("tenant-a", "revoked").unwrap(), before);
+    assert_eq!(r.api().secret("tenant-a", "revoked").unwrap(), before);
     assert_eq!(kms.decrypts(), 1);
 }
 
@@ -684,7 +684,7 @@ async fn the_readme_aws_kms_encrypt_command_works_through_the_controller() {
     let mut es = object("prod", "db-credentials", &[("password", &blob)]);
     es.spec.key_id = Some(key.clone());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
-    let secret = r.api.secret("prod", "db-credentials").unwrap();
+    let secret = r.api().secret("prod", "db-credentials").unwrap();
     assert_eq!(secret.data.unwrap()["password"].0, b"from-the-readme");
     assert_eq!(kms.decrypts(), 1);
     // Without spec.keyId it is refused before KMS.
@@ -719,7 +719,7 @@ async fn policy_aliases_resolve_to_their_key_on_moto() {
     let allowed = sealed(&aws, &key, "tenant-a", "a", Scope::Strict).await;
     let refused = sealed(&aws, &other, "tenant-a", "b", Scope::Strict).await;
     let (r, kms, _) = controller(aws, allow(&alias_arn, &["tenant-a"]));
-    assert_eq!(r.admission.resolve_aliases(&kms.inner).await, 0);
+    assert_eq!(r.admission().resolve_aliases(&kms.inner).await, 0);
     assert_eq!(step(&r, &allowed).await, Reconciled::Applied);
     assert_eq!(
         step(&r, &refused).await,

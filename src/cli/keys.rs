@@ -3,15 +3,14 @@
 //! about each key once (`DescribeKey`, `ListKeyRotations`) unless `--offline`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde::Serialize;
 
 use super::rewrap::Facts;
 use super::{
-    CliError, EXIT_OK, EXIT_VERIFY_UNCHECKED, Io, ReportFormat, fail, manifest_files,
-    manifest_text, read_capped, usage,
+    CliError, EXIT_OK, EXIT_VERIFY_UNCHECKED, Io, ManifestPaths, ReportFormat, fail, files_of,
+    manifest_text, read_capped,
 };
 use crate::api::EncryptedSecret;
 use crate::envelope::{Version, WrapAlgorithm};
@@ -22,12 +21,8 @@ use crate::time::rfc3339;
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
-    /// Files or directories (every .yaml, .yml and .json file below a directory).
-    #[arg(value_name = "PATH")]
-    pub paths: Vec<PathBuf>,
-    /// A file or directory, as with kubectl (repeatable).
-    #[arg(short = 'f', long = "filename", value_name = "PATH")]
-    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub manifests: ManifestPaths,
     /// Only what the files say: no KMS call, no credentials (no key states, no staleness).
     #[arg(long)]
     pub offline: bool,
@@ -83,24 +78,16 @@ pub async fn keys<K: Kms>(
     args: &KeysArgs,
     io: &mut Io<'_>,
 ) -> Result<i32, CliError> {
-    let paths: Vec<&PathBuf> = args.paths.iter().chain(&args.files).collect();
-    if paths.is_empty() {
-        return Err(usage(
-            "name the files or directories, e.g. kmseal keys deploy/",
-        ));
-    }
+    let paths = args
+        .manifests
+        .named("name the files or directories, e.g. kmseal keys deploy/")?;
     let mut inventory = Inventory::default();
     let mut by_key: BTreeMap<String, KeyUse> = BTreeMap::new();
     // (key ARN of the values, the key they should be under, the header) for staleness.
     let mut headers = Vec::new();
     for path in paths {
-        let mut files = Vec::new();
-        if path.as_path() == Path::new("-") {
-            files.push(path.clone());
-        } else {
-            manifest_files(path, 0, &mut files)
-                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        }
+        let files =
+            files_of(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         for file in files {
             let (bytes, size) = read_capped(&file, io.stdin)
                 .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;

@@ -7,15 +7,15 @@
 //! material makes it stale). The decisions are [`crate::rotation`]'s.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
 
 use super::{
-    CliError, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, EXIT_VERIFY_UNCHECKED, Io, fail,
-    manifest_files, manifest_text, read_capped, usage, write_atomically,
+    CliError, EXIT_ERROR, EXIT_OK, EXIT_VERIFY_FAILED, EXIT_VERIFY_UNCHECKED, Io, ManifestPaths,
+    fail, files_of, manifest_text, read_capped, usage, write_atomically,
 };
 use crate::api::EncryptedSecret;
 use crate::binding::Scope;
@@ -23,17 +23,12 @@ use crate::envelope::{Envelope, Header};
 use crate::kms::KeyFacts;
 use crate::kms::{Kms, KmsError};
 use crate::open::{self, Decoded};
-use crate::rotation::{self, Stale};
+use crate::rotation::{self, Fix, RewrapGroup, Stale, ValueState};
 
 #[derive(Debug, Args)]
 pub struct RewrapArgs {
-    /// Files or directories to rewrap in place; a directory means every .yaml, .yml and .json
-    /// file in it and below.
-    #[arg(value_name = "PATH")]
-    pub paths: Vec<PathBuf>,
-    /// A file or directory, as with kubectl (repeatable).
-    #[arg(short = 'f', long = "filename", value_name = "PATH")]
-    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub manifests: ManifestPaths,
     /// The key for objects whose spec.keyId is empty. To move values to another key, change
     /// spec.keyId (or the alias it names) and run rewrap.
     #[arg(long, value_name = "KEY")]
@@ -101,13 +96,6 @@ impl std::fmt::Display for Place<'_> {
 /// Opened values by item name, kept zeroized.
 type Plaintexts = BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>;
 
-/// Stale values of one object that share a data key: one `ReEncrypt` moves them all.
-struct Group {
-    reason: Stale,
-    header: Header,
-    items: Vec<(String, String, Box<Envelope>)>,
-}
-
 struct Run<'r, 'k, 'io, K> {
     facts: Facts<'k, K>,
     tally: Tally,
@@ -116,12 +104,9 @@ struct Run<'r, 'k, 'io, K> {
 }
 
 pub async fn rewrap<K: Kms>(kms: &K, args: &RewrapArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
-    let paths: Vec<&PathBuf> = args.paths.iter().chain(&args.files).collect();
-    if paths.is_empty() {
-        return Err(usage(
-            "name the files or directories to rewrap, e.g. kmseal rewrap deploy/ (add --check to only report)",
-        ));
-    }
+    let paths = args.manifests.named(
+        "name the files or directories to rewrap, e.g. kmseal rewrap deploy/ (add --check to only report)",
+    )?;
     if paths.iter().any(|p| p.as_path() == Path::new("-")) {
         return Err(usage(
             "rewrap changes files in place and cannot read stdin; name the files",
@@ -134,9 +119,8 @@ pub async fn rewrap<K: Kms>(kms: &K, args: &RewrapArgs, io: &mut Io<'_>) -> Resu
         io,
     };
     for path in paths {
-        let mut files = Vec::new();
-        manifest_files(path, 0, &mut files)
-            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let files =
+            files_of(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         for file in files {
             run.file(&file).await?;
         }
@@ -233,7 +217,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
             .filter(|k| !k.is_empty())
             .map(str::to_owned)
             .or_else(|| self.args.key.clone());
-        let mut groups: BTreeMap<(String, Vec<u8>), Group> = BTreeMap::new();
+        let mut groups: Vec<RewrapGroup<(String, String, Box<Envelope>)>> = Vec::new();
         let mut upgrades: Vec<(String, String, Stale)> = Vec::new();
         for (item, value) in &es.spec.encrypted_data {
             let place = Place {
@@ -285,8 +269,9 @@ impl<K: Kms> Run<'_, '_, '_, K> {
                 },
                 None => own.clone(),
             };
-            let Some(reason) = rotation::staleness(header, &target) else {
-                if let Some(risk) = rotation::risk(&own, self.io.now) {
+            let (reason, fix) = match rotation::classify(header, &own, &target, self.io.now) {
+                ValueState::Current => continue,
+                ValueState::AtRisk(risk) => {
                     self.tally.at_risk += 1;
                     writeln!(
                         self.io.stdout,
@@ -294,51 +279,40 @@ impl<K: Kms> Run<'_, '_, '_, K> {
                         risk.reason(),
                         header.key_arn
                     )?;
+                    continue;
                 }
-                continue;
+                ValueState::Stale(reason, fix) => (reason, fix),
             };
             self.tally.stale += 1;
-            // v1 authenticates its wrapping, so it cannot be moved; a KMS-wrapped one is
-            // opened and sealed again as v2 instead (below), which needs kms:Decrypt.
-            let upgradable = header.version == crate::envelope::Version::V1
-                && header.algorithm == crate::envelope::WrapAlgorithm::KmsSymmetric;
-            if upgradable {
-                if self.args.check {
+            match fix {
+                // v1 authenticates its wrapping, so it cannot be moved: it is opened and
+                // sealed again as v2 instead (below), which needs kms:Decrypt.
+                Fix::SealV1Again if self.args.check => writeln!(
+                    self.io.stdout,
+                    "STALE   {place} [{reason}]: {}; it is envelope v1, which rewrap seals again as v2 (that needs kms:Decrypt and kms:GenerateDataKey)",
+                    describe_move(reason, header, &target)
+                )?,
+                Fix::SealV1Again => upgrades.push((item.clone(), value.clone(), reason)),
+                Fix::SealAgain(why) => {
+                    self.tally.cannot += 1;
                     writeln!(
                         self.io.stdout,
-                        "STALE   {place} [{reason}]: {}; it is envelope v1, which rewrap seals again as v2 (that needs kms:Decrypt and kms:GenerateDataKey)",
-                        describe_move(reason, header, &target)
+                        "SEAL    {place} [{reason}]: stale, and rewrap cannot move it: {why}"
                     )?;
-                } else {
-                    upgrades.push((item.clone(), value.clone(), reason));
                 }
-                continue;
-            }
-            if let Err(why) = rotation::rewrappable(header) {
-                self.tally.cannot += 1;
-                writeln!(
-                    self.io.stdout,
-                    "SEAL    {place} [{reason}]: stale, and rewrap cannot move it: {why}"
-                )?;
-                continue;
-            }
-            if self.args.check {
-                writeln!(
+                Fix::Move if self.args.check => writeln!(
                     self.io.stdout,
                     "STALE   {place} [{reason}]: {}",
                     describe_move(reason, header, &target)
-                )?;
-                continue;
-            }
-            groups
-                .entry((header.key_arn.clone(), header.wrapped_key.clone()))
-                .or_insert_with(|| Group {
+                )?,
+                Fix::Move => rotation::add_to_group(
+                    &mut groups,
                     reason,
-                    header: header.clone(),
-                    items: Vec::new(),
-                })
-                .items
-                .push((item.clone(), value.clone(), envelope));
+                    &envelope.header.clone(),
+                    &target,
+                    (item.clone(), value.clone(), envelope),
+                ),
+            }
         }
         if !upgrades.is_empty() {
             self.upgrade(
@@ -352,23 +326,9 @@ impl<K: Kms> Run<'_, '_, '_, K> {
             )
             .await?;
         }
-        for group in groups.into_values() {
-            let target_id = desired_id.clone().unwrap_or(group.header.key_arn.clone());
-            let target = match self.facts.get(&target_id).await {
-                Ok(target) => target,
-                Err(e) => {
-                    for (item, _, _) in &group.items {
-                        let place = Place {
-                            file,
-                            object: object.clone(),
-                            item,
-                        };
-                        self.kms_failure(&place, &e)?;
-                    }
-                    continue;
-                }
-            };
-            let moved = self.move_group(&group, &namespace, &name, &target).await;
+        for group in groups {
+            let target = &group.target;
+            let moved = self.move_group(&group, &namespace, &name, target).await;
             for (item, old, envelope) in &group.items {
                 let place = Place {
                     file,
@@ -383,7 +343,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
                                 self.io.stdout,
                                 "rewrapped {place} [{}]: {}",
                                 group.reason,
-                                describe_move(group.reason, &group.header, &target)
+                                describe_move(group.reason, &group.header, target)
                             )?;
                             replacements.push((old.clone(), BASE64.encode(bytes)));
                         }
@@ -402,7 +362,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
     /// One `ReEncrypt` for a group: the new wrapping, checked to be under the target key.
     async fn move_group(
         &mut self,
-        group: &Group,
+        group: &RewrapGroup<(String, String, Box<Envelope>)>,
         namespace: &str,
         name: &str,
         target: &KeyFacts,

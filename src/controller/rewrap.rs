@@ -36,9 +36,7 @@ use crate::wrapping::ItemKeys;
 /// How long an object whose re-wrap failed waits before it is tried again.
 pub const REWRAP_RETRY: Duration = Duration::from_secs(900);
 
-/// The `KeyCurrent` reasons a re-wrap reports.
-pub const REWRAP_FAILED: &str = "RewrapFailed";
-pub const REWRAP_REVERTED: &str = "RewrapReverted";
+pub use crate::rotation::{REWRAP_FAILED, REWRAP_REVERTED};
 
 type Key = (String, String);
 

@@ -287,7 +287,7 @@ fn decisive_change(watched: &Watched) -> Option<u64> {
 }
 
 /// One controller over one scope (all namespaces, or one namespace).
-struct Scope<K> {
+struct Watching<K> {
     controller: Controller<Watched>,
     reconciler: Arc<Ctx<Arc<K>>>,
     secrets: Arc<SecretIndex>,
@@ -302,7 +302,7 @@ fn scope<K: Kms>(
     metrics: &Arc<Metrics>,
     admission: &Arc<Admission>,
     key_facts: &Arc<KeyFactsCache>,
-) -> Scope<K> {
+) -> Watching<K> {
     // `Api<PartialObjectMeta<Secret>>` makes metadata-only requests: no Secret data is ever
     // listed or watched.
     let (es_api, secret_api): (Api<Watched>, Api<PartialObjectMeta<Secret>>) = match namespace {
@@ -348,11 +348,16 @@ fn scope<K: Kms>(
     });
     let api = KubeClusterApi::new(client.clone(), Some(secrets.clone()), args.pod_name.clone())
         .with_current_check(current);
-    let mut reconciler =
-        Reconciler::new(Arc::clone(kms), api, metrics.clone(), Arc::clone(admission));
-    reconciler.key_facts = key_facts.clone();
-    reconciler.rotation = Arc::new(super::rewrap::Rotation::new(args.rotation_policy));
-    let reconciler = Arc::new(reconciler);
+    let reconciler = Arc::new(Reconciler::with(
+        Arc::clone(kms),
+        api,
+        super::Shared {
+            metrics: metrics.clone(),
+            admission: Arc::clone(admission),
+            key_facts: key_facts.clone(),
+            rotation: Arc::new(super::rewrap::Rotation::new(args.rotation_policy)),
+        },
+    ));
     // The Secret store must see every event; the controller gets the owned Secrets as
     // triggers, except the echo of its own writes.
     let recent = reconciler.recent.clone();
@@ -382,7 +387,7 @@ fn scope<K: Kms>(
             }
         })
         .boxed();
-    Scope {
+    Watching {
         controller,
         reconciler,
         secrets,
@@ -523,7 +528,7 @@ pub async fn run_with<K: Kms + 'static>(
         policy_changed_tx,
         unresolved,
     );
-    let scopes: Vec<Scope<K>> = namespaces
+    let scopes: Vec<Watching<K>> = namespaces
         .iter()
         .map(|ns| {
             scope(

@@ -392,6 +392,17 @@ impl KmsError {
 
 impl fmt::Display for KmsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.messages().0)
+    }
+}
+
+impl KmsError {
+    /// What to say about this failure, every kind in one table: (the operator's message: the
+    /// key, region, action, KMS's own words and the fix; the tenant's, for an EncryptedSecret's
+    /// status and events: what went wrong with which key and what to do, without what only the
+    /// operator should see: the controller's role, the region, KMS's own words, which name the
+    /// role on AWS).
+    fn messages(&self) -> (String, String) {
         let key = self.key_text();
         let region = self.region_text();
         let action = self.action;
@@ -407,109 +418,51 @@ impl fmt::Display for KmsError {
             format!(" (KMS said: {})", self.detail)
         };
         match self.kind {
-            KmsErrorKind::AccessDenied => write!(
-                f,
-                "KMS denied {action} on key {key}{region}{detail}; grant {action} to the role kmseal runs as, in the key policy or its IAM policy (see README#iam)"
-            ),
-            KmsErrorKind::KeyNotFound => write!(
-                f,
-                "KMS key {key} was not found{region}{detail}; check the key id or alias and the region (--region or AWS_REGION; a key ARN selects its own region)"
-            ),
-            KmsErrorKind::KeyDisabled => write!(
-                f,
-                "KMS key {key}{region} is disabled or pending deletion{detail}; enable it (aws kms enable-key) or cancel its deletion (aws kms cancel-key-deletion), or re-seal under another key"
-            ),
-            KmsErrorKind::Unavailable => write!(
-                f,
-                "KMS could not use key {key}{region} right now{detail}; this is usually temporary, retry later"
-            ),
-            KmsErrorKind::InvalidCiphertext => write!(
-                f,
-                "KMS refused to decrypt with key {key}{region}{detail}: the value was altered, sealed for another namespace or name (encryption context), or sealed under another key; re-seal it with `kmseal seal` for this object"
-            ),
-            KmsErrorKind::KeyUsage => write!(
-                f,
-                "KMS key {key}{region} cannot be used for {action}{detail}; use a symmetric ENCRYPT_DECRYPT key for `seal --key`, or an RSA ENCRYPT_DECRYPT key for `pubkey` and `seal --public-key`"
-            ),
-            KmsErrorKind::Throttled => write!(
-                f,
-                "KMS throttled {action} on key {key}{region} and retries ran out{detail}; retry later, raise AWS_MAX_ATTEMPTS or set AWS_RETRY_MODE=adaptive, or ask AWS for a higher KMS request quota"
-            ),
-            KmsErrorKind::Unreachable => write!(
-                f,
-                "could not reach KMS{region} for {action}{detail}; check the network, the region, and the endpoint (--endpoint or AWS_ENDPOINT_URL_KMS)"
-            ),
-            KmsErrorKind::Credentials => write!(
-                f,
-                "no usable AWS credentials for {action}{detail}; provide them through IRSA (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), a profile (AWS_PROFILE), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            ),
-            KmsErrorKind::Configuration => write!(
-                f,
-                "cannot call KMS for {action} on key {key}: {}",
-                self.detail
-            ),
-            KmsErrorKind::InvalidRequest => write!(
-                f,
-                "KMS rejected {action} on key {key}{region} as invalid{detail}"
-            ),
-            KmsErrorKind::WrongKey => write!(
-                f,
-                "KMS decrypted with key {}{region}, but the value names key {key}; the value was tampered with, refusing it",
-                self.detail
-            ),
-            KmsErrorKind::Cancelled => write!(
-                f,
-                "{action} on key {key} was not sent: the object changed or was deleted while it waited"
-            ),
-            KmsErrorKind::Deferred => write!(
-                f,
-                "{action} on key {key} was not sent yet: this namespace already has its share of KMS requests waiting"
-            ),
-            KmsErrorKind::Other => write!(f, "KMS {action} on key {key}{region} failed{detail}"),
+            KmsErrorKind::AccessDenied => (format!("KMS denied {action} on key {key}{region}{detail}; grant {action} to the role kmseal runs as, in the key policy or its IAM policy (see README#iam)"), format!(
+                "the controller is not allowed {action} with KMS key {key}; ask your platform team to grant it in the key policy (the controller's log has the details)"
+            )),
+            KmsErrorKind::KeyNotFound => (format!("KMS key {key} was not found{region}{detail}; check the key id or alias and the region (--region or AWS_REGION; a key ARN selects its own region)"), format!(
+                "KMS key {key} does not exist where the controller looks for it; check the key, or ask your platform team"
+            )),
+            KmsErrorKind::KeyDisabled => (format!("KMS key {key}{region} is disabled or pending deletion{detail}; enable it (aws kms enable-key) or cancel its deletion (aws kms cancel-key-deletion), or re-seal under another key"), format!(
+                "KMS key {key} is disabled or pending deletion; ask your platform team to enable it, or re-seal under another key"
+            )),
+            KmsErrorKind::Unavailable => (format!("KMS could not use key {key}{region} right now{detail}; this is usually temporary, retry later"), format!("KMS could not be used for {action} right now; the controller retries with backoff")),
+            KmsErrorKind::InvalidCiphertext => (format!("KMS refused to decrypt with key {key}{region}{detail}: the value was altered, sealed for another namespace or name (encryption context), or sealed under another key; re-seal it with `kmseal seal` for this object"), format!(
+                "KMS refused to decrypt with key {key}: the value was altered, sealed for another namespace, name or item, or under another key; re-seal it with `kmseal seal` for this object"
+            )),
+            KmsErrorKind::KeyUsage => (format!("KMS key {key}{region} cannot be used for {action}{detail}; use a symmetric ENCRYPT_DECRYPT key for `seal --key`, or an RSA ENCRYPT_DECRYPT key for `pubkey` and `seal --public-key`"), format!(
+                "KMS key {key} cannot be used this way (wrong key type or usage); re-seal under a symmetric ENCRYPT_DECRYPT key"
+            )),
+            KmsErrorKind::Throttled => (format!("KMS throttled {action} on key {key}{region} and retries ran out{detail}; retry later, raise AWS_MAX_ATTEMPTS or set AWS_RETRY_MODE=adaptive, or ask AWS for a higher KMS request quota"), format!(
+                "KMS throttled {action}; the controller retries with backoff"
+            )),
+            KmsErrorKind::Unreachable => (format!("could not reach KMS{region} for {action}{detail}; check the network, the region, and the endpoint (--endpoint or AWS_ENDPOINT_URL_KMS)"), format!("KMS could not be used for {action} right now; the controller retries with backoff")),
+            KmsErrorKind::Credentials => (format!("no usable AWS credentials for {action}{detail}; provide them through IRSA (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), a profile (AWS_PROFILE), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "the controller has no usable AWS credentials; ask your platform team (the controller's log has the details)".to_owned()),
+            KmsErrorKind::Configuration => (format!("cannot call KMS for {action} on key {key}: {}",
+                self.detail), "the controller's AWS settings cannot reach KMS (no region); ask your platform team (the controller's log has the details)".to_owned()),
+            KmsErrorKind::InvalidRequest => (format!("KMS rejected {action} on key {key}{region} as invalid{detail}"), format!(
+                "KMS rejected {action} with key {key} as invalid; re-seal the value, or ask your platform team (the controller's log has the details)"
+            )),
+            KmsErrorKind::WrongKey => (format!("KMS decrypted with key {}{region}, but the value names key {key}; the value was tampered with, refusing it",
+                self.detail), format!(
+                "KMS refused to decrypt with key {key}: the value was altered, sealed for another namespace, name or item, or under another key; re-seal it with `kmseal seal` for this object"
+            )),
+            KmsErrorKind::Cancelled => {
+                let operator = format!("{action} on key {key} was not sent: the object changed or was deleted while it waited");
+                (operator.clone(), operator)
+            }
+            KmsErrorKind::Deferred => {
+                let operator = format!("{action} on key {key} was not sent yet: this namespace already has its share of KMS requests waiting");
+                (operator.clone(), operator)
+            }
+            KmsErrorKind::Other => (format!("KMS {action} on key {key}{region} failed{detail}"), format!("KMS could not be used for {action} right now; the controller retries with backoff")),
         }
     }
-}
 
-impl KmsError {
-    /// The same failure told to a tenant (an EncryptedSecret's status and events): what went
-    /// wrong with which key and what to do, without what only the operator should see (the
-    /// controller's role, the region, KMS's own words, which name the role on AWS).
+    /// The failure as a tenant is told it (see [`KmsError::messages`]).
     pub fn tenant_message(&self) -> String {
-        let key = self.key_text();
-        let action = self.action;
-        match self.kind {
-            KmsErrorKind::AccessDenied => format!(
-                "the controller is not allowed {action} with KMS key {key}; ask your platform team to grant it in the key policy (the controller's log has the details)"
-            ),
-            KmsErrorKind::KeyNotFound => format!(
-                "KMS key {key} does not exist where the controller looks for it; check the key, or ask your platform team"
-            ),
-            KmsErrorKind::KeyDisabled => format!(
-                "KMS key {key} is disabled or pending deletion; ask your platform team to enable it, or re-seal under another key"
-            ),
-            KmsErrorKind::Unavailable | KmsErrorKind::Unreachable | KmsErrorKind::Other => {
-                format!("KMS could not be used for {action} right now; the controller retries with backoff")
-            }
-            KmsErrorKind::Throttled => format!(
-                "KMS throttled {action}; the controller retries with backoff"
-            ),
-            KmsErrorKind::Credentials => {
-                "the controller has no usable AWS credentials; ask your platform team (the controller's log has the details)".to_owned()
-            }
-            KmsErrorKind::Configuration => {
-                "the controller's AWS settings cannot reach KMS (no region); ask your platform team (the controller's log has the details)".to_owned()
-            }
-            KmsErrorKind::InvalidCiphertext | KmsErrorKind::WrongKey => format!(
-                "KMS refused to decrypt with key {key}: the value was altered, sealed for another namespace, name or item, or under another key; re-seal it with `kmseal seal` for this object"
-            ),
-            KmsErrorKind::KeyUsage => format!(
-                "KMS key {key} cannot be used this way (wrong key type or usage); re-seal under a symmetric ENCRYPT_DECRYPT key"
-            ),
-            KmsErrorKind::InvalidRequest => format!(
-                "KMS rejected {action} with key {key} as invalid; re-seal the value, or ask your platform team (the controller's log has the details)"
-            ),
-            KmsErrorKind::Cancelled | KmsErrorKind::Deferred => self.to_string(),
-        }
+        self.messages().1
     }
 }
 

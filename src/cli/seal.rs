@@ -1,0 +1,289 @@
+//! `kmseal seal`: a Secret (a manifest, or literals and files) into an EncryptedSecret, or
+//! items added to a sealed file in place (`--merge-into`).
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Secret manifest(s), YAML or JSON; `-` for stdin (the default without --from-*).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name of the Secret to build from --from-literal / --from-file.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespace of the Secret (fills in a manifest's missing namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// An item as KEY=VALUE (repeatable).
+    #[arg(long = "from-literal", value_name = "KEY=VALUE")]
+    pub literals: Vec<String>,
+    /// An item from a file, as KEY=PATH or PATH (key = file name) (repeatable).
+    #[arg(long = "from-file", value_name = "[KEY=]PATH")]
+    pub files: Vec<String>,
+    /// Secret type for --from-*, e.g. kubernetes.io/tls (default Opaque).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub type_: Option<String>,
+    /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN. With
+    /// --public-key: the key's ARN, when the file does not name it.
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
+    pub key: Option<String>,
+    /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call). The file's
+    /// key wins over KMSEAL_KEY; a --key that names another key is refused.
+    #[arg(long, value_name = "PEM")]
+    pub public_key: Option<PathBuf>,
+    /// Whether `key` came from KMSEAL_KEY rather than the command line.
+    #[arg(skip)]
+    pub key_from_env: bool,
+    /// What the values are bound to: strict (namespace and name), namespace, or cluster.
+    /// Default: strict. With --merge-into, the file's items must have this scope.
+    #[arg(long, value_parser = ScopeParser)]
+    pub scope: Option<Scope>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: Format,
+    /// Add or replace items in this EncryptedSecret file, in place; other items keep their
+    /// exact ciphertext.
+    #[arg(long, value_name = "FILE")]
+    pub merge_into: Option<PathBuf>,
+}
+
+/// Parses `--scope` as [`Scope`]'s `FromStr` does (aliases included), and lists its values for
+/// help and completions.
+#[derive(Clone)]
+pub(super) struct ScopeParser;
+
+impl clap::builder::TypedValueParser for ScopeParser {
+    type Value = Scope;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Scope, clap::Error> {
+        let invalid = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
+                .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("--scope is not valid UTF-8".to_owned()))?;
+        text.parse().map_err(invalid)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            Scope::ALL
+                .into_iter()
+                .map(|s| clap::builder::PossibleValue::new(s.as_str())),
+        ))
+    }
+}
+
+pub(super) const NO_KEY: &str =
+    "no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key";
+
+/// `-n` and `--name` fill in what a manifest leaves out; where it says otherwise, they conflict
+/// and nothing is sealed (as `kubectl apply -n` refuses a manifest of another namespace):
+/// sealing binds the values to the namespace and name, so a silent choice would bind them to
+/// the wrong one.
+pub(super) fn flags_agree(secret: &mut PlainSecret, args: &SealArgs) -> Result<(), CliError> {
+    if let Some(flag) = &args.namespace {
+        match &secret.namespace {
+            Some(manifest) if manifest != flag => {
+                return Err(usage(format!(
+                    "the manifest's Secret {} is in namespace {manifest}, but -n says {flag}; drop -n, or remove metadata.namespace from the manifest to seal it for {flag}",
+                    secret.name
+                )));
+            }
+            Some(_) => {}
+            None => secret.namespace = Some(flag.clone()),
+        }
+    }
+    if let Some(flag) = &args.name
+        && *flag != secret.name
+    {
+        return Err(usage(format!(
+            "the manifest's Secret is named {}, but --name says {flag}; drop --name, or change metadata.name in the manifest",
+            secret.name
+        )));
+    }
+    Ok(())
+}
+
+/// The `--merge-into` file: its text (for its format) and its one EncryptedSecret.
+pub(super) fn read_merge_target(
+    target: &Path,
+    io: &mut Io<'_>,
+) -> Result<(Zeroizing<String>, EncryptedSecret), CliError> {
+    let text = read_manifest(target, io)?;
+    let mut existing = manifest::read_encrypted_secrets(&text)?;
+    if existing.len() != 1 {
+        return Err(fail(format!(
+            "{} holds {} EncryptedSecrets; --merge-into needs exactly one",
+            target.display(),
+            existing.len()
+        )));
+    }
+    Ok((text, existing.remove(0)))
+}
+
+/// `default_name`: the name of the object `--merge-into` adds to, which names the Secret.
+pub(super) fn secret_from_flags(
+    args: &SealArgs,
+    default_name: Option<&str>,
+) -> Result<PlainSecret, CliError> {
+    let name = args
+        .name
+        .clone()
+        .or_else(|| default_name.map(str::to_owned))
+        .ok_or_else(|| usage("--from-literal and --from-file need --name"))?;
+    let mut data = BTreeMap::new();
+    for literal in &args.literals {
+        let (key, value) = literal
+            .split_once('=')
+            .ok_or_else(|| fail("--from-literal takes KEY=VALUE (the value was not printed)"))?;
+        insert_item(&mut data, key, Zeroizing::new(value.as_bytes().to_vec()))?;
+    }
+    for spec in &args.files {
+        let (key, path) = match spec.split_once('=') {
+            Some((key, path)) => (key.to_owned(), PathBuf::from(path)),
+            None => {
+                let path = PathBuf::from(spec);
+                let key = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "--from-file {spec}: cannot derive a key from the path; use KEY=PATH"
+                        ))
+                    })?
+                    .to_owned();
+                (key, path)
+            }
+        };
+        let limit = crate::envelope::MAX_PLAINTEXT_LEN as u64 + 1;
+        let mut value = Zeroizing::new(Vec::new());
+        let file = std::fs::File::open(&path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let size = file.metadata().map(|m| m.len()).ok();
+        file.take(limit)
+            .read_to_end(&mut value)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        if value.len() > crate::envelope::MAX_PLAINTEXT_LEN {
+            let size = manifest::size_text(size);
+            return Err(fail(format!(
+                "--from-file {}: the file is {size}, over the limit of {} bytes (1 MiB) for one item",
+                path.display(),
+                crate::envelope::MAX_PLAINTEXT_LEN
+            )));
+        }
+        insert_item(&mut data, &key, value)?;
+    }
+    Ok(PlainSecret {
+        namespace: args.namespace.clone(),
+        name,
+        type_: args.type_.clone(),
+        data,
+        ..PlainSecret::default()
+    })
+}
+
+pub(super) fn insert_item(
+    data: &mut BTreeMap<String, Zeroizing<Vec<u8>>>,
+    key: &str,
+    value: Zeroizing<Vec<u8>>,
+) -> Result<(), CliError> {
+    if data.insert(key.to_owned(), value).is_some() {
+        return Err(fail(format!("item {key:?} is given twice")));
+    }
+    Ok(())
+}
+
+pub(super) async fn seal_command<K: Kms>(
+    wrapper: &Wrapper<'_, K>,
+    args: &SealArgs,
+    io: &mut Io<'_>,
+) -> Result<i32, CliError> {
+    let from_flags = !args.literals.is_empty() || !args.files.is_empty();
+    if from_flags && args.file.is_some() {
+        return Err(usage(
+            "use either -f or --from-literal/--from-file, not both",
+        ));
+    }
+    // Read once: it also names a Secret built from flags.
+    let merge_target = match &args.merge_into {
+        Some(target) => Some((target, read_merge_target(target, io)?)),
+        None => None,
+    };
+    let secrets = if from_flags {
+        let merge_name = merge_target
+            .as_ref()
+            .and_then(|(_, (_, existing))| existing.metadata.name.as_deref());
+        vec![secret_from_flags(args, merge_name)?]
+    } else {
+        let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
+        let text = read_manifest(&path, io)?;
+        let mut secrets = manifest::read_secrets(&text, None)?;
+        for secret in &mut secrets {
+            flags_agree(secret, args)?;
+        }
+        if args.name.is_some() && secrets.len() > 1 {
+            return Err(usage(
+                "--name applies to a single Secret, but the input has several",
+            ));
+        }
+        if let Some(type_) = &args.type_ {
+            secrets
+                .iter_mut()
+                .for_each(|s| s.type_ = Some(type_.clone()));
+        }
+        secrets
+    };
+    if let Some((target, (text, existing))) = merge_target {
+        let [secret] = secrets.as_slice() else {
+            return Err(fail("--merge-into takes a single Secret"));
+        };
+        // The file's headers are not authenticated until KMS opens them: they never choose
+        // the scope. A mismatch is refused rather than mixing scopes in one object.
+        let scope = args.scope.unwrap_or(Scope::Strict);
+        if let Some(theirs) = open::common_scope(&existing)
+            && theirs != scope
+        {
+            return Err(usage(format!(
+                "the items in {} are sealed in {theirs} scope, and this would add one in {scope} scope; pass --scope {theirs} to add to it (or re-seal the whole Secret in {scope} scope)",
+                target.display()
+            )));
+        }
+        let merged =
+            crate::seal::merge_into(wrapper, existing, secret, scope, &mut io.rng, io.now).await?;
+        let format = if text.trim_start().starts_with('{') {
+            Format::Json
+        } else {
+            Format::Yaml
+        };
+        let out = manifest::write(&[merged], format).map_err(fail)?;
+        write_atomically(target, out.as_bytes())?;
+        let items: Vec<&str> = secret.data.keys().map(String::as_str).collect();
+        writeln!(
+            io.stderr,
+            "{}: sealed {}; other items unchanged",
+            target.display(),
+            items.join(", ")
+        )?;
+        return Ok(EXIT_OK);
+    }
+    let mut sealed = Vec::with_capacity(secrets.len());
+    for secret in &secrets {
+        let scope = args.scope.unwrap_or(Scope::Strict);
+        sealed.push(crate::seal::seal_secret(wrapper, secret, scope, &mut io.rng, io.now).await?);
+    }
+    io.stdout.write_all(
+        manifest::write(&sealed, args.output)
+            .map_err(fail)?
+            .as_bytes(),
+    )?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,139 @@
+//! `kmseal validate`: manifests checked offline (see [`crate::validate`]).
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub manifests: ManifestPaths,
+    /// Namespace of objects that name none (as `kubectl apply -n`); needed to check the key
+    /// policy for them.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The controller's key policy file: check that each namespace uses only keys it may.
+    #[arg(long, value_name = "FILE")]
+    pub key_policy: Option<PathBuf>,
+    /// Keys every namespace may use (the controller's --allowed-keys), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "KEYS")]
+    pub allowed_keys: Vec<String>,
+    /// Accept plain KMS ciphertext items with cluster scope (the controller's flag of the same
+    /// name).
+    #[arg(long)]
+    pub allow_cluster_scope_plain_items: bool,
+    /// Secret types that may be produced (the controller's --allowed-secret-types).
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    pub allowed_secret_types: Vec<String>,
+    /// Report plain Secrets with data as warnings rather than errors.
+    #[arg(long)]
+    pub allow_plain_secrets: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: ReportFormat,
+}
+
+/// How `validate` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+/// The key policy `validate` checks against: like the controller's, but with no flags any key
+/// (its `--allow-any-key`), since a repository may be checked before a policy exists.
+pub(super) fn validate_policy(args: &ValidateArgs) -> Result<KeyPolicy, CliError> {
+    let mut policy = if args.key_policy.is_none() && args.allowed_keys.is_empty() {
+        KeyPolicy::any_key()
+    } else {
+        let mut rules = KeyPolicy::rules_for_all_namespaces(&args.allowed_keys)
+            .map_err(|e| usage(format!("--allowed-keys: {e}")))?;
+        if let Some(path) = &args.key_policy {
+            rules.extend(KeyPolicy::read_rules(path)?);
+        }
+        KeyPolicy::from_rules(rules)
+    };
+    policy.allow_cluster_scope_plain_items = args.allow_cluster_scope_plain_items;
+    Ok(policy)
+}
+
+pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
+    use crate::validate::{Options, Validator};
+    let paths = args.manifests.named(
+        "name the files or directories to check (or - for stdin), e.g. kmseal validate deploy/",
+    )?;
+    if let Some(ns) = &args.namespace {
+        crate::binding::validate_namespace(ns).map_err(|e| usage(format!("--namespace: {e}")))?;
+    }
+    let policy = validate_policy(args)?;
+    let types = if args.allowed_secret_types.is_empty() {
+        crate::policy::SecretTypes::default()
+    } else {
+        crate::policy::SecretTypes::new(&args.allowed_secret_types)
+            .map_err(|e| usage(format!("--allowed-secret-types: {e}")))?
+    };
+    let aliases = ResolvedAliases::new();
+    let options = Options {
+        rules: Rules {
+            policy: &policy,
+            aliases: &aliases,
+        },
+        types: &types,
+        namespace: args.namespace.as_deref(),
+        allow_plain_secrets: args.allow_plain_secrets,
+    };
+    let mut validator = Validator::new();
+    let mut unreadable = false;
+    for path in paths {
+        let files = match files_of(path) {
+            Ok(files) => files,
+            Err(e) => {
+                validator.file_error(
+                    &path.display().to_string(),
+                    "unreadable",
+                    format!("cannot read it: {e}"),
+                );
+                unreadable = true;
+                continue;
+            }
+        };
+        for file in files {
+            let shown = if file.as_path() == Path::new("-") {
+                "<stdin>".to_owned()
+            } else {
+                file.display().to_string()
+            };
+            if file.as_path() == Path::new("-") && io.stdin_is_terminal {
+                writeln!(io.stderr, "reading manifests from stdin (end with Ctrl-D)")?;
+            }
+            match read_capped(&file, io.stdin) {
+                Ok((bytes, size)) => match manifest_text(bytes, size) {
+                    Ok(text) => validator.check_text(&shown, &text, &options),
+                    Err(e) => validator.file_error(&shown, "not_a_manifest", e.to_string()),
+                },
+                Err(e) => {
+                    unreadable = true;
+                    validator.file_error(&shown, "unreadable", format!("cannot read it: {e}"));
+                }
+            }
+        }
+    }
+    let report = validator.finish();
+    match args.output {
+        ReportFormat::Json => {
+            let json = serde_json::to_string_pretty(&report).map_err(|e| fail(e.to_string()))?;
+            writeln!(io.stdout, "{json}")?;
+        }
+        ReportFormat::Text => {
+            for finding in &report.findings {
+                writeln!(io.stdout, "{finding}")?;
+            }
+            writeln!(io.stdout, "{}", report.summary())?;
+        }
+    }
+    Ok(if unreadable {
+        EXIT_ERROR
+    } else if report.errors > 0 {
+        EXIT_VERIFY_FAILED
+    } else {
+        EXIT_OK
+    })
+}
