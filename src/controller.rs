@@ -16,12 +16,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::api::{EncryptedSecret, EncryptedSecretStatus};
-use crate::kms::{Kms, KmsErrorKind};
+use crate::kms::Kms;
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
-use crate::open::{self, OpenError};
-use crate::reconcile::{self, DesiredSecret, EventSpec, ExistingSecret, Outcome, Plan, reason};
+use crate::open;
+use crate::reconcile::{
+    self, DesiredSecret, EventSpec, ExistingSecret, OpenFailed, Outcome, Plan, Written, reason,
+};
 use crate::rotation;
 use crate::time::{now_rfc3339, unix_now};
 use crate::wrapping::ItemKeys;
@@ -579,13 +582,38 @@ fn jitter() -> f64 {
     f64::from(byte[0]) / 255.0
 }
 
-fn failed(reason: &'static str, message: String) -> Outcome {
-    Outcome {
-        ready: false,
-        reason,
-        message,
-        key_arns: vec![],
-        applied: None,
+/// An object's opened values, sorted for the write and a v1 upgrade.
+struct Values {
+    /// Every value, for the Secret.
+    data: BTreeMap<String, Zeroizing<Vec<u8>>>,
+    /// The keys they were opened with.
+    key_arns: Vec<String>,
+    /// The plaintexts of the values the upgrade seals again.
+    upgrading: BTreeMap<String, Zeroizing<Vec<u8>>>,
+    /// The keys of the values the upgrade leaves as they are.
+    kept: BTreeSet<String>,
+}
+
+impl Values {
+    fn sort(opened: BTreeMap<String, open::Opened>, upgrade: Option<&[rewrap::V1Upgrade]>) -> Self {
+        let mut key_arns = BTreeSet::new();
+        let mut values = Values {
+            data: BTreeMap::new(),
+            key_arns: vec![],
+            upgrading: BTreeMap::new(),
+            kept: BTreeSet::new(),
+        };
+        for (item, o) in opened {
+            if upgrade.into_iter().flatten().any(|u| u.item == item) {
+                values.upgrading.insert(item.clone(), o.plaintext.clone());
+            } else {
+                values.kept.insert(o.key_arn.clone());
+            }
+            key_arns.insert(o.key_arn);
+            values.data.insert(item, o.plaintext);
+        }
+        values.key_arns = key_arns.into_iter().collect();
+        values
     }
 }
 
@@ -1038,13 +1066,19 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             }
             Plan::Reject { reason, message } => {
                 // Refused before KMS: nothing is said about any key its values name.
-                self.fail(es, failed(reason, message), None, KeyView::Refused, false)
-                    .await
+                self.fail(
+                    es,
+                    Outcome::failed(reason, message),
+                    None,
+                    KeyView::Refused,
+                    false,
+                )
+                .await
             }
             Plan::Refuse { message } => {
                 self.report(
                     es,
-                    &failed(reason::SECRET_EXISTS, message),
+                    &Outcome::failed(reason::SECRET_EXISTS, message),
                     None,
                     keys.into(),
                 )
@@ -1110,64 +1144,31 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let opened = match opened {
             Ok(opened) => opened,
             Err(failure) => {
-                match &failure.error {
-                    OpenError::Kms(e) if e.kind == KmsErrorKind::Cancelled => {
+                return match reconcile::open_failed(&failure) {
+                    OpenFailed::Cancelled => {
                         tracing::debug!(
                             namespace,
                             name,
                             "object changed or deleted; reconcile stopped"
                         );
-                        return Ok((Reconciled::Cancelled, Action::await_change()));
+                        Ok((Reconciled::Cancelled, Action::await_change()))
                     }
-                    OpenError::Kms(e) if e.kind == KmsErrorKind::Deferred => {
-                        return Ok(self.defer(namespace, name));
-                    }
-                    _ => {}
-                }
-                let item = failure
-                    .item
-                    .as_deref()
-                    .map(|i| format!("item {i}: "))
-                    .unwrap_or_default();
-                let reason = failure.error.category().reason();
-                let message = format!(
-                    "{item}{}; the existing Secret, if any, was left unchanged",
-                    failure.error.tenant_message()
-                );
-                let detail = failure.error.to_string();
-                // KMS being down, throttling or without credentials is not the tenant's doing.
-                let charged = !matches!(
-                    reason,
-                    reason::THROTTLED | reason::KMS_UNAVAILABLE | reason::NO_CREDENTIALS
-                );
-                return self
-                    .fail(
-                        es,
-                        failed(reason, message),
-                        Some(&detail),
-                        keys.into(),
+                    OpenFailed::Deferred => Ok(self.defer(namespace, name)),
+                    OpenFailed::Failed {
+                        outcome,
+                        detail,
                         charged,
-                    )
-                    .await;
+                    } => {
+                        self.fail(es, outcome, Some(&detail), keys.into(), charged)
+                            .await
+                    }
+                };
             }
         };
-        let mut key_arns = BTreeSet::new();
-        let mut data = BTreeMap::new();
         // Envelope v1 values to seal again as v2 while their plaintext is at hand.
         let upgrade = self.v1_upgrade_plan(es, keys);
-        let mut upgrading = BTreeMap::new();
-        // The keys of the values an upgrade leaves as they are.
-        let mut kept_arns = BTreeSet::new();
-        for (item, o) in opened {
-            if upgrade.iter().flatten().any(|u| u.item == item) {
-                upgrading.insert(item.clone(), o.plaintext.clone());
-            } else {
-                kept_arns.insert(o.key_arn.clone());
-            }
-            key_arns.insert(o.key_arn);
-            data.insert(item, o.plaintext);
-        }
-        let secret = reconcile::desired_secret(es, data, replacing);
+        let values = Values::sort(opened, upgrade.as_deref());
+        let secret = reconcile::desired_secret(es, values.data, replacing);
         let written = match replacing {
             None => self.api.create_secret(&secret).await,
             Some(_) => self.api.replace_secret(&secret).await,
@@ -1176,78 +1177,72 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         if let Ok(resource_version) = &written {
             self.recent.wrote_secret(namespace, name, resource_version);
         }
-        let outcome = match written {
-            Ok(resource_version) => Outcome {
-                ready: true,
-                reason: reason::SYNCED,
-                message: format!(
-                    "Secret {name} has the {} item(s) of this EncryptedSecret",
-                    es.spec.encrypted_data.len()
-                ),
-                key_arns: key_arns.into_iter().collect(),
-                applied: Some((reconcile::fingerprint(es), resource_version)),
-            },
-            Err(WriteError::Conflict) if replacing.is_none() => failed(
-                reason::SECRET_EXISTS,
-                format!(
-                    "a Secret named {name} appeared while kmseal was creating it; kmseal will not overwrite it. To hand it over, annotate it: kubectl annotate secret {name} {}=true",
-                    reconcile::ADOPT_ANNOTATION
-                ),
-            ),
-            Err(WriteError::Conflict | WriteError::Gone) => {
-                // Changed or deleted since its ownership was checked: look again, soon, with
-                // fresh metadata (a watch event is on its way too). Nothing was written.
+        let summary;
+        let write = match &written {
+            Ok(resource_version) => reconcile::Write::Written(resource_version),
+            Err(WriteError::Conflict) => reconcile::Write::Conflict,
+            Err(WriteError::Gone) => reconcile::Write::Gone,
+            Err(WriteError::Api(e)) => {
+                summary = e.summary();
+                reconcile::Write::Refused(&summary)
+            }
+        };
+        match reconcile::after_write(es, name, replacing.is_none(), values.key_arns, write) {
+            Written::Ready(outcome) => {
+                self.upgrade_and_report(es, outcome, upgrade, values.upgrading, values.kept, keys)
+                    .await?;
+                self.record_success(es);
+                Ok((Reconciled::Applied, Action::await_change()))
+            }
+            Written::Foreign(outcome) => {
+                self.report(es, &outcome, None, keys.into()).await?;
+                Ok((
+                    Reconciled::Refused,
+                    Action::requeue(self.record_failure(es, false)),
+                ))
+            }
+            Written::Again => {
+                // A watch event is on its way too.
                 tracing::debug!(namespace, name, "Secret changed meanwhile; planning again");
-                return Ok((
+                Ok((
                     Reconciled::Cancelled,
                     Action::requeue(self.record_failure(es, false)),
-                ));
+                ))
             }
-            Err(WriteError::Api(e)) => failed(
-                reason::APPLY_FAILED,
-                format!(
-                    "writing Secret {name} failed: {}{}",
-                    e.summary(),
-                    if es.spec.template.as_ref().and_then(|t| t.immutable) == Some(true) {
-                        "; an immutable Secret cannot change: delete it and kmseal recreates it"
-                    } else {
-                        "; a Secret's type cannot change either: delete it and kmseal recreates it"
-                    }
-                ),
-            ),
-        };
-        if outcome.ready {
-            let upgraded = match upgrade {
-                Some(plan) => self.upgrade_v1(es, &plan, upgrading).await,
-                None => None,
-            };
-            if let Some(patched) = &upgraded {
-                // The Secret is right for the patched spec too: its values open to the same.
-                let mut outcome = outcome.clone();
-                if let Some((_, rv)) = &outcome.applied {
-                    outcome.applied = Some((reconcile::fingerprint(patched), rv.clone()));
-                }
-                let patched_keys = open::item_keys(patched).ok();
-                if let Some(k) = &patched_keys {
-                    kept_arns.extend(k.envelope_keys().iter().map(|k| (*k).to_owned()));
-                    outcome.key_arns = kept_arns.into_iter().collect();
-                }
-                self.report(patched, &outcome, None, patched_keys.as_ref().into())
-                    .await?;
-            } else {
-                self.report(es, &outcome, None, keys.into()).await?;
-            }
-            self.record_success(es);
-            Ok((Reconciled::Applied, Action::await_change()))
-        } else if outcome.reason == reason::SECRET_EXISTS {
-            self.report(es, &outcome, None, keys.into()).await?;
-            Ok((
-                Reconciled::Refused,
-                Action::requeue(self.record_failure(es, false)),
-            ))
-        } else {
-            self.fail(es, outcome, None, keys.into(), false).await
+            Written::Failed(outcome) => self.fail(es, outcome, None, keys.into(), false).await,
         }
+    }
+
+    /// After the Secret was written: seals its envelope v1 values again as v2 (`upgrade`,
+    /// with their plaintexts `upgrading`), then reports `outcome` for the spec as it now is.
+    /// `kept`: the keys of the values the upgrade leaves as they are.
+    async fn upgrade_and_report(
+        &self,
+        es: &EncryptedSecret,
+        mut outcome: Outcome,
+        upgrade: Option<Vec<rewrap::V1Upgrade>>,
+        upgrading: BTreeMap<String, Zeroizing<Vec<u8>>>,
+        mut kept: BTreeSet<String>,
+        keys: Option<&ItemKeys>,
+    ) -> Result<(), ApiError> {
+        let upgraded = match upgrade {
+            Some(plan) => self.upgrade_v1(es, &plan, upgrading).await,
+            None => None,
+        };
+        let Some(patched) = upgraded else {
+            return self.report(es, &outcome, None, keys.into()).await;
+        };
+        // The Secret is right for the patched spec too: its values open to the same.
+        if let Some((_, rv)) = &outcome.applied {
+            outcome.applied = Some((reconcile::fingerprint(&patched), rv.clone()));
+        }
+        let patched_keys = open::item_keys(&patched).ok();
+        if let Some(k) = &patched_keys {
+            kept.extend(k.envelope_keys().iter().map(|k| (*k).to_owned()));
+            outcome.key_arns = kept.into_iter().collect();
+        }
+        self.report(&patched, &outcome, None, patched_keys.as_ref().into())
+            .await
     }
 
     /// Writes the status if it changed; when the Ready condition changes, also emits an event

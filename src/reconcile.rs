@@ -335,6 +335,137 @@ pub struct Outcome {
     pub applied: Option<(String, String)>,
 }
 
+impl Outcome {
+    /// Not ready, for `reason`, saying `message`.
+    pub fn failed(reason: &'static str, message: String) -> Self {
+        Outcome {
+            ready: false,
+            reason,
+            message,
+            key_arns: vec![],
+            applied: None,
+        }
+    }
+}
+
+/// What a failed open of an object's values means for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenFailed {
+    /// The object changed or was deleted meanwhile: stop; its watch event brings the next
+    /// reconcile.
+    Cancelled,
+    /// Its namespace already has its share of KMS requests waiting: wait for room.
+    Deferred,
+    /// Report `outcome` and back off. `detail` is the operator's view (KMS's own words), for
+    /// the log only; `charged`: the failure is the object's doing and counts against its and
+    /// its namespace's retry budget (KMS down, throttling or without credentials is not).
+    Failed {
+        outcome: Outcome,
+        detail: String,
+        charged: bool,
+    },
+}
+
+/// Decides what a failed [`open::open_all`](crate::open::open_all) means.
+pub fn open_failed(failure: &crate::open::Failure) -> OpenFailed {
+    use crate::kms::KmsErrorKind;
+    use crate::open::OpenError;
+    match &failure.error {
+        OpenError::Kms(e) if e.kind == KmsErrorKind::Cancelled => return OpenFailed::Cancelled,
+        OpenError::Kms(e) if e.kind == KmsErrorKind::Deferred => return OpenFailed::Deferred,
+        _ => {}
+    }
+    let item = failure
+        .item
+        .as_deref()
+        .map(|i| format!("item {i}: "))
+        .unwrap_or_default();
+    let reason = failure.error.category().reason();
+    OpenFailed::Failed {
+        outcome: Outcome::failed(
+            reason,
+            format!(
+                "{item}{}; the existing Secret, if any, was left unchanged",
+                failure.error.tenant_message()
+            ),
+        ),
+        detail: failure.error.to_string(),
+        charged: !matches!(
+            reason,
+            reason::THROTTLED | reason::KMS_UNAVAILABLE | reason::NO_CREDENTIALS
+        ),
+    }
+}
+
+/// How a create or replace of the Secret went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write<'a> {
+    /// Written; the Secret's new resourceVersion.
+    Written(&'a str),
+    /// Create: a Secret of that name exists. Replace: it is no longer the version whose
+    /// ownership was checked.
+    Conflict,
+    /// Replace: the Secret was deleted meanwhile.
+    Gone,
+    /// The API server refused it; its summary of why.
+    Refused(&'a str),
+}
+
+/// What a [`Write`] means for the object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// The Secret has the object's values: report it Ready.
+    Ready(Outcome),
+    /// A foreign Secret appeared while it was being created: refused, and looked at again.
+    Foreign(Outcome),
+    /// Changed or deleted since its ownership was checked: nothing was written; plan again
+    /// soon, with fresh metadata.
+    Again,
+    /// Report the failure and back off.
+    Failed(Outcome),
+}
+
+/// Decides what writing the Secret `name` for `es` came to. `creating`: a create, not a
+/// replace; `key_arns`: the keys its values were opened with.
+pub fn after_write(
+    es: &EncryptedSecret,
+    name: &str,
+    creating: bool,
+    key_arns: Vec<String>,
+    write: Write<'_>,
+) -> Written {
+    match write {
+        Write::Written(resource_version) => Written::Ready(Outcome {
+            ready: true,
+            reason: reason::SYNCED,
+            message: format!(
+                "Secret {name} has the {} item(s) of this EncryptedSecret",
+                es.spec.encrypted_data.len()
+            ),
+            key_arns,
+            applied: Some((fingerprint(es), resource_version.to_owned())),
+        }),
+        Write::Conflict if creating => Written::Foreign(Outcome::failed(
+            reason::SECRET_EXISTS,
+            format!(
+                "a Secret named {name} appeared while kmseal was creating it; kmseal will not overwrite it. To hand it over, annotate it: kubectl annotate secret {name} {ADOPT_ANNOTATION}=true"
+            ),
+        )),
+        Write::Conflict | Write::Gone => Written::Again,
+        Write::Refused(summary) => Written::Failed(Outcome::failed(
+            reason::APPLY_FAILED,
+            format!(
+                "writing Secret {name} failed: {summary}{}",
+                if es.spec.template.as_ref().and_then(|t| t.immutable) == Some(true) {
+                    "; an immutable Secret cannot change: delete it and kmseal recreates it"
+                } else {
+                    "; a Secret's type cannot change either: delete it and kmseal recreates it"
+                }
+            ),
+        )),
+    }
+}
+
 /// The type of the condition that says whether an object's values are under the key and key
 /// material they should be (present only when they are not, so current objects cost no write).
 pub const KEY_CURRENT: &str = "KeyCurrent";
@@ -559,6 +690,151 @@ mod tests {
         es.metadata.uid = Some("uid-1".into());
         es.metadata.generation = Some(generation);
         es
+    }
+
+    #[test]
+    fn a_failed_open_is_reported_charged_only_when_it_is_the_objects_doing() {
+        use crate::kms::{KmsError, KmsErrorKind};
+        use crate::open::{Failure, OpenError};
+        let kms = |kind, detail: &str| Failure {
+            item: Some("password".into()),
+            error: OpenError::Kms(KmsError::new(
+                kind,
+                "kms:Decrypt",
+                Some("arn:aws:kms:eu-west-1:111122223333:key/k"),
+                detail,
+            )),
+        };
+        assert_eq!(
+            open_failed(&kms(KmsErrorKind::Cancelled, "")),
+            OpenFailed::Cancelled
+        );
+        assert_eq!(
+            open_failed(&kms(KmsErrorKind::Deferred, "")),
+            OpenFailed::Deferred
+        );
+        let charged = |kind| match open_failed(&kms(kind, "role/op said so")) {
+            OpenFailed::Failed {
+                outcome,
+                detail,
+                charged,
+            } => {
+                assert!(!outcome.ready);
+                assert!(
+                    outcome.message.starts_with("item password: "),
+                    "{outcome:?}"
+                );
+                assert!(
+                    outcome
+                        .message
+                        .ends_with("the existing Secret, if any, was left unchanged"),
+                    "{outcome:?}"
+                );
+                // KMS's own words are the operator's: in the detail, never in the status.
+                assert!(detail.contains("role/op said so"), "{detail}");
+                assert!(!outcome.message.contains("role/op"), "{outcome:?}");
+                (outcome.reason, charged)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            charged(KmsErrorKind::InvalidCiphertext),
+            (reason::DECRYPT_FAILED, true)
+        );
+        assert_eq!(
+            charged(KmsErrorKind::AccessDenied),
+            (reason::ACCESS_DENIED, true)
+        );
+        assert_eq!(charged(KmsErrorKind::Throttled), (reason::THROTTLED, false));
+        assert_eq!(
+            charged(KmsErrorKind::Unavailable),
+            (reason::KMS_UNAVAILABLE, false)
+        );
+        assert_eq!(
+            charged(KmsErrorKind::Credentials),
+            (reason::NO_CREDENTIALS, false)
+        );
+        // A whole-object failure names no item.
+        let whole = Failure {
+            item: None,
+            error: OpenError::TooManyItems { count: 300 },
+        };
+        match open_failed(&whole) {
+            OpenFailed::Failed {
+                outcome, charged, ..
+            } => {
+                assert!(
+                    outcome
+                        .message
+                        .starts_with("the EncryptedSecret has 300 items")
+                );
+                assert!(charged);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_write_is_ready_foreign_tried_again_or_failed() {
+        let es = es(1);
+        let keys = vec!["arn:aws:kms:eu-west-1:111122223333:key/k".to_owned()];
+        match after_write(&es, "db", true, keys.clone(), Write::Written("7")) {
+            Written::Ready(outcome) => {
+                assert!(outcome.ready);
+                assert_eq!(outcome.reason, reason::SYNCED);
+                assert_eq!(outcome.key_arns, keys);
+                assert_eq!(outcome.applied, Some((fingerprint(&es), "7".to_owned())));
+                assert_eq!(
+                    outcome.message,
+                    "Secret db has the 1 item(s) of this EncryptedSecret"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A Secret that appeared during a create is someone else's; during a replace, ours
+        // changed or went: plan again.
+        match after_write(&es, "db", true, keys.clone(), Write::Conflict) {
+            Written::Foreign(outcome) => {
+                assert_eq!(outcome.reason, reason::SECRET_EXISTS);
+                assert!(
+                    outcome
+                        .message
+                        .contains("kubectl annotate secret db kmseal.dev/managed=true"),
+                    "{outcome:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            after_write(&es, "db", false, keys.clone(), Write::Conflict),
+            Written::Again
+        );
+        assert_eq!(
+            after_write(&es, "db", false, keys.clone(), Write::Gone),
+            Written::Again
+        );
+        let refused = |es: &EncryptedSecret| match after_write(
+            es,
+            "db",
+            false,
+            vec![],
+            Write::Refused("field is immutable (422)"),
+        ) {
+            Written::Failed(outcome) => {
+                assert_eq!(outcome.reason, reason::APPLY_FAILED);
+                assert!(
+                    outcome
+                        .message
+                        .starts_with("writing Secret db failed: field is immutable (422); ")
+                );
+                outcome.message
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(refused(&es).contains("a Secret's type cannot change"));
+        let mut immutable = es.clone();
+        immutable.spec.template.as_mut().unwrap().immutable = Some(true);
+        assert!(refused(&immutable).contains("an immutable Secret cannot change"));
     }
 
     fn owned(es: &EncryptedSecret, rv: &str) -> ExistingSecret {

@@ -220,5 +220,9 @@ fn the_readme_layout_table_is_in_layer_order() {
     }
     assert!(upward.is_empty(), "{upward:#?}");
     assert!(!graph["cli"].contains("controller"), "{:?}", graph["cli"]);
-    assert!(!graph["controller"].contains("cli"), "{:?}", graph["controller"]);
+    assert!(
+        !graph["controller"].contains("cli"),
+        "{:?}",
+        graph["controller"]
+    );
 }
