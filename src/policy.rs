@@ -192,6 +192,15 @@ pub enum PolicyError {
     #[error(
         "Secret type {0:?} may not be produced by kmseal in this cluster{reason}; use Opaque or another allowed type", reason = type_reason(.0))]
     SecretTypeNotAllowed(String),
+    /// The API server refuses a Secret of this type without these items.
+    #[error(
+        "a Secret of type {type_} needs {needs}, and the API server refuses it without; add {missing}, or use type Opaque"
+    )]
+    ItemsMissingForType {
+        type_: &'static str,
+        needs: &'static str,
+        missing: String,
+    },
 }
 
 fn type_reason(type_: &str) -> &'static str {
@@ -228,6 +237,7 @@ impl PolicyError {
             | PolicyError::PlainKeyIdMissing
             | PolicyError::PlainClusterScope => Category::KeyNotAllowed,
             PolicyError::SecretTypeNotAllowed(_) => Category::TypeNotAllowed,
+            PolicyError::ItemsMissingForType { .. } => Category::InvalidInput,
         }
     }
 }
@@ -533,6 +543,65 @@ impl KeyPolicy {
     }
 }
 
+/// The items the Kubernetes API server requires of a Secret of `type_` (its own validation of
+/// Secrets), given whether the Secret has an item: checked before any KMS call, by `seal`,
+/// `validate` and the controller, so what the API server would refuse is refused first, with
+/// the fix. Other types require nothing.
+pub fn check_required_items(type_: &str, has: impl Fn(&str) -> bool) -> Result<(), PolicyError> {
+    // (type, what it needs in words, the items, whether one of them is enough)
+    const RULES: &[(&str, &str, &[&str], bool)] = &[
+        (
+            "kubernetes.io/basic-auth",
+            "an item username or password",
+            &["username", "password"],
+            true,
+        ),
+        (
+            "kubernetes.io/ssh-auth",
+            "an item ssh-privatekey",
+            &["ssh-privatekey"],
+            false,
+        ),
+        (
+            "kubernetes.io/tls",
+            "items tls.crt and tls.key",
+            &["tls.crt", "tls.key"],
+            false,
+        ),
+        (
+            "kubernetes.io/dockerconfigjson",
+            "an item .dockerconfigjson",
+            &[".dockerconfigjson"],
+            false,
+        ),
+        (
+            "kubernetes.io/dockercfg",
+            "an item .dockercfg",
+            &[".dockercfg"],
+            false,
+        ),
+    ];
+    let Some((type_, needs, items, one_is_enough)) =
+        RULES.iter().find(|(t, ..)| *t == type_).copied()
+    else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = items.iter().copied().filter(|i| !has(i)).collect();
+    let fine = if one_is_enough {
+        missing.len() < items.len()
+    } else {
+        missing.is_empty()
+    };
+    if fine {
+        return Ok(());
+    }
+    Err(PolicyError::ItemsMissingForType {
+        type_,
+        needs,
+        missing: missing.join(if one_is_enough { " or " } else { " and " }),
+    })
+}
+
 /// Which Secret types the controller may produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretTypes(BTreeSet<String>);
@@ -762,6 +831,37 @@ mod tests {
         let quoting = "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys: [{key: mrk-00, namespaces: [a]}, s3cr3t-value: :]\n";
         let err = KeyPolicy::parse_rules(quoting).unwrap_err().to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_type_needs_the_items_the_api_server_requires() {
+        let with = |items: &'static [&'static str]| move |i: &str| items.contains(&i);
+        assert!(check_required_items("Opaque", with(&[])).is_ok());
+        assert!(check_required_items("example.com/custom", with(&[])).is_ok());
+        let tls = check_required_items("kubernetes.io/tls", with(&["tls.crt"])).unwrap_err();
+        assert_eq!(
+            tls.to_string(),
+            "a Secret of type kubernetes.io/tls needs items tls.crt and tls.key, and the API server refuses it without; add tls.key, or use type Opaque"
+        );
+        assert_eq!(tls.category(), Category::InvalidInput);
+        assert!(check_required_items("kubernetes.io/tls", with(&["tls.crt", "tls.key"])).is_ok());
+        // basic-auth: one of the two is enough.
+        assert!(check_required_items("kubernetes.io/basic-auth", with(&["password"])).is_ok());
+        assert!(
+            check_required_items("kubernetes.io/basic-auth", with(&["user"]))
+                .unwrap_err()
+                .to_string()
+                .contains("needs an item username or password, and the API server refuses it without; add username or password")
+        );
+        for (type_, item) in [
+            ("kubernetes.io/ssh-auth", "ssh-privatekey"),
+            ("kubernetes.io/dockerconfigjson", ".dockerconfigjson"),
+            ("kubernetes.io/dockercfg", ".dockercfg"),
+        ] {
+            assert!(check_required_items(type_, with(&[])).is_err(), "{type_}");
+            let one = [item];
+            assert!(check_required_items(type_, |i: &str| one.contains(&i)).is_ok());
+        }
     }
 
     #[test]

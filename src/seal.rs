@@ -23,6 +23,7 @@ use crate::envelope::{
     self, DATA_KEY_LEN, DataKey, EnvelopeError, Header, NONCE_LEN, Version, WrapAlgorithm,
 };
 use crate::kms::{Kms, KmsError};
+use crate::policy::{self, PolicyError, SERVICE_ACCOUNT_TOKEN};
 use crate::random::{Random, RandomError};
 
 /// The smallest RSA modulus KMS issues (RSA_2048), in bytes.
@@ -125,6 +126,8 @@ pub enum SealError {
     Kms(#[from] KmsError),
     #[error(transparent)]
     Random(#[from] RandomError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 impl SealError {
@@ -135,6 +138,7 @@ impl SealError {
             SealError::Envelope { source, .. } => source.category(),
             SealError::Kms(e) => e.category(),
             SealError::Random(_) => Category::Random,
+            SealError::Policy(e) => e.category(),
         }
     }
 }
@@ -271,6 +275,34 @@ fn template_of(secret: &PlainSecret) -> Option<SecretTemplate> {
     (template != SecretTemplate::default()).then_some(template)
 }
 
+/// Refuses, before any KMS call, a Secret the controller or the API server would refuse for its
+/// type: a ServiceAccount token; a type without the items it needs (`has`); a Docker config
+/// that is not JSON (`value`: an item's plaintext, when at hand).
+fn check_type<'v>(
+    type_: Option<&str>,
+    has: impl Fn(&str) -> bool,
+    value: impl Fn(&str) -> Option<&'v [u8]>,
+) -> Result<(), SealError> {
+    let type_ = type_.unwrap_or("Opaque");
+    if type_ == SERVICE_ACCOUNT_TOKEN {
+        return Err(PolicyError::SecretTypeNotAllowed(type_.to_owned()).into());
+    }
+    policy::check_required_items(type_, has)?;
+    let config = match type_ {
+        "kubernetes.io/dockerconfigjson" => ".dockerconfigjson",
+        "kubernetes.io/dockercfg" => ".dockercfg",
+        _ => return Ok(()),
+    };
+    match value(config) {
+        Some(v) if serde_json::from_slice::<serde_json::Value>(v).is_err() => {
+            Err(SealError::Input(format!(
+                "item {config} is not JSON, and the API server refuses a Secret of type {type_} whose {config} is not; check the file (e.g. docker login writes ~/.docker/config.json)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Seals a whole Secret into a new EncryptedSecret.
 pub async fn seal_secret<K: Kms, R: Random>(
     wrapper: &Wrapper<'_, K>,
@@ -279,6 +311,11 @@ pub async fn seal_secret<K: Kms, R: Random>(
     rng: &mut R,
     wrapped_at: u64,
 ) -> Result<EncryptedSecret, SealError> {
+    check_type(
+        secret.type_.as_deref(),
+        |i| secret.data.contains_key(i),
+        |i| secret.data.get(i).map(|v| v.as_slice()),
+    )?;
     let (key_arn, encrypted_data) = seal_items(
         wrapper,
         scope,
@@ -331,6 +368,17 @@ pub async fn merge_into<K: Kms, R: Random>(
             "the Secret is in namespace {given:?} but the EncryptedSecret to merge into is in {ns:?}"
         )));
     }
+    // The type after the merge, and the items it will have.
+    let type_ = secret.type_.as_deref().or(existing
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.type_.as_deref()));
+    check_type(
+        type_,
+        |i| secret.data.contains_key(i) || existing.spec.encrypted_data.contains_key(i),
+        |i| secret.data.get(i).map(|v| v.as_slice()),
+    )?;
     let (_, sealed) = seal_items(
         wrapper,
         scope,

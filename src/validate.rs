@@ -393,7 +393,10 @@ fn check_encrypted(
         (None, None) => None,
     };
 
-    if let Err(e) = options.types.check(reconcile::secret_type(&es)) {
+    let type_ = reconcile::secret_type(&es);
+    if let Err(e) = options.types.check(type_).and_then(|()| {
+        crate::policy::check_required_items(type_, |i| es.spec.encrypted_data.contains_key(i))
+    }) {
         push(None, Severity::Error, e.category().as_str(), e.to_string());
     }
     if es.spec.encrypted_data.is_empty() {

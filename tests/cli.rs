@@ -1118,3 +1118,118 @@ fn completion_scripts_parse() {
         .assert()
         .code(2);
 }
+
+/// What the API server would refuse for the Secret's type (a ServiceAccount token, a type
+/// without its required items, a Docker config that is not JSON) is refused by `seal` before
+/// any KMS call, with the fix; `--merge-into` judges the file as it will be after the merge.
+#[tokio::test]
+async fn seal_refuses_what_the_cluster_refuses_for_the_secrets_type() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let generated = || {
+        kms.calls
+            .generate_data_key
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let seal = |type_: &'static str, items: &'static [&'static str]| {
+        let mut args = vec!["seal", "--key", &key, "--name", "web", "-n", "prod"];
+        args.extend(["--type", type_]);
+        for item in items {
+            args.extend(["--from-literal", item]);
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let kms = &kms;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(kms, &args, "").await
+        }
+    };
+    let refused = [
+        (
+            "kubernetes.io/tls",
+            &["tls.crt=CERT"][..],
+            "needs items tls.crt and tls.key, and the API server refuses it without; add tls.key, or use type Opaque",
+        ),
+        (
+            "kubernetes.io/basic-auth",
+            &["user=admin"][..],
+            "add username or password",
+        ),
+        (
+            "kubernetes.io/ssh-auth",
+            &["id_ed25519=KEY"][..],
+            "add ssh-privatekey",
+        ),
+        (
+            "kubernetes.io/dockerconfigjson",
+            &[".dockerconfigjson={not json"][..],
+            "item .dockerconfigjson is not JSON",
+        ),
+        (
+            "kubernetes.io/service-account-token",
+            &["token=x"][..],
+            "may not be produced by kmseal",
+        ),
+    ];
+    for (type_, items, says) in refused {
+        let out = seal(type_, items).await;
+        assert_eq!(out.code, EXIT_ERROR, "{type_}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{type_}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{type_}");
+        assert!(!out.stderr.contains("CERT") && !out.stderr.contains("not json"));
+    }
+    assert_eq!(generated(), 0, "nothing was sent to KMS");
+    let fine = seal(
+        "kubernetes.io/dockerconfigjson",
+        &[".dockerconfigjson={\"auths\":{}}"],
+    )
+    .await;
+    assert_eq!(fine.code, EXIT_OK, "{}", fine.stderr);
+
+    // A tls file built in two merges: the first holds tls.crt only, which the type refuses;
+    // as Opaque it can be sealed, and a merge that adds tls.key and the type is accepted.
+    let first = seal("Opaque", &["tls.crt=CERT"]).await;
+    assert_eq!(first.code, EXIT_OK, "{}", first.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::temp_file(&dir, "web.yaml", first.stdout.as_bytes());
+    let merge = |items: &'static [&'static str]| {
+        let mut args: Vec<String> = [
+            "seal",
+            "--key",
+            &key,
+            "--type",
+            "kubernetes.io/tls",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for item in items {
+            args.push("--from-literal".to_owned());
+            args.push((*item).to_owned());
+        }
+        let kms = &kms;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(kms, &args, "").await
+        }
+    };
+    let before = generated();
+    let out = merge(&["ca.crt=CA"]).await;
+    assert_eq!(out.code, EXIT_ERROR, "{}", out.stderr);
+    assert!(out.stderr.contains("add tls.key"), "{}", out.stderr);
+    assert_eq!(generated(), before);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first.stdout);
+    let out = merge(&["tls.key=KEY"]).await;
+    assert_eq!(out.code, EXIT_OK, "{}", out.stderr);
+    let unsealed = run(
+        &kms,
+        &["unseal", "-o", "json"],
+        &std::fs::read_to_string(&file).unwrap(),
+    )
+    .await;
+    let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["data"]["tls.key"], "S0VZ");
+}

@@ -511,6 +511,34 @@ async fn service_account_token_secrets_are_refused() {
     );
 }
 
+/// A type the API server refuses without its items (tls without `tls.key`) is refused before
+/// any KMS call, with the fix, instead of decrypting the values for a write that must fail.
+#[tokio::test]
+async fn a_type_without_its_required_items_is_refused_before_kms() {
+    let memory = MemoryKms::new("eu-west-1");
+    let key = memory.create_key();
+    let mut es = sealed(&memory, &key, "tenant-a", "web", Scope::Strict).await;
+    es.spec.template = Some(SecretTemplate {
+        type_: Some("kubernetes.io/tls".into()),
+        ..Default::default()
+    });
+    let (r, kms, _) = controller(memory, allow(&key, &["tenant-a"]));
+    assert_eq!(
+        step(&r, &es).await,
+        Reconciled::Failed(reason::INVALID_SPEC)
+    );
+    assert_eq!(kms.decrypts(), 0);
+    assert!(r.api().secret("tenant-a", "web").is_none());
+    let message = r.api().with_status(&es).status.unwrap().conditions[0]
+        .message
+        .clone();
+    assert!(
+        message.contains("needs items tls.crt and tls.key")
+            && message.contains("add tls.crt and tls.key"),
+        "{message}"
+    );
+}
+
 /// Finding 6: `kmseal.dev/managed=true` won over another controller's owner reference.
 #[tokio::test]
 async fn another_controllers_secret_is_never_adopted() {

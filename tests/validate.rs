@@ -258,6 +258,11 @@ async fn each_kind_of_bad_encrypted_secret_is_named() {
             "type_not_allowed",
         ),
         (
+            "a tls Secret without tls.crt and tls.key",
+            Box::new(|v| v["spec"]["template"] = json!({"type": "kubernetes.io/tls"})),
+            "invalid_input",
+        ),
+        (
             "an unknown scope annotation",
             Box::new(|v| v["metadata"]["annotations"] = json!({"kmseal.dev/scope": "galaxy"})),
             "invalid_input",

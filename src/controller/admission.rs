@@ -10,7 +10,7 @@ use crate::api::EncryptedSecret;
 use crate::category::Category;
 use crate::kms::Kms;
 use crate::open::{self, Rules};
-use crate::policy::{KeyPolicy, PolicyError, ResolvedAliases, SecretTypes};
+use crate::policy::{self, KeyPolicy, PolicyError, ResolvedAliases, SecretTypes};
 use crate::reconcile::{self, Rejection};
 use crate::wrapping::ItemKeys;
 
@@ -114,8 +114,12 @@ impl Admission {
             reason: category.reason(),
             message,
         };
+        let type_ = reconcile::secret_type(es);
         self.types
-            .check(reconcile::secret_type(es))
+            .check(type_)
+            .and_then(|()| {
+                policy::check_required_items(type_, |i| es.spec.encrypted_data.contains_key(i))
+            })
             .map_err(|e| reject(e.category(), e.to_string()))?;
         let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
         let snapshot = self.snapshot();
