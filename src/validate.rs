@@ -154,6 +154,12 @@ impl Validator {
         self.findings.push(file_finding(file, code, message));
     }
 
+    /// A path named on the command line that could not be checked as a whole (`no_manifests`:
+    /// nothing in it to check).
+    pub fn path_error(&mut self, path: &str, code: &'static str, message: String) {
+        self.findings.push(file_finding(path, code, message));
+    }
+
     /// Checks every document of one file's text.
     pub fn check_text(&mut self, file: &str, text: &str, options: &Options<'_>) {
         let docs = match documents(text) {

@@ -734,3 +734,49 @@ async fn the_clis_manifests_validate_against_the_crd_schema_independently() {
     bad["spec"]["encryptedData"]["x"] = json!(5);
     assert!(!check("bad.json", &bad).status.success());
 }
+
+/// A check pointed at the wrong folder must fail: a path with no manifest in it is an error
+/// (exit 1, "no manifests found under PATH"), unless `--allow-empty` says that is expected.
+#[test]
+fn a_path_without_manifests_fails_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    temp_file(&dir, "README.md", b"# not a manifest\n");
+    temp_file(&dir, ".hidden.yaml", b"kind: ConfigMap\napiVersion: v1\n");
+    let path = dir.path().to_str().unwrap();
+    let output = common::kmseal(false)
+        .args(["validate", path])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(EXIT_ERROR), "{output:?}");
+    assert!(
+        stdout.contains(&format!("no manifests found under {path}"))
+            && stdout.contains("--allow-empty"),
+        "{stdout}"
+    );
+    let output = common::kmseal(false)
+        .args(["validate", "-o", "json", path])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["findings"][0]["code"], "no_manifests", "{report:#}");
+    assert_eq!(report["errors"], 1);
+    // One empty path among good ones still fails; allowed, it passes.
+    let good = tempfile::tempdir().unwrap();
+    temp_file(&good, "cm.yaml", b"kind: ConfigMap\napiVersion: v1\n");
+    let good_path = good.path().to_str().unwrap();
+    let output = common::kmseal(false)
+        .args(["validate", good_path, path])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_ERROR), "{output:?}");
+    let output = common::kmseal(false)
+        .args(["validate", "--allow-empty", good_path, path])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("in 1 file(s): 0 error(s)"),
+        "{output:?}"
+    );
+}

@@ -26,6 +26,10 @@ pub struct ValidateArgs {
     /// Report plain Secrets with data as warnings rather than errors.
     #[arg(long)]
     pub allow_plain_secrets: bool,
+    /// Succeed when a directory holds no manifest (by default that fails: a check pointed at
+    /// the wrong folder must not pass).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: ReportFormat,
@@ -81,7 +85,7 @@ pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i
         allow_plain_secrets: args.allow_plain_secrets,
     };
     let mut validator = Validator::new();
-    let mut unreadable = false;
+    let mut incomplete = false;
     for path in paths {
         let files = match files_of(path) {
             Ok(files) => files,
@@ -91,10 +95,21 @@ pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i
                     "unreadable",
                     format!("cannot read it: {e}"),
                 );
-                unreadable = true;
+                incomplete = true;
                 continue;
             }
         };
+        if files.is_empty() && !args.allow_empty {
+            validator.path_error(
+                &path.display().to_string(),
+                "no_manifests",
+                format!(
+                    "no manifests found under {} (files ending .yaml, .yml or .json, hidden ones skipped); check the path, or pass --allow-empty if none is expected",
+                    path.display()
+                ),
+            );
+            incomplete = true;
+        }
         for file in files {
             let shown = if file.as_path() == Path::new("-") {
                 "<stdin>".to_owned()
@@ -110,7 +125,7 @@ pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i
                     Err(e) => validator.file_error(&shown, "not_a_manifest", e.to_string()),
                 },
                 Err(e) => {
-                    unreadable = true;
+                    incomplete = true;
                     validator.file_error(&shown, "unreadable", format!("cannot read it: {e}"));
                 }
             }
@@ -129,7 +144,7 @@ pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i
             writeln!(io.stdout, "{}", report.summary())?;
         }
     }
-    Ok(if unreadable {
+    Ok(if incomplete {
         EXIT_ERROR
     } else if report.errors > 0 {
         EXIT_VERIFY_FAILED
