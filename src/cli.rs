@@ -60,7 +60,7 @@ const EXAMPLES: &str = "\
 Examples:
   # Seal a Secret manifest under a KMS key
   kubectl create secret generic db -n prod --from-literal=password=s3cr3t --dry-run=client -o yaml \\
-    | kmseal seal --key alias/kmseal > db.encrypted.yaml
+    | kmseal seal --key alias/kmseal -w db.encrypted.yaml
 
   # Seal from literals and files directly
   kmseal seal --name db -n prod --from-literal password=s3cr3t --from-file tls.key=./key.pem --key alias/kmseal
@@ -69,8 +69,8 @@ Examples:
   kmseal seal --name db -n prod --from-literal password=n3w --key alias/kmseal --merge-into db.encrypted.yaml
 
   # Offline sealing with an RSA KMS key's public key
-  kmseal pubkey --key alias/kmseal-rsa > kmseal.pem
-  kmseal seal -f secret.yaml --public-key kmseal.pem > db.encrypted.yaml
+  kmseal pubkey --key alias/kmseal-rsa --out kmseal.pem
+  kmseal seal -f secret.yaml --public-key kmseal.pem -w db.encrypted.yaml
 
   # Check manifests offline (no KMS, no credentials), e.g. in CI or a pre-commit hook
   kmseal validate deploy/ --key-policy key-policy.yaml

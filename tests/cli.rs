@@ -1233,3 +1233,61 @@ async fn seal_refuses_what_the_cluster_refuses_for_the_secrets_type() {
     assert_eq!(secret["type"], "kubernetes.io/tls");
     assert_eq!(secret["data"]["tls.key"], "S0VZ");
 }
+
+/// `seal -w FILE` writes the file only once sealing succeeded: a failure leaves no file (a
+/// shell redirect would leave an empty one). `-w` and `-o` make no sense with `--merge-into`,
+/// which keeps the file's own format: usage errors, not silently ignored.
+#[tokio::test]
+async fn seal_writes_its_file_only_on_success() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("db.encrypted.yaml");
+    let out_arg = out.to_str().unwrap();
+    let sealed = run(&kms, &["seal", "--key", &key, "-w", out_arg], SECRET).await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    assert!(sealed.stdout.is_empty());
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("kind: EncryptedSecret"), "{written}");
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &written).await;
+    assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+
+    // A failure (a key KMS does not know) leaves no file behind.
+    let missing = dir.path().join("never.yaml");
+    let failed = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            "arn:aws:kms:eu-west-1:111122223333:key/00000000-0000-4000-8000-000000000000",
+            "-w",
+            missing.to_str().unwrap(),
+        ],
+        SECRET,
+    )
+    .await;
+    assert_ne!(failed.code, EXIT_OK);
+    assert!(!missing.exists(), "{}", failed.stderr);
+
+    for extra in [["-w", out_arg], ["-o", "json"]] {
+        let mut args = vec![
+            "seal",
+            "--key",
+            &key,
+            "--from-literal",
+            "password=n3w",
+            "--merge-into",
+            out_arg,
+        ];
+        args.extend(extra);
+        let refused = common::kmseal(false).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(
+            refused.status.code(),
+            Some(EXIT_USAGE),
+            "{extra:?}: {stderr}"
+        );
+        assert!(stderr.contains("cannot be used with"), "{stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
+}

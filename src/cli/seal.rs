@@ -38,9 +38,19 @@ pub struct SealArgs {
     /// Default: strict. With --merge-into, the file's items must have this scope.
     #[arg(long, value_parser = ScopeParser)]
     pub scope: Option<Scope>,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    /// Output format. (With --merge-into the file keeps its own.)
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "yaml",
+        conflicts_with = "merge_into"
+    )]
     pub output: Format,
+    /// Write the EncryptedSecret(s) to FILE, only once sealing succeeded (a shell redirect
+    /// would leave an empty file behind on failure). Default: stdout.
+    #[arg(short = 'w', long, value_name = "FILE", conflicts_with = "merge_into")]
+    pub write: Option<PathBuf>,
     /// Add or replace items in this EncryptedSecret file, in place; other items keep their
     /// exact ciphertext.
     #[arg(long, value_name = "FILE")]
@@ -280,10 +290,10 @@ pub(super) async fn seal_command<K: Kms>(
         let scope = args.scope.unwrap_or(Scope::Strict);
         sealed.push(crate::seal::seal_secret(wrapper, secret, scope, &mut io.rng, io.now).await?);
     }
-    io.stdout.write_all(
-        manifest::write(&sealed, args.output)
-            .map_err(fail)?
-            .as_bytes(),
-    )?;
+    let out = manifest::write(&sealed, args.output).map_err(fail)?;
+    match &args.write {
+        Some(path) => write_atomically(path, out.as_bytes())?,
+        None => io.stdout.write_all(out.as_bytes())?,
+    }
     Ok(EXIT_OK)
 }
