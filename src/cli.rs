@@ -334,14 +334,21 @@ pub fn crd_yaml() -> Result<String, CliError> {
     manifest::write(&[crd], Format::Yaml).map_err(fail)
 }
 
-fn target_of<'a>(es: &'a EncryptedSecret, namespace_flag: Option<&'a str>) -> (&'a str, &'a str) {
-    let namespace = es
-        .metadata
-        .namespace
-        .as_deref()
-        .or(namespace_flag)
-        .unwrap_or("");
-    (namespace, es.metadata.name.as_deref().unwrap_or(""))
+fn target_of<'a>(
+    es: &'a EncryptedSecret,
+    namespace_flag: Option<&'a str>,
+) -> Result<(&'a str, &'a str), CliError> {
+    let name = es.metadata.name.as_deref().unwrap_or("");
+    let namespace = match (es.metadata.namespace.as_deref(), namespace_flag) {
+        (Some(manifest), Some(flag)) if manifest != flag => {
+            return Err(usage(format!(
+                "the manifest's EncryptedSecret {name} is in namespace {manifest}, but -n says {flag}; drop -n (its values are bound to {manifest}), or remove metadata.namespace from the manifest to check it for {flag}"
+            )));
+        }
+        (Some(ns), _) | (None, Some(ns)) => ns,
+        (None, None) => "",
+    };
+    Ok((namespace, name))
 }
 
 /// The CLI decrypts with its user's own credentials, whose IAM policy decides which keys they

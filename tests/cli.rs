@@ -1291,3 +1291,62 @@ async fn seal_writes_its_file_only_on_success() {
     }
     assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
 }
+
+/// `-n` that contradicts the file is a usage error (2) for `verify` and `unseal`, as for
+/// `seal`, and so is one that contradicts the `--merge-into` file; nothing is sent to KMS.
+#[tokio::test]
+async fn a_namespace_flag_that_contradicts_the_file_is_a_usage_error() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    let decrypts = || kms.calls.decrypt.load(std::sync::atomic::Ordering::Relaxed);
+    for command in ["verify", "unseal"] {
+        let out = run(&kms, &[command, "-n", "dev"], &sealed.stdout).await;
+        assert_eq!(out.code, EXIT_USAGE, "{command}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("EncryptedSecret db is in namespace prod, but -n says dev; drop -n"),
+            "{command}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{command}: {}", out.stdout);
+        // The same namespace is fine.
+        let out = run(&kms, &[command, "-n", "prod"], &sealed.stdout).await;
+        assert_eq!(out.code, EXIT_OK, "{command}: {}", out.stderr);
+    }
+    let before = decrypts();
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::temp_file(&dir, "db.yaml", sealed.stdout.as_bytes());
+    let generated = || {
+        kms.calls
+            .generate_data_key
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let generated_before = generated();
+    let out = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "-n",
+            "dev",
+            "--from-literal",
+            "password=n3w",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, EXIT_USAGE, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("is in namespace prod, but -n says dev; drop -n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), sealed.stdout);
+    assert_eq!((decrypts(), generated()), (before, generated_before));
+}

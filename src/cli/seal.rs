@@ -253,6 +253,14 @@ pub(super) async fn seal_command<K: Kms>(
         secrets
     };
     if let Some((target, (text, existing))) = merge_target {
+        if let (Some(flag), Some(file)) = (&args.namespace, &existing.metadata.namespace)
+            && flag != file
+        {
+            return Err(usage(format!(
+                "{} is in namespace {file}, but -n says {flag}; drop -n, or seal into a new file for {flag}",
+                target.display()
+            )));
+        }
         let [secret] = secrets.as_slice() else {
             return Err(fail("--merge-into takes a single Secret"));
         };

@@ -21,7 +21,7 @@ pub(super) async fn unseal<K: Kms>(
     let mut secrets = Vec::with_capacity(objects.len());
     let mut errors = Vec::new();
     for es in &objects {
-        let (namespace, name) = target_of(es, args.input.namespace.as_deref());
+        let (namespace, name) = target_of(es, args.input.namespace.as_deref())?;
         let mut data = BTreeMap::new();
         for (item, outcome) in open::open_each(kms, es, namespace, name, cli_rules()).await {
             match outcome {

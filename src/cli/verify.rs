@@ -39,7 +39,7 @@ pub(super) async fn verify<K: Kms>(
     let objects = manifest::read_encrypted_secrets(&text)?;
     let (mut ok, mut failed, mut unchecked) = (0usize, 0usize, 0usize);
     for es in &objects {
-        let (namespace, name) = target_of(es, args.input.namespace.as_deref());
+        let (namespace, name) = target_of(es, args.input.namespace.as_deref())?;
         let shown = if namespace.is_empty() {
             name.to_owned()
         } else {
