@@ -57,6 +57,42 @@ impl<'a> KmsArn<'a> {
     }
 }
 
+/// Checks that `key` can name a KMS key as a user gives one (`--key`): a key id (a UUID, or
+/// `mrk-` and 32 hex digits), a key or alias ARN, or `alias/NAME`. A bare name is most often an
+/// alias without its prefix: the error suggests it.
+pub fn check_key_name(key: &str) -> Result<(), String> {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let uuid = key.len() == 36
+        && key.split('-').map(str::len).eq([8usize, 4, 4, 4, 12])
+        && hex(&key.replace('-', ""));
+    let mrk = key
+        .strip_prefix("mrk-")
+        .is_some_and(|id| id.len() == 32 && hex(id));
+    let alias = key.strip_prefix("alias/").is_some_and(|n| !n.is_empty());
+    if uuid || mrk || alias || KmsArn::parse(key).is_some() {
+        return Ok(());
+    }
+    let shown = crate::text::bounded(key, 120);
+    if key.starts_with("arn:") {
+        return Err(format!(
+            "{shown:?} is not a KMS key or alias ARN (arn:aws:kms:REGION:ACCOUNT:key/ID or …:alias/NAME)"
+        ));
+    }
+    let plausible_alias = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/'));
+    if plausible_alias {
+        Err(format!(
+            "{shown:?} is not a key id, key ARN or alias; an alias is named alias/NAME: did you mean alias/{shown}?"
+        ))
+    } else {
+        Err(format!(
+            "{shown:?} is not a key id (a UUID or mrk-…), key ARN, alias (alias/NAME) or alias ARN"
+        ))
+    }
+}
+
 /// The region a key identifier pins, if it is an ARN.
 pub fn region_of(key_id: &str) -> Option<&str> {
     KmsArn::parse(key_id).map(|arn| arn.region)
@@ -82,6 +118,46 @@ pub fn same_key(expected: &str, answered: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_name_is_checked_and_a_bare_alias_gets_its_prefix_suggested() {
+        for good in [
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "mrk-0123456789abcdef0123456789abcdef",
+            "alias/kmseal",
+            "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:eu-west-1:111122223333:alias/kmseal",
+        ] {
+            assert_eq!(check_key_name(good), Ok(()), "{good}");
+        }
+        assert_eq!(
+            check_key_name("kmseal-local").unwrap_err(),
+            "\"kmseal-local\" is not a key id, key ARN or alias; an alias is named alias/NAME: did you mean alias/kmseal-local?"
+        );
+        assert!(
+            check_key_name("arn:aws:kms:eu-west-1:1:thing")
+                .unwrap_err()
+                .contains("not a KMS key or alias ARN")
+        );
+        for bad in [
+            "",
+            "alias/",
+            "mrk-xyz",
+            "has space",
+            "1234abcd-12ab-34cd-56ef-1234567890aZ",
+        ] {
+            let e = check_key_name(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        assert!(
+            !check_key_name("has space")
+                .unwrap_err()
+                .contains("did you mean")
+        );
+        // Hostile input is bounded and shown without control characters.
+        let long = "x".repeat(10_000);
+        assert!(check_key_name(&long).unwrap_err().len() < 400);
+    }
 
     #[test]
     fn parses_key_and_alias_arns() {

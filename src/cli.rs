@@ -334,6 +334,12 @@ pub fn crd_yaml() -> Result<String, CliError> {
     manifest::write(&[crd], Format::Yaml).map_err(fail)
 }
 
+/// `--key` as clap parses it: refused before anything is read or sent when it cannot name a
+/// key (see [`crate::arn::check_key_name`]).
+fn key_name(key: &str) -> Result<String, String> {
+    crate::arn::check_key_name(key).map(|()| key.to_owned())
+}
+
 fn target_of<'a>(
     es: &'a EncryptedSecret,
     namespace_flag: Option<&'a str>,

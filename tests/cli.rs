@@ -1350,3 +1350,56 @@ async fn a_namespace_flag_that_contradicts_the_file_is_a_usage_error() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), sealed.stdout);
     assert_eq!((decrypts(), generated()), (before, generated_before));
 }
+
+/// Flags that cannot work are refused before anything is read or sent, with the likely fix: a
+/// key named without `alias/`, an endpoint without its scheme, a `--from-file` path whose file
+/// name cannot be an item name.
+#[test]
+fn flags_that_cannot_work_say_what_was_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let spaced = common::temp_file(&dir, "my key.pem", b"k");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "seal",
+                "--key",
+                "kmseal-local",
+                "--name",
+                "a",
+                "-n",
+                "b",
+                "--from-literal",
+                "x=y",
+            ],
+            "did you mean alias/kmseal-local?",
+        ),
+        (
+            &["pubkey", "--key", "kmseal-rsa"],
+            "did you mean alias/kmseal-rsa?",
+        ),
+        (
+            &["verify", "--endpoint", "localhost:4566", "-f", "-"],
+            "give its scheme, e.g. http://localhost:4566",
+        ),
+        (
+            &[
+                "seal",
+                "--key",
+                "alias/k",
+                "--name",
+                "a",
+                "-n",
+                "b",
+                "--from-file",
+                spaced.to_str().unwrap(),
+            ],
+            "name the item: --from-file KEY=",
+        ),
+    ];
+    for (args, says) in cases {
+        let output = common::kmseal(false).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(EXIT_USAGE), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -7,7 +7,7 @@ pub(super) const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
 #[derive(Debug, Args)]
 pub struct PubkeyArgs {
     /// The RSA KMS key (ENCRYPT_DECRYPT): key id, ARN, alias or alias ARN.
-    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name)]
     pub key: String,
     /// Write the key to FILE, only once it was fetched and checked (a shell redirect would
     /// leave an empty file behind on failure). Default: stdout.

@@ -31,7 +31,7 @@ pub struct RewrapArgs {
     pub manifests: ManifestPaths,
     /// The key for objects whose spec.keyId is empty. To move values to another key, change
     /// spec.keyId (or the alias it names) and run rewrap.
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = super::key_name)]
     pub key: Option<String>,
     /// Namespace of objects that name none (their values are bound to it).
     #[arg(short = 'n', long)]

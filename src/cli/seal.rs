@@ -25,7 +25,7 @@ pub struct SealArgs {
     pub type_: Option<String>,
     /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN. With
     /// --public-key: the key's ARN, when the file does not name it.
-    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY")]
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name)]
     pub key: Option<String>,
     /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call). The file's
     /// key wins over KMSEAL_KEY; a --key that names another key is refused.
@@ -171,6 +171,11 @@ pub(super) fn secret_from_flags(
                         ))
                     })?
                     .to_owned();
+                if let Err(e) = crate::binding::validate_item_key(&key) {
+                    return Err(usage(format!(
+                        "--from-file {spec}: the file name is not a valid item name ({e}); name the item: --from-file KEY={spec}"
+                    )));
+                }
                 (key, path)
             }
         };
@@ -185,7 +190,7 @@ pub(super) fn secret_from_flags(
         if value.len() > crate::envelope::MAX_PLAINTEXT_LEN {
             let size = manifest::size_text(size);
             return Err(fail(format!(
-                "--from-file {}: the file is {size}, over the limit of {} bytes (1 MiB) for one item",
+                "--from-file {}: the file is {size}, over the limit of {} bytes (1 MiB) for one item, and a Secret cannot hold it; keep the file elsewhere (an image, a volume, an object store) and seal what finds it (a URL, a path, a credential)",
                 path.display(),
                 crate::envelope::MAX_PLAINTEXT_LEN
             )));

@@ -53,7 +53,7 @@ pub struct AwsArgs {
     #[arg(long, global = true, value_name = "REGION")]
     pub region: Option<String>,
     /// KMS/STS endpoint URL, e.g. http://localhost:4566 for LocalStack.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", value_parser = endpoint_url)]
     pub endpoint: Option<String>,
     /// Assume this IAM role on top of the default credentials (e.g. for a key in another account).
     #[arg(long, global = true, env = "KMSEAL_ROLE_ARN", value_name = "ARN")]
@@ -69,6 +69,19 @@ pub struct AwsArgs {
     /// Named profile from the AWS config files (default: AWS_PROFILE).
     #[arg(long, global = true, value_name = "NAME")]
     pub profile: Option<String>,
+}
+
+/// `--endpoint` as clap parses it: a URL with its scheme.
+pub fn endpoint_url(url: &str) -> Result<String, String> {
+    match url.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(url.to_owned()),
+        _ => {
+            let shown = crate::text::bounded(url, 120);
+            Err(format!(
+                "{shown:?} is not an http(s) URL; give its scheme, e.g. http://{shown}"
+            ))
+        }
+    }
 }
 
 impl AwsArgs {
