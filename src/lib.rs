@@ -10,6 +10,7 @@ pub mod category;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod edit;
 pub mod envelope;
 pub mod kms;
 pub mod manifest;

@@ -289,6 +289,143 @@ pub fn write<T: serde::Serialize>(objects: &[T], format: Format) -> Result<Strin
     }
 }
 
+/// A file's text with one of its EncryptedSecrets changed, as edited in place.
+#[derive(Debug)]
+pub struct Edited {
+    pub text: String,
+    /// Set when the document could not be edited line by line and was written anew (its
+    /// comments and layout lost; the other documents are untouched): why.
+    pub rewritten: Option<String>,
+}
+
+/// `text` (a YAML or JSON manifest file holding `objects`, as [`read_encrypted_secrets`] read
+/// it) with `objects[index]` replaced by `after`: in YAML, its changed values replaced and its
+/// new items added line by line (see [`crate::edit`]), so comments, order, quoting, blank
+/// lines, line ends and every other document stay as they were. What cannot be done that way
+/// (a changed template, flow style, a `List`) rewrites that document alone, and says so. The
+/// result is checked to read back as the objects meant.
+pub fn edit_encrypted_secret(
+    text: &str,
+    objects: &[EncryptedSecret],
+    index: usize,
+    after: &EncryptedSecret,
+) -> Result<Edited, String> {
+    use crate::edit;
+    let mut meant = objects.to_vec();
+    meant[index] = after.clone();
+    let reads_as = |text: &str, objects: &[EncryptedSecret]| {
+        read_encrypted_secrets(text).is_ok_and(|read| {
+            serde_json::to_value(&read).ok() == serde_json::to_value(objects).ok()
+        })
+    };
+    let whole = |why: &str| -> Result<Edited, String> {
+        let format = if text.trim_start().starts_with(['{', '[']) {
+            Format::Json
+        } else {
+            Format::Yaml
+        };
+        Ok(Edited {
+            text: with_line_ending(&write(&meant, format)?, edit::line_ending(text)),
+            rewritten: Some(why.to_owned()),
+        })
+    };
+    if text.trim_start().starts_with(['{', '[']) {
+        // JSON has no comments to keep.
+        let mut edited = whole("")?;
+        edited.rewritten = None;
+        return Ok(edited);
+    }
+    let ranges = edit::documents(text);
+    let one_each = ranges.len() == objects.len()
+        && ranges
+            .iter()
+            .zip(objects)
+            .all(|(r, o)| reads_as(&text[r.clone()], std::slice::from_ref(o)));
+    if !one_each {
+        return whole(
+            "its documents could not be told apart (a List?), so the file was written anew",
+        );
+    }
+    let range = ranges[index].clone();
+    let before = &objects[index];
+    let in_place = (|| -> Result<String, String> {
+        if before.spec.template != after.spec.template
+            || before.spec.rotation != after.spec.rotation
+            || before.metadata != after.metadata
+        {
+            return Err("its template changed".into());
+        }
+        let mut doc = text[range.clone()].to_owned();
+        let mut added = Vec::new();
+        for (item, value) in &after.spec.encrypted_data {
+            match before.spec.encrypted_data.get(item) {
+                Some(old) if old == value => {}
+                Some(old) => {
+                    doc = edit::replace_value(&doc, 0..doc.len(), old, value)
+                        .map_err(|e| e.to_string())?;
+                }
+                None => added.push((item.as_str(), value.as_str())),
+            }
+        }
+        if before
+            .spec
+            .encrypted_data
+            .keys()
+            .any(|k| !after.spec.encrypted_data.contains_key(k))
+        {
+            return Err("an item was removed".into());
+        }
+        doc = edit::add_entries(&doc, 0..doc.len(), &["spec", "encryptedData"], &added)
+            .map_err(|e| e.to_string())?;
+        match (&before.spec.key_id, &after.spec.key_id) {
+            (a, b) if a == b => {}
+            (None, Some(key)) => {
+                doc = edit::add_entries(&doc, 0..doc.len(), &["spec"], &[("keyId", key)])
+                    .map_err(|e| e.to_string())?;
+            }
+            _ => return Err("its spec.keyId changed".into()),
+        }
+        let text = edit::replace_document(text, range.clone(), &doc);
+        if reads_as(&text, &meant) {
+            Ok(text)
+        } else {
+            Err("the edit did not read back as meant".into())
+        }
+    })();
+    match in_place {
+        Ok(text) => Ok(Edited {
+            text,
+            rewritten: None,
+        }),
+        Err(why) => {
+            let doc = with_line_ending(
+                &write(std::slice::from_ref(after), Format::Yaml)?,
+                edit::line_ending(text),
+            );
+            let text = edit::replace_document(text, range, &doc);
+            if !reads_as(&text, &meant) {
+                return whole(&format!(
+                    "{why}, and its document could not be replaced alone"
+                ));
+            }
+            Ok(Edited {
+                text,
+                rewritten: Some(format!(
+                    "{why}, so this EncryptedSecret's document was written anew (its comments and layout are lost; other documents are untouched)"
+                )),
+            })
+        }
+    }
+}
+
+fn with_line_ending(text: &str, eol: &str) -> String {
+    if eol == "\n" {
+        text.to_owned()
+    } else {
+        text.replace('\n', eol)
+    }
+}
+
 /// The Secret a set of decrypted items makes, for `unseal`.
 pub fn secret_manifest(es: &EncryptedSecret, data: BTreeMap<String, Zeroizing<Vec<u8>>>) -> Secret {
     let template = es.spec.template.clone().unwrap_or_default();

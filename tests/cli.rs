@@ -1403,3 +1403,199 @@ fn flags_that_cannot_work_say_what_was_meant() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// Comments the user wrote in a sealed file, between items, at the ends of lines and at the
+/// end of the file, survive `--merge-into` byte for byte, in LF and CRLF files: the only lines
+/// that differ are the replaced value's and the added item's.
+#[tokio::test]
+async fn merge_into_keeps_every_comment_and_changes_only_its_lines() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let sealed = run(&kms, &["seal", "--key", &key], SECRET).await;
+    assert_eq!(sealed.code, EXIT_OK, "{}", sealed.stderr);
+    // The sealed file as a person keeps it in Git.
+    let mut rich =
+        String::from("# Database login for prod. Edit with kmseal seal --merge-into.\n\n");
+    for line in sealed.stdout.lines() {
+        if line.trim_start().starts_with("username:") {
+            rich.push_str("    # who the app logs in as\n\n");
+        }
+        rich.push_str(line);
+        if line.trim_start().starts_with("password:") || line.trim_start().starts_with("keyId:") {
+            rich.push_str("   # rotated monthly");
+        }
+        rich.push('\n');
+    }
+    rich.push_str("# end of file\n");
+    for eol in ["\n", "\r\n"] {
+        let before = rich.replace('\n', eol);
+        let dir = tempfile::tempdir().unwrap();
+        let file = common::temp_file(&dir, "db.yaml", before.as_bytes());
+        let merged = run(
+            &kms,
+            &[
+                "seal",
+                "--key",
+                &key,
+                "--from-literal",
+                "password=rotated",
+                "--from-literal",
+                "token=t0k3n",
+                "--merge-into",
+                file.to_str().unwrap(),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+        assert!(!merged.stderr.contains("written anew"), "{}", merged.stderr);
+        let after = std::fs::read_to_string(&file).unwrap();
+        let old: Vec<&str> = before.split(eol).collect();
+        let new: Vec<&str> = after.split(eol).collect();
+        assert_eq!(new.len(), old.len() + 1, "one line added: {after:?}");
+        let changed: Vec<(usize, &str)> = old
+            .iter()
+            .zip(&new)
+            .enumerate()
+            .filter(|(_, (o, n))| o != n)
+            .map(|(i, (o, _))| (i, *o))
+            .collect();
+        // The password line changed its value and kept its comment; the token line went in
+        // after the last item; nothing else moved.
+        let password = old.iter().position(|l| l.contains("password:")).unwrap();
+        assert!(
+            new[password].ends_with("   # rotated monthly"),
+            "{}",
+            new[password]
+        );
+        assert!(
+            new[password].starts_with("    password: "),
+            "{}",
+            new[password]
+        );
+        let token = new
+            .iter()
+            .position(|l| l.starts_with("    token: "))
+            .unwrap();
+        assert!(new[token - 1].starts_with("    username: "), "{after}");
+        let mut without_token = new.clone();
+        without_token.remove(token);
+        let differing: Vec<usize> = old
+            .iter()
+            .zip(&without_token)
+            .enumerate()
+            .filter(|(_, (o, n))| o != n)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(differing, [password], "{changed:?}");
+        if eol == "\n" {
+            assert!(!after.contains('\r'));
+        } else {
+            assert!(!after.replace("\r\n", "").contains('\n'), "{after:?}");
+        }
+        let unsealed = run(&kms, &["unseal", "-o", "json"], &after).await;
+        let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+        assert_eq!(secret["data"]["password"], "cm90YXRlZA=="); // "rotated"
+        assert_eq!(secret["data"]["token"], "dDBrM24="); // "t0k3n"
+        assert_eq!(secret["data"]["username"], "YWRtaW4=");
+    }
+}
+
+/// In a file of several EncryptedSecrets, `--name` picks the one to merge into and the others
+/// stay byte-identical; without it the command says which names there are. What cannot be
+/// edited line by line (flow style) has its document written anew, says so, and still leaves
+/// the other documents alone.
+#[tokio::test]
+async fn merge_into_one_document_of_several() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let db = run(&kms, &["seal", "--key", &key], SECRET).await.stdout;
+    let api = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "api",
+            "-n",
+            "prod",
+            "--from-literal",
+            "a=1",
+        ],
+        "",
+    )
+    .await
+    .stdout;
+    let text = format!("# two secrets\n---\n{db}---\n# the api's own\n{api}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::temp_file(&dir, "all.yaml", text.as_bytes());
+    let path = file.to_str().unwrap();
+    let merge = |name: Option<&'static str>| {
+        let mut args = vec![
+            "seal".to_owned(),
+            "--key".to_owned(),
+            key.clone(),
+            "--from-literal".to_owned(),
+            "b=2".to_owned(),
+            "--merge-into".to_owned(),
+            path.to_owned(),
+        ];
+        if let Some(name) = name {
+            args.extend(["--name".to_owned(), name.to_owned()]);
+        }
+        let kms = &kms;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(kms, &args, "").await
+        }
+    };
+    let unnamed = merge(None).await;
+    assert_eq!(unnamed.code, EXIT_USAGE, "{}", unnamed.stderr);
+    assert!(
+        unnamed
+            .stderr
+            .contains("holds 2 EncryptedSecrets (db, api); pass --name"),
+        "{}",
+        unnamed.stderr
+    );
+    let missing = merge(Some("web")).await;
+    assert_eq!(missing.code, EXIT_USAGE, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no EncryptedSecret named web"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    let merged = merge(Some("api")).await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    let after = std::fs::read_to_string(&file).unwrap();
+    let prefix = format!("# two secrets\n---\n{db}---\n# the api's own\n");
+    assert!(after.starts_with(&prefix), "{after}");
+    assert_eq!(after.lines().count(), text.lines().count() + 1);
+    let objects = kmseal::manifest::read_encrypted_secrets(&after).unwrap();
+    assert_eq!(objects.len(), 2);
+    assert!(objects[1].spec.encrypted_data.contains_key("b"));
+
+    // Flow style: written anew, said so, the first document untouched.
+    let flow = api.replace("\n  encryptedData:\n    a: ", "\n  encryptedData: {a: ");
+    let flow = {
+        let at = flow.find("{a: ").unwrap();
+        let end = flow[at..].find('\n').unwrap() + at;
+        format!("{}}}{}", &flow[..end], &flow[end..])
+    };
+    assert!(
+        kmseal::manifest::read_encrypted_secrets(&flow).is_ok(),
+        "{flow}"
+    );
+    let text = format!("{db}---\n{flow}");
+    std::fs::write(&file, &text).unwrap();
+    let merged = merge(Some("api")).await;
+    assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+    assert!(merged.stderr.contains("written anew"), "{}", merged.stderr);
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert!(after.starts_with(&format!("{db}---\n")), "{after}");
+    let objects = kmseal::manifest::read_encrypted_secrets(&after).unwrap();
+    assert_eq!(objects[1].spec.encrypted_data.len(), 2);
+}

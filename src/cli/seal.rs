@@ -123,21 +123,63 @@ pub(super) fn flags_agree(secret: &mut PlainSecret, args: &SealArgs) -> Result<(
     Ok(())
 }
 
-/// The `--merge-into` file: its text (for its format) and its one EncryptedSecret.
-pub(super) fn read_merge_target(
-    target: &Path,
-    io: &mut Io<'_>,
-) -> Result<(Zeroizing<String>, EncryptedSecret), CliError> {
-    let text = read_manifest(target, io)?;
-    let mut existing = manifest::read_encrypted_secrets(&text)?;
-    if existing.len() != 1 {
-        return Err(fail(format!(
-            "{} holds {} EncryptedSecrets; --merge-into needs exactly one",
-            target.display(),
-            existing.len()
-        )));
+/// The `--merge-into` file: its text and its EncryptedSecrets.
+pub(super) struct MergeTarget<'p> {
+    pub path: &'p Path,
+    pub text: Zeroizing<String>,
+    pub objects: Vec<EncryptedSecret>,
+}
+
+impl<'p> MergeTarget<'p> {
+    pub(super) fn read(path: &'p Path, io: &mut Io<'_>) -> Result<Self, CliError> {
+        let text = read_manifest(path, io)?;
+        let objects = manifest::read_encrypted_secrets(&text)?;
+        Ok(MergeTarget {
+            path,
+            text,
+            objects,
+        })
     }
-    Ok((text, existing.remove(0)))
+
+    /// Which EncryptedSecret to merge into: the only one, or the one named `name`.
+    pub(super) fn pick(&self, name: Option<&str>) -> Result<usize, CliError> {
+        if let [_] = self.objects.as_slice() {
+            return Ok(0);
+        }
+        let names: Vec<&str> = self
+            .objects
+            .iter()
+            .map(|o| o.metadata.name.as_deref().unwrap_or(""))
+            .collect();
+        let listed = || {
+            let mut shown: Vec<&str> = names.iter().copied().take(10).collect();
+            if names.len() > 10 {
+                shown.push("…");
+            }
+            shown.join(", ")
+        };
+        let Some(name) = name else {
+            return Err(usage(format!(
+                "{} holds {} EncryptedSecrets ({}); pass --name to say which one to merge into",
+                self.path.display(),
+                names.len(),
+                listed()
+            )));
+        };
+        let mut found = names.iter().enumerate().filter(|(_, n)| **n == name);
+        match (found.next(), found.next()) {
+            (Some((index, _)), None) => Ok(index),
+            (Some(_), Some(_)) => Err(fail(format!(
+                "{} holds several EncryptedSecrets named {name}; merge into a file that holds one",
+                self.path.display()
+            ))),
+            (None, _) => Err(usage(format!(
+                "{} holds no EncryptedSecret named {name} (it holds {})",
+                self.path.display(),
+                listed()
+            ))),
+        }
+    }
 }
 
 /// `default_name`: the name of the object `--merge-into` adds to, which names the Secret.
@@ -230,13 +272,17 @@ pub(super) async fn seal_command<K: Kms>(
     }
     // Read once: it also names a Secret built from flags.
     let merge_target = match &args.merge_into {
-        Some(target) => Some((target, read_merge_target(target, io)?)),
+        Some(path) => Some(MergeTarget::read(path, io)?),
         None => None,
     };
     let secrets = if from_flags {
-        let merge_name = merge_target
-            .as_ref()
-            .and_then(|(_, (_, existing))| existing.metadata.name.as_deref());
+        let merge_name = match &merge_target {
+            Some(target) => {
+                let index = target.pick(args.name.as_deref())?;
+                target.objects[index].metadata.name.as_deref()
+            }
+            None => None,
+        };
         vec![secret_from_flags(args, merge_name)?]
     } else {
         let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -257,45 +303,57 @@ pub(super) async fn seal_command<K: Kms>(
         }
         secrets
     };
-    if let Some((target, (text, existing))) = merge_target {
+    if let Some(target) = merge_target {
+        let [secret] = secrets.as_slice() else {
+            return Err(fail("--merge-into takes a single Secret"));
+        };
+        let index = target.pick(
+            Some(&secret.name)
+                .filter(|n| !n.is_empty())
+                .map(String::as_str),
+        )?;
+        let existing = &target.objects[index];
         if let (Some(flag), Some(file)) = (&args.namespace, &existing.metadata.namespace)
             && flag != file
         {
             return Err(usage(format!(
                 "{} is in namespace {file}, but -n says {flag}; drop -n, or seal into a new file for {flag}",
-                target.display()
+                target.path.display()
             )));
         }
-        let [secret] = secrets.as_slice() else {
-            return Err(fail("--merge-into takes a single Secret"));
-        };
         // The file's headers are not authenticated until KMS opens them: they never choose
         // the scope. A mismatch is refused rather than mixing scopes in one object.
         let scope = args.scope.unwrap_or(Scope::Strict);
-        if let Some(theirs) = open::common_scope(&existing)
+        if let Some(theirs) = open::common_scope(existing)
             && theirs != scope
         {
             return Err(usage(format!(
                 "the items in {} are sealed in {theirs} scope, and this would add one in {scope} scope; pass --scope {theirs} to add to it (or re-seal the whole Secret in {scope} scope)",
-                target.display()
+                target.path.display()
             )));
         }
-        let merged =
-            crate::seal::merge_into(wrapper, existing, secret, scope, &mut io.rng, io.now).await?;
-        let format = if text.trim_start().starts_with('{') {
-            Format::Json
-        } else {
-            Format::Yaml
-        };
-        let out = manifest::write(&[merged], format).map_err(fail)?;
-        write_atomically(target, out.as_bytes())?;
+        let merged = crate::seal::merge_into(
+            wrapper,
+            existing.clone(),
+            secret,
+            scope,
+            &mut io.rng,
+            io.now,
+        )
+        .await?;
+        let edited = manifest::edit_encrypted_secret(&target.text, &target.objects, index, &merged)
+            .map_err(fail)?;
+        write_atomically(target.path, edited.text.as_bytes())?;
         let items: Vec<&str> = secret.data.keys().map(String::as_str).collect();
         writeln!(
             io.stderr,
             "{}: sealed {}; other items unchanged",
-            target.display(),
+            target.path.display(),
             items.join(", ")
         )?;
+        if let Some(why) = edited.rewritten {
+            writeln!(io.stderr, "{}: {why}", target.path.display())?;
+        }
         return Ok(EXIT_OK);
     }
     let mut sealed = Vec::with_capacity(secrets.len());
