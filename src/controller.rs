@@ -58,6 +58,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether the API server answered (and refused); otherwise it could not be asked.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Kube(kube::Error::Api(_)) | ApiError::Other(_)
+        )
+    }
+
     /// A short, secret-free description for conditions and events.
     pub fn summary(&self) -> String {
         match self {
@@ -1184,7 +1192,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             Err(WriteError::Gone) => reconcile::Write::Gone,
             Err(WriteError::Api(e)) => {
                 summary = e.summary();
-                reconcile::Write::Refused(&summary)
+                if e.is_answer() {
+                    reconcile::Write::Refused(&summary)
+                } else {
+                    reconcile::Write::Unreachable(&summary)
+                }
             }
         };
         match reconcile::after_write(es, name, replacing.is_none(), values.key_arns, write) {

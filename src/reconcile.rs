@@ -409,6 +409,8 @@ pub enum Write<'a> {
     Gone,
     /// The API server refused it; its summary of why.
     Refused(&'a str),
+    /// The API server could not be asked (a connection or transport failure); what failed.
+    Unreachable(&'a str),
 }
 
 /// What a [`Write`] means for the object.
@@ -452,6 +454,12 @@ pub fn after_write(
             ),
         )),
         Write::Conflict | Write::Gone => Written::Again,
+        Write::Unreachable(summary) => Written::Failed(Outcome::failed(
+            reason::APPLY_FAILED,
+            format!(
+                "writing Secret {name} failed: the API server could not be reached ({summary}); kmseal tries again"
+            ),
+        )),
         Write::Refused(summary) => Written::Failed(Outcome::failed(
             reason::APPLY_FAILED,
             format!(
@@ -832,6 +840,23 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(refused(&es).contains("a Secret's type cannot change"));
+        // A connection that failed is no reason to suggest deleting the Secret.
+        match after_write(
+            &es,
+            "db",
+            true,
+            vec![],
+            Write::Unreachable("client error (Connect)"),
+        ) {
+            Written::Failed(outcome) => {
+                assert_eq!(outcome.reason, reason::APPLY_FAILED);
+                assert_eq!(
+                    outcome.message,
+                    "writing Secret db failed: the API server could not be reached (client error (Connect)); kmseal tries again"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let mut immutable = es.clone();
         immutable.spec.template.as_mut().unwrap().immutable = Some(true);
         assert!(refused(&immutable).contains("an immutable Secret cannot change"));

@@ -322,7 +322,10 @@ fn scope<K: Kms>(
         .modify(|meta: &mut PartialObjectMeta<Secret>| {
             meta.metadata = crate::reconcile::secret_meta_read(std::mem::take(&mut meta.metadata));
         })
-        .inspect_ok(move |event| index.apply(event))
+        .map_ok(move |event| {
+            let relisted = index.apply(&event);
+            (event, relisted)
+        })
         .boxed();
     let mut es_config = watcher::Config::default();
     if let Some(selector) = &args.selector {
@@ -341,6 +344,7 @@ fn scope<K: Kms>(
     let controller = Controller::for_stream(es_events, es_store.clone())
         .owns_stream(trigger_rx)
         .with_config(kube_controller::Config::default().concurrency(args.concurrency));
+    let listed = es_store.clone();
     let current = Arc::new(move |es: &crate::api::EncryptedSecret| {
         let key = reflector::ObjectRef::<Watched>::new(es.metadata.name.as_deref().unwrap_or(""))
             .within(es.metadata.namespace.as_deref().unwrap_or(""));
@@ -361,13 +365,26 @@ fn scope<K: Kms>(
     // The Secret store must see every event; the controller gets the owned Secrets as
     // triggers, except the echo of its own writes.
     let recent = reconciler.recent.clone();
+    let index = secrets.clone();
     let secret_stream = secret_events
         .filter_map(move |event| {
             let tx = trigger_tx.clone();
             let recent = recent.clone();
+            let missing = match &event {
+                // The watch was away: Secrets deleted meanwhile come back at once, not when
+                // the resync sweep reaches their owners.
+                Ok((_, true)) => without_secret(&listed, &index),
+                _ => Vec::new(),
+            };
             async move {
+                let Ok((event, _)) = event else {
+                    return Some(());
+                };
+                for meta in missing {
+                    let _ = tx.unbounded_send(Ok(meta));
+                }
                 let trigger = match event {
-                    Ok(watcher::Event::Apply(meta)) => {
+                    watcher::Event::Apply(meta) => {
                         let own = recent.is_own_secret_write(
                             meta.metadata.namespace.as_deref().unwrap_or(""),
                             meta.metadata.name.as_deref().unwrap_or(""),
@@ -375,10 +392,8 @@ fn scope<K: Kms>(
                         );
                         (!own).then_some(meta)
                     }
-                    Ok(watcher::Event::Delete(meta) | watcher::Event::InitApply(meta)) => {
-                        Some(meta)
-                    }
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => None,
+                    watcher::Event::Delete(meta) | watcher::Event::InitApply(meta) => Some(meta),
+                    watcher::Event::Init | watcher::Event::InitDone => None,
                 };
                 if let Some(meta) = trigger {
                     let _ = tx.unbounded_send(Ok(meta));
@@ -393,6 +408,44 @@ fn scope<K: Kms>(
         secrets,
         secret_stream,
     }
+}
+
+/// For every watched EncryptedSecret whose Secret the index does not have, a stand-in for
+/// that Secret owned by it: sent as a trigger, it has the owner reconciled.
+fn without_secret(
+    store: &reflector::Store<Watched>,
+    index: &SecretIndex,
+) -> Vec<PartialObjectMeta<Secret>> {
+    store
+        .state()
+        .iter()
+        .filter_map(|watched| {
+            let meta = watched.meta();
+            let namespace = meta.namespace.as_deref()?;
+            let name = meta.name.as_deref()?;
+            if index.get(namespace, name).is_some() {
+                return None;
+            }
+            Some(PartialObjectMeta::<Secret> {
+                metadata: kube::api::ObjectMeta {
+                    namespace: Some(namespace.to_owned()),
+                    name: Some(name.to_owned()),
+                    owner_references: Some(vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            api_version: crate::api::API_VERSION.to_owned(),
+                            kind: crate::api::KIND.to_owned(),
+                            name: name.to_owned(),
+                            uid: meta.uid.clone().unwrap_or_default(),
+                            controller: Some(true),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                },
+                ..PartialObjectMeta::default()
+            })
+        })
+        .collect()
 }
 
 /// Waits for the Lease; resolves to an error when leadership is lost.

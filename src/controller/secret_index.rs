@@ -55,8 +55,13 @@ impl SecretIndex {
     }
 
     /// Takes in one watch event (the watcher's relist protocol included: a relist replaces
-    /// everything once it is done, so Secrets deleted meanwhile go).
-    pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+    /// everything once it is done, so Secrets deleted meanwhile go). Returns true when a
+    /// relist other than the first just completed: the watch was away (its connection lost,
+    /// its resourceVersion compacted), and whatever was deleted meanwhile, no Delete event
+    /// will ever say so. The caller then has every EncryptedSecret without its Secret
+    /// reconciled; comparing with the previous list would miss the Secrets written after the
+    /// last event that reached the watch.
+    pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) -> bool {
         let mut maps = self.write();
         match event {
             watcher::Event::Apply(meta) => {
@@ -77,10 +82,12 @@ impl SecretIndex {
                     maps.current = listed;
                 }
                 drop(maps);
-                self.ready.store(true, Ordering::Release);
+                let relisted = self.ready.swap(true, Ordering::AcqRel);
                 self.listed.notify_waiters();
+                return relisted;
             }
         }
+        false
     }
 
     /// The Secret `namespace/name`, if the watch has it.
@@ -145,7 +152,7 @@ mod tests {
         index.apply(&Event::InitApply(secret("x", "1")));
         index.apply(&Event::InitApply(secret("y", "2")));
         assert!(index.get("a", "x").is_none(), "not until the list is done");
-        index.apply(&Event::InitDone);
+        assert!(!index.apply(&Event::InitDone), "the first list");
         waiting.await.unwrap();
         let x = index.get("a", "x").unwrap();
         assert_eq!(x.resource_version.as_deref(), Some("1"));
@@ -158,10 +165,11 @@ mod tests {
         index.apply(&Event::Delete(secret("y", "2")));
         assert!(index.get("a", "y").is_none());
         assert_eq!(index.len(), 1);
-        // A relist (after a watch expired): what it did not list is gone.
-        index.apply(&Event::Init);
-        index.apply(&Event::InitApply(secret("z", "4")));
-        index.apply(&Event::InitDone);
+        // A relist (after a watch expired): what it did not list is gone, and the relist is
+        // reported (the first list is not) so that owners without a Secret are reconciled.
+        assert!(!index.apply(&Event::Init));
+        assert!(!index.apply(&Event::InitApply(secret("z", "4"))));
+        assert!(index.apply(&Event::InitDone), "a relist");
         assert!(index.get("a", "x").is_none());
         assert!(index.get("a", "z").is_some());
         assert!(index.get("b", "z").is_none(), "namespaced");
