@@ -989,3 +989,36 @@ fn rewrap_follows_an_alias_and_a_rotation_on_moto() {
         stdout(&rewrap(true))
     );
 }
+
+/// `pubkey` reads the key spec from `KeySpec`, or from the older `CustomerMasterKeySpec` where
+/// that is all an emulator (moto) answers: an RSA key gives a key file on both emulators.
+/// (moto's public key does not match its private key, so only LocalStack can then decrypt
+/// what was sealed offline: see `rsa_offline_sealing_round_trip_on_localstack`.)
+#[test]
+fn pubkey_reads_the_key_spec_either_way_on_both_emulators() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for emu in [moto(), localstack()].into_iter().flatten() {
+        let key = rt.block_on(async {
+            admin(&emu.url, REGION)
+                .await
+                .create_key()
+                .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+                .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+                .send()
+                .await
+                .unwrap()
+                .key_metadata
+                .unwrap()
+                .arn
+                .unwrap()
+        });
+        let out = kmseal(true)
+            .args(["pubkey", "--key", &key, "--endpoint", &emu.url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {}", emu.name, stderr(&out));
+        let pem = stdout(&out);
+        assert!(pem.contains("# key-spec: RSA_2048"), "{}: {pem}", emu.name);
+        assert!(pem.contains(&key), "{}: {pem}", emu.name);
+    }
+}

@@ -354,9 +354,18 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_error(ACTION, key_id, &region, e))?;
+        // KMS answers both; some emulators (moto) only the older CustomerMasterKeySpec.
+        #[allow(deprecated)]
         let key_spec = output
             .key_spec
+            .as_ref()
             .map(|s| s.as_str().to_owned())
+            .or_else(|| {
+                output
+                    .customer_master_key_spec
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+            })
             .unwrap_or_default();
         let Some(der) = output.public_key else {
             // AWS refuses GetPublicKey on symmetric keys; some emulators answer without a key.
@@ -368,10 +377,21 @@ impl Kms for AwsKms {
             )
             .in_region(region));
         };
+        let answered = output
+            .key_id
+            .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?;
+        // KMS answers with the key's ARN; moto with its bare id, which the ARN asked for
+        // names already.
+        let key_arn = if KmsArn::parse(&answered).is_none()
+            && key_id.ends_with(&format!(":key/{answered}"))
+            && KmsArn::parse(key_id).is_some()
+        {
+            key_id.to_owned()
+        } else {
+            answered
+        };
         Ok(PublicKeyInfo {
-            key_arn: output
-                .key_id
-                .ok_or_else(|| malformed(ACTION, key_id, &region, "no KeyId"))?,
+            key_arn,
             der: der.into_inner(),
             key_spec,
             key_usage: output
