@@ -704,15 +704,19 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
     /// The key the object's values should be under, as the key policy lets it name one (an
     /// alias of the policy is followed to where it points now); never a key the namespace may
     /// not use. `None`: each value's own key.
-    fn desired_key(&self, es: &EncryptedSecret) -> Option<String> {
+    /// The key the object's values should be under (`spec.keyId`, an alias resolved), or the
+    /// key policy's refusal of it.
+    fn desired_key(&self, es: &EncryptedSecret) -> Result<Option<String>, String> {
         let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
         let snapshot = self.admission.snapshot();
-        snapshot
+        match snapshot
             .policy
             .plain_key_id(namespace, es.spec.key_id.as_deref(), &snapshot.aliases)
-            .ok()
-            .flatten()
-            .map(|id| snapshot.aliases.get(&id).cloned().unwrap_or(id))
+        {
+            Ok(id) => Ok(id.map(|id| snapshot.aliases.get(&id).cloned().unwrap_or(id))),
+            Err(e @ crate::policy::PolicyError::PlainKeyNotAllowed { .. }) => Err(e.to_string()),
+            Err(_) => Ok(None),
+        }
     }
 
     /// What the object's `KeyCurrent` condition should be (see [`reconcile::with_key_current`]):
@@ -765,15 +769,27 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 })
                 .map(|c| c.reason.as_str())
         });
+        let (desired, refusal) = match self.desired_key(es) {
+            Ok(desired) => (desired, None),
+            Err(refusal) => (None, Some(refusal)),
+        };
         let verdict = rotation::verdict(
             &keys.wrappings,
-            self.desired_key(es).as_deref(),
+            desired.as_deref(),
             &self.known_facts(es.metadata.namespace.as_deref().unwrap_or_default()),
             unix_now(),
             self.rotation.policy(es),
             may_rewrap,
             reported,
         );
+        // What the condition says now, of whichever generation.
+        let said = es.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == reconcile::KEY_CURRENT)
+                .map(|c| c.reason.as_str())
+        });
+        let verdict = rotation::with_key_id(verdict, refusal.as_deref(), said);
         let key = Self::key(es);
         match verdict {
             rotation::Verdict::Unknown => None,

@@ -180,6 +180,30 @@ pub enum Verdict {
     },
 }
 
+/// The `KeyCurrent` reason when `spec.keyId` names a key the key policy does not name for the
+/// namespace: its values are allowed (their own keys are), but where the key moves is not
+/// followed, so a rotation would silently do nothing.
+pub const KEY_ID_NOT_ALLOWED: &str = "KeyIdNotAllowed";
+
+/// The [`Verdict`] once the key policy's view of `spec.keyId` is added: `refusal` (the
+/// policy's own words) when the policy does not name it, which a `KeyCurrent` condition says
+/// when nothing weightier does (a stale or endangered value keeps its verdict); and once it is
+/// named again, a condition that said so (`reported`) goes even before the key facts are
+/// known. Only the policy speaks here, never KMS.
+pub fn with_key_id(verdict: Verdict, refusal: Option<&str>, reported: Option<&str>) -> Verdict {
+    match (refusal, verdict) {
+        (Some(refusal), Verdict::Unknown | Verdict::Current) => Verdict::Report {
+            reason: KEY_ID_NOT_ALLOWED,
+            values: 0,
+            message: format!(
+                "{refusal}; kmseal does not follow where spec.keyId points, so a key rotation would not re-wrap these values"
+            ),
+        },
+        (None, Verdict::Unknown) if reported == Some(KEY_ID_NOT_ALLOWED) => Verdict::Current,
+        (_, verdict) => verdict,
+    }
+}
+
 /// The [`Verdict`] for an object: its wrappings, the key its values should be under
 /// (`desired`), what KMS says about keys (`facts`), its rotation policy and where that came
 /// from, whether a re-wrap may move its values at all (`may_rewrap`: false once a re-wrap
@@ -853,6 +877,38 @@ mod tests {
 
     /// The whole `KeyCurrent` decision: what is re-wrapped, what is reported and how, and what
     /// is left alone, from the policy and the status alone.
+    #[test]
+    fn a_key_id_the_policy_does_not_name_is_said_unless_something_weightier_is() {
+        let said = "spec.keyId alias/rot does not name a KMS key namespace a may use";
+        let refusal = Some(said);
+        for quiet in [Verdict::Unknown, Verdict::Current] {
+            match with_key_id(quiet, refusal, None) {
+                Verdict::Report {
+                    reason, message, ..
+                } => {
+                    assert_eq!(reason, KEY_ID_NOT_ALLOWED);
+                    assert!(message.starts_with(said), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let stale = Verdict::Report {
+            reason: "KeyDisabled",
+            values: 2,
+            message: "m".into(),
+        };
+        assert_eq!(with_key_id(stale.clone(), refusal, None), stale);
+        // Named again: the condition goes, even with the key facts still unknown.
+        assert_eq!(
+            with_key_id(Verdict::Unknown, None, Some(KEY_ID_NOT_ALLOWED)),
+            Verdict::Current
+        );
+        assert_eq!(
+            with_key_id(Verdict::Unknown, None, Some("KeyChanged")),
+            Verdict::Unknown
+        );
+    }
+
     #[test]
     fn the_verdict_rewraps_what_it_may_and_reports_the_rest() {
         let current = facts(KEY, Some("m1"), None);

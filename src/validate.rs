@@ -490,6 +490,30 @@ fn check_encrypted(
             ),
         );
     }
+    // A spec.keyId the policy does not name: plain items are refused for it above; for
+    // sealed values it means that where it points is not followed when keys rotate.
+    if let (Some(ns), Some(_)) = (namespace, options.rules.policy.rules()) {
+        // Only for objects otherwise fine: a refused value says enough.
+        let sealed_and_fine = checked
+            .values()
+            .all(|r| matches!(r, Ok(c) if matches!(c.format, ItemFormat::Envelope { .. })));
+        if sealed_and_fine
+            && let Err(e @ PolicyError::PlainKeyNotAllowed { pending, .. }) = options
+                .rules
+                .policy
+                .plain_key_id(ns, es.spec.key_id.as_deref(), options.rules.aliases)
+            && pending.0 == 0
+        {
+            push(
+                None,
+                Severity::Warning,
+                "key_id_not_allowed",
+                format!(
+                    "{e}; the controller does not follow where spec.keyId points, so a key rotation would not re-wrap these values (its KeyCurrent condition says KeyIdNotAllowed)"
+                ),
+            );
+        }
+    }
     if old_format > 0 {
         push(
             None,

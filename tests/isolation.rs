@@ -755,3 +755,49 @@ async fn policy_aliases_resolve_to_their_key_on_moto() {
     );
     assert_eq!(kms.decrypts(), 1);
 }
+
+/// A `spec.keyId` the key policy does not name (an alias, where the policy names the key's
+/// ARN) is not followed when keys rotate. That is said where the user looks, a `KeyCurrent`
+/// condition, in the policy's words only (nothing KMS knows), and costs no KMS call.
+#[tokio::test]
+async fn a_key_id_the_policy_does_not_name_is_reported_not_silently_ignored() {
+    let memory = MemoryKms::new("eu-west-1");
+    let key = memory.create_key();
+    let mut es = sealed(&memory, &key, "tenant-a", "db", Scope::Strict).await;
+    es.spec.key_id = Some("alias/rot".into());
+    let (r, kms, _) = controller(memory, allow(&key, &["tenant-a"]));
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let decrypts = kms.decrypts();
+    assert_eq!(step(&r, &es).await, Reconciled::UpToDate);
+    assert_eq!(kms.decrypts(), decrypts);
+    let status = r.api().with_status(&es).status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True", "{status:?}");
+    let current = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeyCurrent")
+        .unwrap_or_else(|| panic!("{status:?}"));
+    assert_eq!(current.status, "False");
+    assert_eq!(current.reason, "KeyIdNotAllowed");
+    assert!(
+        current.message.contains("spec.keyId alias/rot")
+            && current
+                .message
+                .contains("a key rotation would not re-wrap these values"),
+        "{}",
+        current.message
+    );
+    // Named by the policy (here: spec.keyId back to the key's ARN), the condition goes.
+    es.spec.key_id = Some(key.clone());
+    let _ = step(&r, &es).await;
+    let status = r.api().with_status(&es).status.unwrap();
+    assert!(
+        status.conditions.iter().all(|c| c.type_ != "KeyCurrent"),
+        "{status:?}"
+    );
+}

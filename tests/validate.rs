@@ -780,3 +780,27 @@ fn a_path_without_manifests_fails_unless_allowed() {
         "{output:?}"
     );
 }
+
+/// With a key policy, a `spec.keyId` the policy does not name (an alias where the policy lists
+/// the key's ARN) is a warning: the values are fine, but a rotation would not follow it.
+#[tokio::test]
+async fn a_key_id_the_policy_does_not_name_is_a_warning() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let good = sealed(&kms, &key, "prod", "db").await;
+    let aliased = mutate(&good, |v| v["spec"]["keyId"] = json!("alias/rot"));
+    let (code, report) = json_report(&kms, &["--allowed-keys", &key, "-"], &aliased).await;
+    assert_eq!(code, EXIT_OK, "{report:#}");
+    assert_eq!(
+        codes(&report),
+        [pair("warning", "key_id_not_allowed")],
+        "{report:#}"
+    );
+    let message = report["findings"][0]["message"].as_str().unwrap();
+    assert!(message.contains("spec.keyId alias/rot"), "{message}");
+    // Named as the policy names it, or with no policy at all: nothing to say.
+    let (_, report) = json_report(&kms, &["--allowed-keys", &key, "-"], &good).await;
+    assert!(codes(&report).is_empty(), "{report:#}");
+    let (_, report) = json_report(&kms, &["-"], &aliased).await;
+    assert!(codes(&report).is_empty(), "{report:#}");
+}

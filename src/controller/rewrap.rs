@@ -269,7 +269,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .iter()
             .map(|(i, e)| (i.as_str(), &e.header))
             .collect();
-        let desired = self.desired_key(&es);
+        let desired = self.desired_key(&es).ok().flatten();
         let facts = self.known_facts(namespace);
         let last = es
             .status
@@ -461,7 +461,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         {
             return None;
         }
-        let desired = self.desired_key(es);
+        let desired = self.desired_key(es).ok().flatten();
         let plan: Vec<V1Upgrade> = es
             .spec
             .encrypted_data
