@@ -35,7 +35,9 @@ fn secret(items: &[(&str, &[u8])]) -> PlainSecret {
     PlainSecret {
         namespace: Some("prod".into()),
         name: "db".into(),
-        type_: Some("kubernetes.io/basic-auth".into()),
+        // A type of its own: it requires no items (kubernetes.io/basic-auth would need a
+        // username or a password, and most of these Secrets have neither).
+        type_: Some("example.com/login".into()),
         labels: BTreeMap::from([("team".into(), "payments".into())]),
         data: items
             .iter()
@@ -115,7 +117,7 @@ async fn one_generate_data_key_per_seal_and_one_decrypt_per_wrapped_key() {
     );
     assert_eq!(es.spec.key_id.as_deref(), Some(key.as_str()));
     let template = es.spec.template.as_ref().unwrap();
-    assert_eq!(template.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(template.type_.as_deref(), Some("example.com/login"));
     assert_eq!(
         template.metadata.as_ref().unwrap().labels["team"],
         "payments"
@@ -218,7 +220,7 @@ async fn merge_keeps_untouched_ciphertext_byte_for_byte() {
     assert_eq!(opened["added"], b"new");
     assert_eq!(
         merged.spec.template.unwrap().type_.as_deref(),
-        Some("kubernetes.io/basic-auth"),
+        Some("example.com/login"),
         "an update without a type keeps the existing one"
     );
     // Two data keys are now in use: one Decrypt each.
