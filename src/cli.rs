@@ -79,9 +79,10 @@ Examples:
   kmseal verify -f db.encrypted.yaml
   kmseal unseal -f db.encrypted.yaml
 
-Exit codes: 0 success, 1 failure (message on stderr; for validate: a file could not be read),
-2 usage error, 3 verify found bad items or validate found errors, 4 verify could not check items
-(credentials, network, KMS access: fix that and run it again).
+Exit codes: 0 success, 1 failure (message on stderr; for validate: a file could not be read,
+or a path holds no manifest), 2 usage error, 3 verify found bad items, validate found errors, or
+rewrap left stale values (with --check: found any), 4 verify, rewrap or keys could not check
+items (credentials, network, KMS access: fix that and run it again).
 AWS: credentials from the SDK's default chain (IRSA web identity, profiles, environment);
 region from --region, AWS_REGION or the profile, or the key ARN; endpoint from --endpoint,
 AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL; retries from AWS_MAX_ATTEMPTS and AWS_RETRY_MODE.";

@@ -359,7 +359,14 @@ fn binary_usage_errors_exit_2_and_help_shows_examples() {
         .args(["--help"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("Exit codes"));
+        .stdout(predicate::str::contains("Exit codes"))
+        // Every command's codes are in the list, rewrap --check's too.
+        .stdout(predicate::str::contains(
+            "rewrap left stale values (with --check: found any)",
+        ))
+        .stdout(predicate::str::contains(
+            "verify, rewrap or keys could not check",
+        ));
 }
 
 #[test]
