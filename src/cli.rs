@@ -59,14 +59,20 @@ pub const EXIT_VERIFY_UNCHECKED: i32 = 4;
 const EXAMPLES: &str = "\
 Examples:
   # Seal a Secret manifest under a KMS key
-  kubectl create secret generic db -n prod --from-literal=password=s3cr3t --dry-run=client -o yaml \\
-    | kmseal seal --key alias/kmseal -w db.encrypted.yaml
+  kubectl create secret generic db -n prod --from-literal=password=s3cr3t \\
+    --dry-run=client -o yaml | kmseal seal --key alias/kmseal -w db.encrypted.yaml
 
   # Seal from literals and files directly
-  kmseal seal --name db -n prod --from-literal password=s3cr3t --from-file tls.key=./key.pem --key alias/kmseal
+  kmseal seal --name db -n prod --key alias/kmseal \\
+    --from-literal password=s3cr3t --from-file tls.key=./key.pem
 
   # Add or replace items in an existing sealed file (needs no decrypt permission)
-  kmseal seal --name db -n prod --from-literal password=n3w --key alias/kmseal --merge-into db.encrypted.yaml
+  kmseal seal --name db -n prod --key alias/kmseal \\
+    --from-literal password=n3w --merge-into db.encrypted.yaml
+
+  # One value for a Helm values file (prints only the sealed value)
+  printf %s \"$PASSWORD\" | kmseal seal --raw --item password \\
+    --name db -n prod --key alias/kmseal
 
   # Offline sealing with an RSA KMS key's public key
   kmseal pubkey --key alias/kmseal-rsa --out kmseal.pem
@@ -91,8 +97,6 @@ AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL; retries from AWS_MAX_ATTEMPTS and AWS_
 #[derive(Debug, Parser)]
 #[command(name = "kmseal", version, after_long_help = EXAMPLES, max_term_width = 100)]
 pub struct Cli {
-    #[command(flatten)]
-    pub aws: AwsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -136,14 +140,16 @@ impl Command {
         Ok(())
     }
 
-    fn needs_kms(&self) -> bool {
+    /// The AWS settings to connect to KMS with, for a command that calls it.
+    fn kms_settings(&self) -> Option<&AwsArgs> {
         match self {
-            Command::Seal(args) => args.public_key.is_none(),
-            Command::Verify(_) | Command::Unseal(_) | Command::Pubkey(_) | Command::Rewrap(_) => {
-                true
-            }
-            Command::Keys(args) => !args.offline,
-            Command::Crd | Command::Completion { .. } | Command::Validate(_) => false,
+            Command::Seal(args) => args.public_key.is_none().then_some(&args.aws),
+            Command::Verify(args) => Some(&args.aws),
+            Command::Unseal(args) => Some(&args.aws),
+            Command::Pubkey(args) => Some(&args.aws),
+            Command::Rewrap(args) => Some(&args.aws),
+            Command::Keys(args) => (!args.offline).then_some(&args.aws),
+            Command::Crd | Command::Completion { .. } | Command::Validate(_) => None,
         }
     }
 }
@@ -270,8 +276,8 @@ pub async fn run(
     };
     let result = if let Err(e) = cli.command.check() {
         Err(e)
-    } else if cli.command.needs_kms() {
-        match AwsKms::connect(&cli.aws.settings()).await {
+    } else if let Some(aws) = cli.command.kms_settings() {
+        match AwsKms::connect(&aws.settings()).await {
             Ok(kms) => execute(&cli, Some(&kms), &mut io).await,
             Err(e) => Err(CliError::from(e)),
         }

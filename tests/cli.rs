@@ -1606,3 +1606,317 @@ async fn merge_into_one_document_of_several() {
     let objects = kmseal::manifest::read_encrypted_secrets(&after).unwrap();
     assert_eq!(objects[1].spec.encrypted_data.len(), 2);
 }
+
+/// `seal --raw` prints one sealed value and nothing else; the value opens only where it was
+/// bound (namespace, name and item), as any sealed item.
+#[tokio::test]
+async fn seal_raw_prints_one_value_bound_to_its_item() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let raw = run(
+        &kms,
+        &[
+            "seal", "--raw", "--item", "password", "--name", "db", "-n", "prod", "--key", &key,
+        ],
+        "hunter2-raw",
+    )
+    .await;
+    assert_eq!(raw.code, EXIT_OK, "{}", raw.stderr);
+    let value = raw.stdout.strip_suffix('\n').expect("one line");
+    assert!(!value.contains('\n') && !value.contains(' '), "{value}");
+    assert!(!raw.stdout.contains("hunter2"));
+    let manifest = |name: &str, item: &str| {
+        format!(
+            "apiVersion: kmseal.dev/v1alpha1\nkind: EncryptedSecret\nmetadata:\n  name: {name}\n  namespace: prod\nspec:\n  encryptedData:\n    {item}: {value}\n"
+        )
+    };
+    let unsealed = run(&kms, &["unseal", "-o", "json"], &manifest("db", "password")).await;
+    assert_eq!(unsealed.code, EXIT_OK, "{}", unsealed.stderr);
+    let secret: serde_json::Value = serde_json::from_str(&unsealed.stdout).unwrap();
+    assert_eq!(
+        secret["data"]["password"], "aHVudGVyMi1yYXc=",
+        "the bytes as read"
+    );
+    for (name, item) in [("other", "password"), ("db", "token")] {
+        let moved = run(&kms, &["verify"], &manifest(name, item)).await;
+        assert_eq!(
+            moved.code, EXIT_VERIFY_FAILED,
+            "{name} {item}: {}",
+            moved.stdout
+        );
+    }
+
+    // Without what binds the value, nothing is sealed.
+    let no_namespace = run(
+        &kms,
+        &[
+            "seal", "--raw", "--item", "p", "--name", "db", "--key", &key,
+        ],
+        "v",
+    )
+    .await;
+    assert_ne!(no_namespace.code, EXIT_OK);
+    assert!(
+        no_namespace.stderr.contains("--namespace"),
+        "{}",
+        no_namespace.stderr
+    );
+    assert!(no_namespace.stdout.is_empty());
+    let bad_item = run(
+        &kms,
+        &[
+            "seal", "--raw", "--item", "a/b", "--name", "db", "-n", "p", "--key", &key,
+        ],
+        "v",
+    )
+    .await;
+    assert_eq!(bad_item.code, EXIT_USAGE, "{}", bad_item.stderr);
+    for args in [
+        &["seal", "--raw", "--name", "db", "-n", "p"][..],
+        &["seal", "--raw", "--item", "p", "-n", "p"],
+        &["seal", "--item", "p", "--name", "db", "-n", "p"],
+        &[
+            "seal", "--raw", "--item", "p", "--name", "db", "-f", "x.yaml",
+        ],
+        &[
+            "seal",
+            "--raw",
+            "--item",
+            "p",
+            "--name",
+            "db",
+            "--from-literal",
+            "a=b",
+        ],
+        &["seal", "--raw", "--item", "p", "--name", "db", "-o", "json"],
+        &[
+            "seal",
+            "--raw",
+            "--item",
+            "p",
+            "--name",
+            "db",
+            "--merge-into",
+            "x",
+        ],
+    ] {
+        let mut argv = vec!["kmseal"];
+        argv.extend_from_slice(args);
+        let e = <Cli as clap::Parser>::try_parse_from(argv).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_USAGE, "{args:?}");
+    }
+    // Over 1 MiB: said, nothing printed.
+    let big = "x".repeat(1024 * 1024 + 1);
+    let too_big = run(
+        &kms,
+        &[
+            "seal", "--raw", "--item", "p", "--name", "db", "-n", "p", "--key", &key,
+        ],
+        &big,
+    )
+    .await;
+    assert_eq!(too_big.code, EXIT_ERROR);
+    assert!(too_big.stderr.contains("1 MiB"), "{}", too_big.stderr);
+    assert!(too_big.stdout.is_empty());
+}
+
+/// `verify -o json`: per object, per item, ok with what opened it, bad or unchecked with a
+/// reason code and the message; a summary; the same exit codes as the text.
+#[tokio::test]
+async fn verify_json_reports_each_item() {
+    let kms = MemoryKms::new("eu-west-1");
+    let good = kms.create_key();
+    let denied = kms.create_key();
+    let one = run(&kms, &["seal", "--key", &good], SECRET).await;
+    let bad = one.stdout.replace("name: db", "name: moved");
+    let two = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &denied,
+            "--name",
+            "other",
+            "-n",
+            "prod",
+            "--from-literal",
+            "k=v",
+        ],
+        "",
+    )
+    .await;
+    kms.deny("kms:Decrypt", &denied);
+    let input = format!("{}---\n{bad}---\n{}", one.stdout, two.stdout);
+    let verified = run(&kms, &["verify", "-o", "json"], &input).await;
+    assert_eq!(verified.code, EXIT_VERIFY_UNCHECKED, "{}", verified.stderr);
+    let report: serde_json::Value = serde_json::from_str(&verified.stdout).unwrap();
+    let objects = report["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 3);
+    assert_eq!(objects[0]["namespace"], "prod");
+    assert_eq!(objects[0]["name"], "db");
+    let first = &objects[0]["items"][0];
+    assert_eq!(first["result"], "ok", "{first}");
+    assert_eq!(first["key"], good.as_str());
+    assert!(first["bytes"].as_u64().unwrap() > 0);
+    let moved = &objects[1]["items"][0];
+    assert_eq!(moved["result"], "bad", "{moved}");
+    assert_eq!(moved["reason"], "invalid_ciphertext");
+    assert!(moved["message"].as_str().unwrap().contains("re-seal"));
+    let unchecked = &objects[2]["items"][0];
+    assert_eq!(unchecked["result"], "unchecked", "{unchecked}");
+    assert_eq!(unchecked["reason"], "access_denied");
+    assert_eq!(report["summary"]["ok"], 2);
+    assert_eq!(report["summary"]["bad"], 2);
+    assert_eq!(report["summary"]["unchecked"], 1);
+    assert!(!verified.stdout.contains("hunter2"));
+
+    let only_bad = run(&kms, &["verify", "-o", "json"], &bad).await;
+    assert_eq!(only_bad.code, EXIT_VERIFY_FAILED);
+    let text = run(&kms, &["verify"], &bad).await;
+    assert!(
+        text.stdout.contains("0 ok, 2 failed, 0 not checked"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// Each subcommand's help shows its own flags under headings; the commands that never call
+/// KMS show no AWS flag.
+#[test]
+fn help_shows_only_each_commands_flags_grouped() {
+    let help = |sub: &str| {
+        let out = common::kmseal(false)
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        common::stdout(&out)
+    };
+    for sub in ["validate", "crd", "completion"] {
+        let text = help(sub);
+        for flag in ["--region", "--endpoint", "--profile", "--role-arn", "AWS:"] {
+            assert!(!text.contains(flag), "{sub} --help shows {flag}:\n{text}");
+        }
+    }
+    let seal = help("seal");
+    let mut at = 0;
+    for heading in ["The Secret:", "The key:", "Output:", "AWS:"] {
+        let found = seal[at..]
+            .find(&format!("\n{heading}\n"))
+            .unwrap_or_else(|| panic!("seal --help has no {heading} after the last:\n{seal}"));
+        at += found + 1;
+    }
+    for (heading, flag) in [
+        ("The key:", "--public-key"),
+        ("Output:", "--merge-into"),
+        ("AWS:", "--region"),
+    ] {
+        let section = &seal[seal.find(heading).unwrap()..];
+        let section = &section[..section[1..].find("\n\n").map_or(section.len(), |e| e + 1)];
+        assert!(
+            section.contains(flag),
+            "{flag} not under {heading}:\n{section}"
+        );
+    }
+    for sub in ["verify", "unseal", "pubkey", "rewrap", "keys"] {
+        assert!(help(sub).contains("\nAWS:\n"), "{sub}");
+    }
+    // The AWS flags belong to the commands now: after the command, as before.
+    let e = <Cli as clap::Parser>::try_parse_from(["kmseal", "--region", "x", "crd"]);
+    assert!(e.is_err());
+}
+
+/// The examples in `--help` print as written: no line is wrapped in the middle of a command
+/// (every line is a comment, starts a command, or continues one that ends with `\`), and each
+/// kmseal command in them parses.
+#[test]
+fn help_examples_are_whole_commands_that_parse() {
+    let out = common::kmseal(false).arg("--help").output().unwrap();
+    let help = common::stdout(&out);
+    let examples = &help[help.find("Examples:\n").expect("examples") + 10..];
+    let examples = &examples[..examples.find("\nExit codes").unwrap()];
+    let mut commands = Vec::new();
+    let mut continued: Option<String> = None;
+    for line in examples.lines() {
+        let text = line.trim();
+        if let Some(open) = continued.take() {
+            let joined = format!("{open} {}", text.trim_end_matches('\\').trim());
+            if text.ends_with('\\') {
+                continued = Some(joined);
+            } else {
+                commands.push(joined);
+            }
+            continue;
+        }
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        assert!(
+            ["kmseal ", "kubectl ", "printf "]
+                .iter()
+                .any(|p| text.starts_with(p)),
+            "a wrapped or unknown example line: {line:?}\n{examples}"
+        );
+        if text.ends_with('\\') {
+            continued = Some(text.trim_end_matches('\\').trim().to_owned());
+        } else {
+            commands.push(text.to_owned());
+        }
+    }
+    assert!(continued.is_none());
+    let mut parsed = 0;
+    for command in &commands {
+        for part in command.split(" | ") {
+            let Some(rest) = part.trim().strip_prefix("kmseal ") else {
+                continue;
+            };
+            let mut argv = vec!["kmseal"];
+            argv.extend(rest.split_whitespace());
+            <Cli as clap::Parser>::try_parse_from(&argv)
+                .unwrap_or_else(|e| panic!("example {command:?} does not parse: {e}"));
+            parsed += 1;
+        }
+    }
+    assert!(parsed >= 9, "{parsed} kmseal examples");
+}
+
+/// A profile that does not exist is named, with those that do, and no SDK log line reaches
+/// stderr.
+#[test]
+fn binary_names_a_missing_profile_and_the_ones_there_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::temp_file(
+        &dir,
+        "config",
+        b"[default]\nregion = eu-west-1\n[profile prod]\nregion = eu-west-1\n",
+    );
+    let file = common::temp_file(&dir, "es.yaml", b"apiVersion: kmseal.dev/v1alpha1\nkind: EncryptedSecret\nmetadata: {name: a, namespace: b}\nspec: {encryptedData: {}}\n");
+    for (flag, env) in [(Some("dve"), None), (None, Some("dve"))] {
+        let mut cmd = common::kmseal(true);
+        cmd.env("AWS_CONFIG_FILE", &config)
+            .args(["verify", "-f", file.to_str().unwrap()]);
+        if let Some(name) = flag {
+            cmd.args(["--profile", name]);
+        }
+        if let Some(name) = env {
+            cmd.env("AWS_PROFILE", name);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(EXIT_ERROR));
+        let stderr = common::stderr(&out);
+        assert_eq!(
+            stderr,
+            format!(
+                "error: profile `dve` not found in {} or /dev/null (profiles: default, prod); pass --profile with one of them, or set AWS_PROFILE\n",
+                config.display()
+            )
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = common::kmseal(true)
+        .env("AWS_CONFIG_FILE", &config)
+        .args(["verify", "-f", file.to_str().unwrap(), "--profile", "prod"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_OK), "{}", common::stderr(&out));
+}

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // IMDS lookups fail noisily off EC2; the real error, if any, comes from the KMS call.
-    kmseal::telemetry::init_stderr("warn,aws_config=error");
+    // The CLI says what went wrong in its own words; the SDK's log lines (IMDS lookups off
+    // EC2, profile parsing) only when RUST_LOG asks for them.
+    kmseal::telemetry::init_stderr("off");
     let args: Vec<_> = std::env::args_os().collect();
     let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let code = kmseal::cli::run(

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
+
+use crate::kms::aws::AwsArgs;
 use serde::Serialize;
 
 use super::rewrap::Facts;
@@ -27,8 +29,16 @@ pub struct KeysArgs {
     #[arg(long)]
     pub offline: bool,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "text",
+        help_heading = "Output"
+    )]
     pub output: ReportFormat,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// One key's line of the inventory.

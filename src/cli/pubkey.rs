@@ -7,12 +7,14 @@ pub(super) const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
 #[derive(Debug, Args)]
 pub struct PubkeyArgs {
     /// The RSA KMS key (ENCRYPT_DECRYPT): key id, ARN, alias or alias ARN.
-    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name)]
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name, help_heading = "The key")]
     pub key: String,
     /// Write the key to FILE, only once it was fetched and checked (a shell redirect would
     /// leave an empty file behind on failure). Default: stdout.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 pub(super) const PEM_BEGIN: &str = "-----BEGIN PUBLIC KEY-----";

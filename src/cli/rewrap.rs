@@ -21,6 +21,7 @@ use crate::api::EncryptedSecret;
 use crate::binding::Scope;
 use crate::envelope::{Envelope, Header};
 use crate::kms::KeyFacts;
+use crate::kms::aws::AwsArgs;
 use crate::kms::{Kms, KmsError};
 use crate::open::{self, Decoded};
 use crate::rotation::{self, Fix, RewrapGroup, Stale, ValueState};
@@ -31,7 +32,7 @@ pub struct RewrapArgs {
     pub manifests: ManifestPaths,
     /// The key for objects whose spec.keyId is empty. To move values to another key, change
     /// spec.keyId (or the alias it names) and run rewrap.
-    #[arg(long, value_name = "KEY", value_parser = super::key_name)]
+    #[arg(long, value_name = "KEY", value_parser = super::key_name, help_heading = "The key")]
     pub key: Option<String>,
     /// Namespace of objects that name none (their values are bound to it).
     #[arg(short = 'n', long)]
@@ -39,6 +40,8 @@ pub struct RewrapArgs {
     /// Change nothing; list stale values and exit 3 if there are any (a CI gate).
     #[arg(long)]
     pub check: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// What KMS says about each key, asked once per key per run.

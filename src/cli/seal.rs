@@ -6,37 +6,50 @@ use super::*;
 #[derive(Debug, Args)]
 pub struct SealArgs {
     /// Secret manifest(s), YAML or JSON; `-` for stdin (the default without --from-*).
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        help_heading = "The Secret"
+    )]
     pub file: Option<PathBuf>,
     /// Name of the Secret to build from --from-literal / --from-file.
-    #[arg(long)]
+    #[arg(long, help_heading = "The Secret")]
     pub name: Option<String>,
     /// Namespace of the Secret (fills in a manifest's missing namespace).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, help_heading = "The Secret")]
     pub namespace: Option<String>,
     /// An item as KEY=VALUE (repeatable).
-    #[arg(long = "from-literal", value_name = "KEY=VALUE")]
+    #[arg(
+        long = "from-literal",
+        value_name = "KEY=VALUE",
+        help_heading = "The Secret"
+    )]
     pub literals: Vec<String>,
     /// An item from a file, as KEY=PATH or PATH (key = file name) (repeatable).
-    #[arg(long = "from-file", value_name = "[KEY=]PATH")]
+    #[arg(
+        long = "from-file",
+        value_name = "[KEY=]PATH",
+        help_heading = "The Secret"
+    )]
     pub files: Vec<String>,
     /// Secret type for --from-*, e.g. kubernetes.io/tls (default Opaque).
-    #[arg(long = "type", value_name = "TYPE")]
+    #[arg(long = "type", value_name = "TYPE", help_heading = "The Secret")]
     pub type_: Option<String>,
     /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN. With
     /// --public-key: the key's ARN, when the file does not name it.
-    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name)]
+    #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name, help_heading = "The key")]
     pub key: Option<String>,
     /// Seal offline with a public key saved by `kmseal pubkey` (no KMS call). The file's
     /// key wins over KMSEAL_KEY; a --key that names another key is refused.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", help_heading = "The key")]
     pub public_key: Option<PathBuf>,
     /// Whether `key` came from KMSEAL_KEY rather than the command line.
     #[arg(skip)]
     pub key_from_env: bool,
     /// What the values are bound to: strict (namespace and name), namespace, or cluster.
     /// Default: strict. With --merge-into, the file's items must have this scope.
-    #[arg(long, value_parser = ScopeParser)]
+    #[arg(long, value_parser = ScopeParser, help_heading = "The key")]
     pub scope: Option<Scope>,
     /// Output format. (With --merge-into the file keeps its own.)
     #[arg(
@@ -44,17 +57,39 @@ pub struct SealArgs {
         long,
         value_enum,
         default_value = "yaml",
-        conflicts_with = "merge_into"
+        conflicts_with = "merge_into",
+        help_heading = "Output"
     )]
     pub output: Format,
     /// Write the EncryptedSecret(s) to FILE, only once sealing succeeded (a shell redirect
     /// would leave an empty file behind on failure). Default: stdout.
-    #[arg(short = 'w', long, value_name = "FILE", conflicts_with = "merge_into")]
+    #[arg(
+        short = 'w',
+        long,
+        value_name = "FILE",
+        conflicts_with = "merge_into",
+        help_heading = "Output"
+    )]
     pub write: Option<PathBuf>,
     /// Add or replace items in this EncryptedSecret file, in place; other items keep their
     /// exact ciphertext.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub merge_into: Option<PathBuf>,
+    /// Seal one value read from stdin and print only it (kubeseal's --raw), e.g. for a Helm
+    /// values file: needs --item and --name, and -n unless --scope cluster. The bytes are
+    /// sealed as read: use `printf %s`, not `echo`, to leave out a newline.
+    #[arg(
+        long,
+        requires_all = ["item", "name"],
+        conflicts_with_all = ["file", "literals", "files", "type_", "merge_into", "output"],
+        help_heading = "Output"
+    )]
+    pub raw: bool,
+    /// The item the --raw value is for (it is bound to it, as to the namespace and name).
+    #[arg(long, value_name = "KEY", requires = "raw", help_heading = "Output")]
+    pub item: Option<String>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// Parses `--scope` as [`Scope`]'s `FromStr` does (aliases included), and lists its values for
@@ -264,6 +299,9 @@ pub(super) async fn seal_command<K: Kms>(
     args: &SealArgs,
     io: &mut Io<'_>,
 ) -> Result<i32, CliError> {
+    if args.raw {
+        return seal_raw(wrapper, args, io).await;
+    }
     let from_flags = !args.literals.is_empty() || !args.files.is_empty();
     if from_flags && args.file.is_some() {
         return Err(usage(
@@ -362,6 +400,59 @@ pub(super) async fn seal_command<K: Kms>(
         sealed.push(crate::seal::seal_secret(wrapper, secret, scope, &mut io.rng, io.now).await?);
     }
     let out = manifest::write(&sealed, args.output).map_err(fail)?;
+    match &args.write {
+        Some(path) => write_atomically(path, out.as_bytes())?,
+        None => io.stdout.write_all(out.as_bytes())?,
+    }
+    Ok(EXIT_OK)
+}
+
+/// `seal --raw`: one value from stdin, sealed for `--item` of `-n`/`--name`, printed alone.
+async fn seal_raw<K: Kms>(
+    wrapper: &Wrapper<'_, K>,
+    args: &SealArgs,
+    io: &mut Io<'_>,
+) -> Result<i32, CliError> {
+    let (Some(item), Some(name)) = (&args.item, &args.name) else {
+        return Err(usage("--raw needs --item and --name"));
+    };
+    if let Err(e) = crate::binding::validate_item_key(item) {
+        return Err(usage(format!("--item: not a valid item name ({e})")));
+    }
+    if io.stdin_is_terminal {
+        writeln!(
+            io.stderr,
+            "reading the value of {item} from stdin (end with Ctrl-D, twice after text with no newline)"
+        )?;
+    }
+    let limit = crate::envelope::MAX_PLAINTEXT_LEN as u64 + 1;
+    let mut value = Zeroizing::new(Vec::new());
+    (&mut *io.stdin)
+        .take(limit)
+        .read_to_end(&mut value)
+        .map_err(|e| fail(format!("cannot read the value from stdin: {e}")))?;
+    if value.len() > crate::envelope::MAX_PLAINTEXT_LEN {
+        return Err(fail(format!(
+            "the value on stdin is over the limit of {} bytes (1 MiB) for one item, and a Secret cannot hold it; keep it elsewhere (a volume, an object store) and seal what finds it (a URL, a path, a credential)",
+            crate::envelope::MAX_PLAINTEXT_LEN
+        )));
+    }
+    let mut data = BTreeMap::new();
+    data.insert(item.clone(), value);
+    let secret = PlainSecret {
+        namespace: args.namespace.clone(),
+        name: name.clone(),
+        data,
+        ..PlainSecret::default()
+    };
+    let scope = args.scope.unwrap_or(Scope::Strict);
+    let sealed = crate::seal::seal_secret(wrapper, &secret, scope, &mut io.rng, io.now).await?;
+    let sealed_value = sealed
+        .spec
+        .encrypted_data
+        .get(item)
+        .ok_or_else(|| fail("sealing returned no value for the item"))?;
+    let out = format!("{sealed_value}\n");
     match &args.write {
         Some(path) => write_atomically(path, out.as_bytes())?,
         None => io.stdout.write_all(out.as_bytes())?,

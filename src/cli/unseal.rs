@@ -7,8 +7,16 @@ pub struct UnsealArgs {
     #[command(flatten)]
     pub input: EncryptedInput,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "yaml",
+        help_heading = "Output"
+    )]
     pub output: Format,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 pub(super) async fn unseal<K: Kms>(

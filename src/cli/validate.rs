@@ -11,17 +11,27 @@ pub struct ValidateArgs {
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// The controller's key policy file: check that each namespace uses only keys it may.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Key policy")]
     pub key_policy: Option<PathBuf>,
     /// Keys every namespace may use (the controller's --allowed-keys), comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "KEYS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "KEYS",
+        help_heading = "Key policy"
+    )]
     pub allowed_keys: Vec<String>,
     /// Accept plain KMS ciphertext items with cluster scope (the controller's flag of the same
     /// name).
-    #[arg(long)]
+    #[arg(long, help_heading = "Key policy")]
     pub allow_cluster_scope_plain_items: bool,
     /// Secret types that may be produced (the controller's --allowed-secret-types).
-    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "TYPES",
+        help_heading = "Key policy"
+    )]
     pub allowed_secret_types: Vec<String>,
     /// Report plain Secrets with data as warnings rather than errors.
     #[arg(long)]
@@ -31,7 +41,13 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub allow_empty: bool,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "text",
+        help_heading = "Output"
+    )]
     pub output: ReportFormat,
 }
 

@@ -59,6 +59,8 @@ pub enum RunError {
     LostLease,
     #[error("{0}")]
     Kms(#[from] crate::kms::KmsError),
+    #[error(transparent)]
+    Profile(#[from] crate::kms::profiles::ProfileNotFound),
     #[error("{0}")]
     Config(#[from] ConfigError),
 }

@@ -45,29 +45,25 @@ pub struct AwsSettings {
     pub profile: Option<String>,
 }
 
-/// [`AwsSettings`] as the CLI and the controller take them on the command line (flags shared
-/// by every subcommand and by the controller).
+/// [`AwsSettings`] as the CLI and the controller take them on the command line (the flags of
+/// every subcommand that calls KMS, and of the controller), under their own help heading.
 #[derive(Debug, clap::Args, Clone, Default)]
+#[command(next_help_heading = "AWS")]
 pub struct AwsArgs {
     /// AWS region for key ids and aliases (default: AWS_REGION or the profile's region).
-    #[arg(long, global = true, value_name = "REGION")]
+    #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
     /// KMS/STS endpoint URL, e.g. http://localhost:4566 for LocalStack.
-    #[arg(long, global = true, value_name = "URL", value_parser = endpoint_url)]
+    #[arg(long, value_name = "URL", value_parser = endpoint_url)]
     pub endpoint: Option<String>,
     /// Assume this IAM role on top of the default credentials (e.g. for a key in another account).
-    #[arg(long, global = true, env = "KMSEAL_ROLE_ARN", value_name = "ARN")]
+    #[arg(long, env = "KMSEAL_ROLE_ARN", value_name = "ARN")]
     pub role_arn: Option<String>,
     /// Session name for --role-arn.
-    #[arg(
-        long,
-        global = true,
-        env = "KMSEAL_ROLE_SESSION_NAME",
-        default_value = "kmseal"
-    )]
+    #[arg(long, env = "KMSEAL_ROLE_SESSION_NAME", default_value = "kmseal")]
     pub role_session_name: String,
     /// Named profile from the AWS config files (default: AWS_PROFILE).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
 }
 
@@ -152,8 +148,17 @@ pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient 
 }
 
 impl AwsKms {
-    /// Resolves configuration and credentials providers; makes no network call by itself.
-    pub async fn connect(settings: &AwsSettings) -> Result<Self, KmsError> {
+    /// Resolves configuration and credentials providers; makes no network call by itself. A
+    /// named profile (`settings.profile`, else `AWS_PROFILE`) that the shared files do not
+    /// define is refused here, before anything is sent.
+    pub async fn connect(settings: &AwsSettings) -> Result<Self, super::profiles::ProfileNotFound> {
+        let named = settings
+            .profile
+            .clone()
+            .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()));
+        if let Some(profile) = &named {
+            super::profiles::check(profile, &super::profiles::SharedFiles::read())?;
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(https_client())
             .timeout_config(

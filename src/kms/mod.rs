@@ -17,6 +17,7 @@ pub mod health;
 /// An in-memory KMS for tests, benchmarks and examples (the `testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod profiles;
 
 pub use aws::{AwsKms, AwsSettings};
 pub use cache::CachingKms;
