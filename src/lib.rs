@@ -29,3 +29,4 @@ pub mod text;
 pub mod time;
 pub mod validate;
 pub mod wrapping;
+pub mod yaml;

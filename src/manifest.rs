@@ -29,9 +29,8 @@ pub enum ManifestError {
     TooLarge(Option<u64>),
     #[error("the input is not valid UTF-8 text; save the manifest as UTF-8 YAML or JSON")]
     NotUtf8,
-    #[error(
-        "the input is not valid YAML or JSON{0} (the parser's message is withheld because it may quote secret text; check the syntax around that position)"
-    )]
+    /// What is wrong and where, in [`crate::yaml`]'s words (never the input's text).
+    #[error("the input is not valid YAML or JSON{0}")]
     Syntax(String),
     #[error("document {index}: {message}")]
     Document { index: usize, message: String },
@@ -39,11 +38,10 @@ pub enum ManifestError {
     Empty(&'static str),
 }
 
-/// Where a parse error is, in words, e.g. " at line 3, column 7".
+/// Where a parse error is and what it is, e.g. " at line 3, column 7: unterminated quoted
+/// string", never quoting the input.
 fn position(err: &serde_saphyr::Error) -> String {
-    err.location()
-        .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-        .unwrap_or_default()
+    crate::yaml::problem(err).to_string()
 }
 
 fn check_size(input: &str) -> Result<(), ManifestError> {

@@ -319,12 +319,9 @@ impl KeyPolicy {
             )));
         }
         let file: PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                .unwrap_or_default();
+            let problem = crate::yaml::problem(&e);
             PolicyError::Invalid(format!(
-                "the key policy is not valid{at}: expected apiVersion: {POLICY_API_VERSION}, kind: {POLICY_KIND}, and keys: a list of {{key, namespaces}} (see README: multi-tenant clusters)"
+                "the key policy is not valid{problem}; it must say apiVersion: {POLICY_API_VERSION}, kind: {POLICY_KIND}, and keys: a list of {{key, namespaces}} (see README: multi-tenant clusters)"
             ))
         })?;
         if file.api_version != POLICY_API_VERSION || file.kind != POLICY_KIND {

@@ -544,7 +544,7 @@ fn file_finding(file: &str, code: &'static str, message: String) -> Finding {
 }
 
 /// A file's documents, or why there are none to check (`too_large`, `syntax`). The parser's
-/// message is withheld: it may quote the text, which may be a secret.
+/// message is not used: it may quote the text, which may be a secret ([`crate::yaml`]).
 fn documents(text: &str) -> Result<Vec<Doc>, (&'static str, ManifestError)> {
     if text.len() > manifest::MAX_INPUT_LEN {
         return Err((
@@ -553,11 +553,10 @@ fn documents(text: &str) -> Result<Vec<Doc>, (&'static str, ManifestError)> {
         ));
     }
     serde_saphyr::from_multiple(text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        ("syntax", ManifestError::Syntax(at))
+        (
+            "syntax",
+            ManifestError::Syntax(crate::yaml::problem(&e).to_string()),
+        )
     })
 }
 

@@ -1920,3 +1920,40 @@ fn binary_names_a_missing_profile_and_the_ones_there_are() {
         .unwrap();
     assert_eq!(out.status.code(), Some(EXIT_OK), "{}", common::stderr(&out));
 }
+
+/// A manifest that is not YAML gets what is wrong, in kmseal's words, with line and column,
+/// and never a character of the input (the parser's own message quotes it).
+#[tokio::test]
+async fn yaml_syntax_errors_say_what_is_wrong_without_quoting_it() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let head = "apiVersion: v1\nkind: Secret\nmetadata: {name: a, namespace: b}\nstringData:\n";
+    let deep = format!(
+        "{head}  k: v\nextra: {}{}\n",
+        "[".repeat(400),
+        "]".repeat(400)
+    );
+    let cases = [
+        (
+            format!("{head}\tpassword: hunter2\n"),
+            "line 5, column 2: a tab character is not allowed for indentation",
+        ),
+        (
+            format!("{head}  password: \"hunter2\n"),
+            "line 5, column 13: unterminated quoted string",
+        ),
+        (deep, "nesting deeper than"),
+    ];
+    for (input, says) in &cases {
+        for args in [&["seal", "--key", key.as_str()][..], &["validate", "-"]] {
+            let out = run(&kms, args, input).await;
+            let all = format!("{}{}", out.stdout, out.stderr);
+            assert_ne!(out.code, EXIT_OK, "{args:?} {input:?}");
+            assert!(all.contains(says), "{args:?}: {all}");
+            assert!(
+                !all.contains("hunter2") && !all.contains("[["),
+                "{args:?}: {all}"
+            );
+        }
+    }
+}
