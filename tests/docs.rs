@@ -1,9 +1,12 @@
-//! The documentation stays usable as it is split between the README and `docs/`: every
-//! relative link in README.md and docs/*.md leads to a file that exists and, with `#anchor`, to
-//! a heading that exists in it.
+//! The documentation stays usable and true as it is split between the README and `docs/`:
+//! every relative link in README.md and docs/*.md leads to a file that exists and, with
+//! `#anchor`, to a heading that exists in it; and the flags tables of docs/cli.md and
+//! docs/controller.md list exactly the flags clap knows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -246,4 +249,244 @@ fn every_relative_link_resolves() {
         "broken links:\n{}",
         problems.join("\n")
     );
+}
+
+/// A table row's cells, split at the `|`s that are not escaped (`\\|` stays in its cell).
+fn cells(row: &str) -> Vec<String> {
+    let row = row.trim();
+    let row = row.strip_prefix('|').unwrap_or(row);
+    let row = row.strip_suffix('|').unwrap_or(row);
+    let mut cells = vec![String::new()];
+    let mut escaped = false;
+    for c in row.chars() {
+        if c == '|' && !escaped {
+            cells.push(String::new());
+        } else {
+            cells.last_mut().unwrap().push(c);
+        }
+        escaped = c == '\\';
+    }
+    cells.into_iter().map(|c| c.trim().to_owned()).collect()
+}
+
+fn is_table_separator(line: &str) -> bool {
+    let line = line.trim();
+    line.starts_with('|') && line.contains('-') && line.chars().all(|c| "|-: ".contains(c))
+}
+
+/// The code spans of a line of Markdown.
+fn code_spans(text: &str) -> impl Iterator<Item = &str> {
+    text.split('`').skip(1).step_by(2)
+}
+
+/// The flags tables of a page (tables whose first column is headed `flag`), by the heading they
+/// are under: the long flags each row's first cell names in code spans (`` `--key KEY` ``,
+/// several in one cell allowed; short flags and other spans are not long flags). A flag
+/// listed twice under one heading is reported as `Err`.
+fn flag_tables(text: &str) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut heading = String::new();
+    let mut in_fence = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        if is_fence(line) {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        if line.starts_with('#') {
+            heading = line.trim_start_matches('#').trim().to_owned();
+            continue;
+        }
+        let is_flag_table = line.trim_start().starts_with('|')
+            && lines.get(i).is_some_and(|l| is_table_separator(l))
+            && cells(line).first().is_some_and(|c| c == "flag");
+        if !is_flag_table {
+            continue;
+        }
+        i += 1;
+        let flags = tables.entry(heading.clone()).or_default();
+        while let Some(row) = lines.get(i).filter(|l| l.trim_start().starts_with('|')) {
+            i += 1;
+            let first = cells(row).into_iter().next().unwrap_or_default();
+            for span in code_spans(&first) {
+                let Some(name) = span.strip_prefix("--") else {
+                    continue;
+                };
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                if !flags.insert(format!("--{name}")) {
+                    return Err(format!("--{name} is listed twice under \"{heading}\""));
+                }
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// The long flags `--help` shows for one command (`--help` and `--version` aside); with
+/// `global = true` flags under the command that declares them, as clap reports them before it
+/// propagates them to the subcommands.
+fn clap_flags(command: &clap::Command) -> BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| a.get_long())
+        .filter(|l| *l != "help" && *l != "version")
+        .map(|l| format!("--{l}"))
+        .collect()
+}
+
+/// Every command of a clap tree (the root and each subcommand, as `kmseal` and `kmseal seal`)
+/// with its long flags.
+fn clap_commands(root: &clap::Command) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    let name = root.get_name().to_owned();
+    out.insert(name.clone(), clap_flags(root));
+    for sub in root.get_subcommands().filter(|s| s.get_name() != "help") {
+        for (path, flags) in clap_commands(sub) {
+            out.insert(format!("{name} {path}"), flags);
+        }
+    }
+    out
+}
+
+/// What differs between the flags the code has and the tables of `page` that document them,
+/// one line per flag, naming the command and the page.
+fn flag_differences(
+    page: &str,
+    code: &BTreeMap<String, BTreeSet<String>>,
+    documented: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (command, flags) in code {
+        let Some(listed) = documented.get(command) else {
+            if !flags.is_empty() {
+                problems.push(format!(
+                    "{page} has no flags table for `{command}`, which takes {}",
+                    flags.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            continue;
+        };
+        for flag in flags.difference(listed) {
+            problems.push(format!(
+                "`{command}` takes {flag}, which its table in {page} does not list"
+            ));
+        }
+        for flag in listed.difference(flags) {
+            problems.push(format!(
+                "the table for `{command}` in {page} lists {flag}, which `{command}` does not take"
+            ));
+        }
+    }
+    for command in documented.keys().filter(|c| !code.contains_key(*c)) {
+        problems.push(format!(
+            "{page} has a flags table for `{command}`, which is not a command"
+        ));
+    }
+    problems
+}
+
+/// docs/cli.md's tables, by the command each one's heading names in its first code span
+/// (`### \`kmseal seal\``).
+fn cli_tables() -> BTreeMap<String, BTreeSet<String>> {
+    let tables = flag_tables(&read(Path::new("docs/cli.md"))).unwrap();
+    tables
+        .into_iter()
+        .map(|(heading, flags)| {
+            let command = code_spans(&heading).next().unwrap_or_else(|| {
+                panic!("docs/cli.md: the flags table under \"{heading}\" names no command")
+            });
+            (command.to_owned(), flags)
+        })
+        .collect()
+}
+
+#[test]
+fn flags_tables_are_read_as_written() {
+    let text = "## `tool`\n\n| flag | what |\n|---|---|\n| `--one` | x |\n\
+                | `-o`, `--output yaml\\|json` [`ENV_VAR`] | y \\| z |\n| `PATH…` | positional |\n\
+                \n```\n| flag | x |\n|---|---|\n| `--fenced` | no |\n```\n\
+                ## `tool sub`\n| flag | what |\n| --- | --- |\n| `--a`, `--b-c S` | |\n\n\
+                | other | x |\n|---|---|\n| `--not-a-flag-table` | |\n";
+    let tables = flag_tables(text).unwrap();
+    assert_eq!(
+        tables,
+        BTreeMap::from([
+            (
+                "`tool`".to_owned(),
+                BTreeSet::from(["--one".to_owned(), "--output".to_owned()])
+            ),
+            (
+                "`tool sub`".to_owned(),
+                BTreeSet::from(["--a".to_owned(), "--b-c".to_owned()])
+            ),
+        ])
+    );
+    assert!(
+        flag_tables("# x\n| flag |\n|---|\n| `--a` |\n| `--a` |\n")
+            .unwrap_err()
+            .contains("--a")
+    );
+}
+
+/// A flag added to the code and not to the table, or listed and not in the code, is named,
+/// with its command and the page.
+#[test]
+fn a_missing_or_extra_flag_is_named() {
+    let code = clap_commands(
+        &clap::Command::new("tool")
+            .arg(clap::Arg::new("global").long("global").global(true))
+            .subcommand(
+                clap::Command::new("sub")
+                    .arg(clap::Arg::new("new").long("new"))
+                    .arg(clap::Arg::new("path")),
+            )
+            .subcommand(clap::Command::new("bare")),
+    );
+    assert_eq!(code["tool"], BTreeSet::from(["--global".to_owned()]));
+    assert_eq!(code["tool bare"], BTreeSet::new());
+    let documented = BTreeMap::from([
+        ("tool".to_owned(), BTreeSet::from(["--global".to_owned()])),
+        ("tool sub".to_owned(), BTreeSet::from(["--old".to_owned()])),
+        ("tool gone".to_owned(), BTreeSet::new()),
+    ]);
+    assert_eq!(
+        flag_differences("docs/x.md", &code, &documented),
+        [
+            "`tool sub` takes --new, which its table in docs/x.md does not list",
+            "the table for `tool sub` in docs/x.md lists --old, which `tool sub` does not take",
+            "docs/x.md has a flags table for `tool gone`, which is not a command",
+        ]
+    );
+}
+
+/// docs/cli.md has a table per command that takes flags, listing exactly the long flags clap
+/// knows for it (`kmseal`'s own table: the global ones).
+#[test]
+fn the_cli_flags_tables_equal_the_code() {
+    let code = clap_commands(&kmseal::cli::Cli::command());
+    let problems = flag_differences("docs/cli.md", &code, &cli_tables());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// docs/controller.md's flags table lists exactly `kmseal-controller`'s long flags.
+#[test]
+fn the_controller_flags_table_equals_the_code() {
+    let command = kmseal::config::ControllerArgs::command();
+    let code = BTreeMap::from([(command.get_name().to_owned(), clap_flags(&command))]);
+    let tables = flag_tables(&read(Path::new("docs/controller.md"))).unwrap();
+    assert!(!tables.is_empty(), "docs/controller.md has no flags table");
+    let listed: BTreeSet<String> = tables.into_values().flatten().collect();
+    let documented = BTreeMap::from([(command.get_name().to_owned(), listed)]);
+    let problems = flag_differences("docs/controller.md", &code, &documented);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
