@@ -490,3 +490,295 @@ fn the_controller_flags_table_equals_the_code() {
     let problems = flag_differences("docs/controller.md", &code, &documented);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The fenced code blocks of a Markdown file, with the line each opens on.
+fn code_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        if is_fence(line) {
+            match open.take() {
+                Some(block) => blocks.push(block),
+                None => open = Some((n + 1, String::new())),
+            }
+        } else if let Some((_, block)) = &mut open {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    blocks
+}
+
+/// A shell snippet's simple commands, each as its words: quotes removed, `\` line continuations
+/// joined, `#` comments dropped, split at newlines, `;`, `&&`, `||` and `|`. Enough for the
+/// commands the docs show; not a shell.
+fn commands(script: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = script.chars().peekable();
+    let end_word = |word: &mut Option<String>, words: &mut Vec<String>| {
+        if let Some(w) = word.take() {
+            words.push(w);
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'\n') => {
+                chars.next();
+                end_word(&mut word, &mut words);
+            }
+            '\'' | '"' => {
+                let w = word.get_or_insert_with(String::new);
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    w.push(q);
+                }
+            }
+            '#' if word.is_none() => {
+                while chars.peek().is_some_and(|c| *c != '\n') {
+                    chars.next();
+                }
+            }
+            '\n' | ';' | '&' | '|' => {
+                end_word(&mut word, &mut words);
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            c if c.is_whitespace() => end_word(&mut word, &mut words),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    end_word(&mut word, &mut words);
+    if !words.is_empty() {
+        commands.push(words);
+    }
+    commands
+}
+
+/// The value after `flag` (`flag VALUE` or `flag=VALUE`) at each place it occurs.
+fn values_of<'a>(words: &'a [String], flag: &str) -> Vec<&'a str> {
+    let mut values = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if w == flag {
+            if let Some(v) = words.get(i + 1) {
+                values.push(v.as_str());
+            }
+        } else if let Some(v) = w.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+            values.push(v);
+        }
+    }
+    values
+}
+
+/// The chart's default image: `image.repository` in values.yaml and `appVersion` in
+/// Chart.yaml, the tag an install without `image.tag` pulls.
+fn chart_image() -> (String, String) {
+    let values = read(Path::new("charts/kmseal/values.yaml"));
+    let image = values
+        .split("\nimage:\n")
+        .nth(1)
+        .expect("values.yaml has an image: block");
+    let repository = image
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("repository:"))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("image.repository in values.yaml")
+        .to_owned();
+    let chart = read(Path::new("charts/kmseal/Chart.yaml"));
+    let app_version = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .expect("appVersion in Chart.yaml")
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    (repository, app_version)
+}
+
+/// Every `helm install`/`helm upgrade` of charts/kmseal in `text`'s code blocks sets
+/// `image.repository` (the chart's default image is not published), and the block it is in
+/// pushes exactly the image it installs (`image.repository:image.tag`, the tag defaulting to
+/// `app_version`) and builds no other. Returns how many installs it found and what is wrong.
+fn install_problems(file: &str, text: &str, app_version: &str) -> (usize, Vec<String>) {
+    let mut found = 0;
+    let mut problems = Vec::new();
+    for (line, block) in code_blocks(text) {
+        let commands = commands(&block);
+        let mut pushed = Vec::new();
+        let mut built = Vec::new();
+        for words in &commands {
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            match words.as_slice() {
+                ["docker", "push", .., image] => pushed.push(image.to_string()),
+                ["docker", "build", ..] | ["docker", "buildx", "build", ..] => {
+                    let owned: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+                    let tags: Vec<String> = values_of(&owned, "-t")
+                        .into_iter()
+                        .chain(values_of(&owned, "--tag"))
+                        .map(str::to_owned)
+                        .collect();
+                    if words.contains(&"--push") {
+                        pushed.extend(tags.iter().cloned());
+                    }
+                    built.extend(tags);
+                }
+                _ => {}
+            }
+        }
+        for words in &commands {
+            let is_install = words.len() > 2
+                && words[0] == "helm"
+                && (words[1] == "install" || words[1] == "upgrade")
+                && words
+                    .iter()
+                    .any(|w| w.trim_start_matches("./").trim_end_matches('/') == "charts/kmseal");
+            if !is_install {
+                continue;
+            }
+            found += 1;
+            let mut sets = BTreeMap::new();
+            for value in values_of(words, "--set") {
+                // `a=b,c=d`; commas inside `{...}` belong to a list value.
+                let mut depth = 0;
+                let mut start = 0;
+                for (i, c) in value.char_indices().chain([(value.len(), ',')]) {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            if let Some((k, v)) = value[start..i].split_once('=') {
+                                sets.insert(k.to_owned(), v.to_owned());
+                            }
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let at = format!("{file}, the code block at line {line}");
+            let Some(repository) = sets.get("image.repository") else {
+                problems.push(format!(
+                    "{at}: `{} {}` of charts/kmseal sets no image.repository, so it pulls the chart's default image, which is not published: build and push one and set image.repository (and image.tag)",
+                    words[0], words[1]
+                ));
+                continue;
+            };
+            let tag = sets.get("image.tag").map_or(app_version, String::as_str);
+            let image = format!("{repository}:{tag}");
+            if !pushed.contains(&image) {
+                problems.push(format!(
+                    "{at}: installs {image}, but the block pushes {}",
+                    if pushed.is_empty() {
+                        "no image".to_owned()
+                    } else {
+                        pushed.join(", ")
+                    }
+                ));
+            }
+            for other in built.iter().filter(|b| **b != image) {
+                problems.push(format!("{at}: builds {other}, but installs {image}"));
+            }
+        }
+    }
+    (found, problems)
+}
+
+#[test]
+fn shell_snippets_are_split_into_commands() {
+    let script = "docker build -t r/i:1 . && docker push r/i:1   # then\n\
+                  helm install k ./charts/kmseal/ \\\n  --set 'kms.allowedKeys={a,b}' \\\n  --set=image.tag=1\n\
+                  kubectl get esec | grep x\n";
+    assert_eq!(
+        commands(script),
+        [
+            vec!["docker", "build", "-t", "r/i:1", "."],
+            vec!["docker", "push", "r/i:1"],
+            vec![
+                "helm",
+                "install",
+                "k",
+                "./charts/kmseal/",
+                "--set",
+                "kms.allowedKeys={a,b}",
+                "--set=image.tag=1"
+            ],
+            vec!["kubectl", "get", "esec"],
+            vec!["grep", "x"],
+        ]
+    );
+}
+
+/// What the install check refuses: no image.repository, an image pushed under another tag, a
+/// tag defaulting to appVersion that the block did not push.
+#[test]
+fn an_install_without_its_image_is_refused() {
+    let block = |body: &str| format!("text\n\n```sh\n{body}```\n");
+    let good = block(
+        "docker build -t reg/kc:0.2.0 . && docker push reg/kc:0.2.0\n\
+         helm install kmseal charts/kmseal --set image.repository=reg/kc --set image.tag=0.2.0\n",
+    );
+    assert_eq!(install_problems("x.md", &good, "0.1.0"), (1, vec![]));
+    let default_tag = block(
+        "docker buildx build --platform linux/amd64 -t reg/kc:0.1.0 --push .\n\
+         helm upgrade --install kmseal charts/kmseal --set image.repository=reg/kc,replicaCount=2\n",
+    );
+    assert_eq!(install_problems("x.md", &default_tag, "0.1.0"), (1, vec![]));
+
+    let (found, problems) = install_problems(
+        "x.md",
+        &block("helm install kmseal charts/kmseal -n kmseal --set serviceAccount.roleArn=r\n"),
+        "0.1.0",
+    );
+    assert_eq!(found, 1);
+    assert!(
+        problems[0].contains("sets no image.repository"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[0].contains("x.md, the code block at line 3"),
+        "{problems:?}"
+    );
+
+    let (_, problems) = install_problems(
+        "x.md",
+        &block(
+            "docker build -t reg/kc:0.1.0 . && docker push reg/kc:0.1.0\n\
+             helm install kmseal charts/kmseal --set image.repository=reg/kc --set image.tag=0.2.0\n",
+        ),
+        "0.1.0",
+    );
+    assert_eq!(
+        problems,
+        [
+            "x.md, the code block at line 3: installs reg/kc:0.2.0, but the block pushes reg/kc:0.1.0",
+            "x.md, the code block at line 3: builds reg/kc:0.1.0, but installs reg/kc:0.2.0",
+        ]
+    );
+}
+
+/// The install commands the docs give agree with the chart: each sets image.repository (the
+/// default is not published) and installs the image its block builds and pushes.
+#[test]
+fn every_documented_install_installs_the_image_it_pushes() {
+    let (default_repository, app_version) = chart_image();
+    assert!(!default_repository.is_empty() && !app_version.is_empty());
+    let mut found = BTreeMap::new();
+    let mut problems = Vec::new();
+    for file in doc_files() {
+        let name = file.display().to_string();
+        let (n, mut p) = install_problems(&name, &read(&file), &app_version);
+        found.insert(name, n);
+        problems.append(&mut p);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    for page in ["README.md", "docs/controller.md", "docs/aws.md"] {
+        assert!(
+            found[page] > 0,
+            "no helm install of charts/kmseal found in {page}"
+        );
+    }
+}
