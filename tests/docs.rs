@@ -687,6 +687,57 @@ fn install_problems(file: &str, text: &str, app_version: &str) -> (usize, Vec<St
     (found, problems)
 }
 
+/// The placeholder the pre-commit examples pin while no release is tagged.
+const REV_PLACEHOLDER: &str = "COMMIT-SHA";
+
+/// Every `rev:` line (in YAML or in a YAML comment) names a tag of this repository or the
+/// placeholder. Returns how many it found and what is wrong.
+fn rev_problems(file: &str, text: &str, tags: &BTreeSet<String>) -> (usize, Vec<String>) {
+    let mut found = 0;
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start().trim_start_matches('#').trim_start();
+        let Some(rev) = line.strip_prefix("rev:") else {
+            continue;
+        };
+        found += 1;
+        let rev = rev
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_matches(['"', '\'']);
+        if rev != REV_PLACEHOLDER && !tags.contains(rev) {
+            problems.push(format!(
+                "{file}:{}: rev: {rev} is not a tag of this repository (git tag -l lists {}); pin {REV_PLACEHOLDER} until a release is tagged",
+                n + 1,
+                if tags.is_empty() {
+                    "none".to_owned()
+                } else {
+                    tags.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+    }
+    (found, problems)
+}
+
+/// The repository's tags; none where git or the history is not there (a source archive).
+fn git_tags() -> BTreeSet<String> {
+    std::process::Command::new("git")
+        .args(["tag", "-l"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn shell_snippets_are_split_into_commands() {
     let script = "docker build -t r/i:1 . && docker push r/i:1   # then\n\
@@ -760,6 +811,20 @@ fn an_install_without_its_image_is_refused() {
     );
 }
 
+#[test]
+fn a_pre_commit_rev_must_be_a_tag_or_the_placeholder() {
+    let text = "repos:\n  - repo: https://github.com/kmseal/kmseal\n    rev: v0.1.0\n#   rev: COMMIT-SHA\n";
+    let (found, problems) = rev_problems("x.md", text, &BTreeSet::new());
+    assert_eq!(found, 2);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("x.md:3: rev: v0.1.0 is not a tag"),
+        "{problems:?}"
+    );
+    let tags = BTreeSet::from(["v0.1.0".to_owned()]);
+    assert_eq!(rev_problems("x.md", text, &tags), (2, vec![]));
+}
+
 /// The install commands the docs give agree with the chart: each sets image.repository (the
 /// default is not published) and installs the image its block builds and pushes.
 #[test]
@@ -781,4 +846,21 @@ fn every_documented_install_installs_the_image_it_pushes() {
             "no helm install of charts/kmseal found in {page}"
         );
     }
+}
+
+/// The pre-commit examples pin a tag that exists, or, while none does, the placeholder.
+#[test]
+fn every_pre_commit_rev_exists() {
+    let tags = git_tags();
+    let mut found = 0;
+    let mut problems = Vec::new();
+    let mut files = doc_files();
+    files.push(PathBuf::from(".pre-commit-hooks.yaml"));
+    for file in files {
+        let (n, mut p) = rev_problems(&file.display().to_string(), &read(&file), &tags);
+        found += n;
+        problems.append(&mut p);
+    }
+    assert!(found > 0, "no pre-commit example found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
