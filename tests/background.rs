@@ -2,8 +2,8 @@
 //! cache that run beside the reconciles. Each test is an attack a tenant who may only create
 //! EncryptedSecrets in their own namespace made against the controller (the runtime over the
 //! fake API server, or the reconciler over the in-memory cluster; the in-memory KMS; paused
-//! time). What it costs others is recorded from the KMS requests, not guessed; the figures the
-//! README gives come from the lines these tests print.
+//! time). What it costs others is recorded from the KMS requests, not guessed; the figures
+//! docs/multi-tenancy.md gives come from the lines these tests print.
 
 mod common;
 #[path = "common/fake_api.rs"]

@@ -1,6 +1,6 @@
 //! Integrations kept in the repository: the Argo CD health check, run by Lua 5.1 (Argo CD's
 //! gopher-lua is a Lua 5.1) against objects whose statuses the controller's own status logic
-//! wrote, and its copy in the README.
+//! wrote, and its copy in docs/controller.md.
 
 mod common;
 
@@ -143,14 +143,15 @@ fn the_argo_cd_health_check_reads_the_controllers_status() {
     }
 }
 
-/// The README's Argo CD snippet is the script, verbatim.
+/// The Argo CD snippet in docs/controller.md is the script, verbatim.
 #[test]
-fn the_readme_carries_the_health_check_verbatim() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+fn the_docs_carry_the_health_check_verbatim() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/controller.md"))
+            .unwrap();
     let script = std::fs::read_to_string(health_script()).unwrap();
     let key = "resource.customizations.health.kmseal.dev_EncryptedSecret: |\n";
-    let start = readme.find(key).expect("the argocd-cm snippet") + key.len();
+    let start = doc.find(key).expect("the argocd-cm snippet") + key.len();
     let indented: String = script
         .lines()
         .map(|l| {
@@ -162,7 +163,7 @@ fn the_readme_carries_the_health_check_verbatim() {
         })
         .collect();
     assert!(
-        readme[start..].starts_with(&indented),
-        "README's snippet differs from integrations/argocd/encryptedsecret-health.lua"
+        doc[start..].starts_with(&indented),
+        "the snippet in docs/controller.md differs from integrations/argocd/encryptedsecret-health.lua"
     );
 }

@@ -670,10 +670,10 @@ async fn a_revoked_key_turns_the_object_not_ready_and_keeps_the_secret() {
     assert_eq!(kms.decrypts(), 1);
 }
 
-/// The README's `aws kms encrypt` command, exactly, through the controller: the value opens for
+/// The `aws kms encrypt` command of docs/cli.md, exactly, through the controller: the value opens for
 /// its namespace, name and item, with the key named in `spec.keyId` and allowed by the policy.
 #[tokio::test]
-async fn the_readme_aws_kms_encrypt_command_works_through_the_controller() {
+async fn the_documented_aws_kms_encrypt_command_works_through_the_controller() {
     let Some(emu) = common::moto() else { return };
     let Ok(aws_cli) = std::env::var("KMSEAL_TEST_AWS_CLI") else {
         assert!(std::env::var_os("KMSEAL_REQUIRE_EMULATORS").is_none());
@@ -683,13 +683,13 @@ async fn the_readme_aws_kms_encrypt_command_works_through_the_controller() {
     let admin = common::admin(&emu.url, REGION).await;
     let key = common::create_symmetric_key(&admin).await;
     let dir = tempfile::tempdir().unwrap();
-    let plaintext = common::temp_file(&dir, "password.txt", b"from-the-readme");
-    let readme = include_str!("../README.md");
+    let plaintext = common::temp_file(&dir, "password.txt", b"from-the-docs");
+    let doc = include_str!("../docs/cli.md");
     assert!(
-        readme.contains(
+        doc.contains(
             "--encryption-context kmseal.dev/namespace=prod,kmseal.dev/name=db-credentials,kmseal.dev/item=password"
         ),
-        "the README shows the command this test runs"
+        "docs/cli.md shows the command this test runs"
     );
     let out = std::process::Command::new(aws_cli)
         .args(["kms", "encrypt", "--key-id", &key])
@@ -713,7 +713,7 @@ async fn the_readme_aws_kms_encrypt_command_works_through_the_controller() {
     es.spec.key_id = Some(key.clone());
     assert_eq!(step(&r, &es).await, Reconciled::Applied);
     let secret = r.api().secret("prod", "db-credentials").unwrap();
-    assert_eq!(secret.data.unwrap()["password"].0, b"from-the-readme");
+    assert_eq!(secret.data.unwrap()["password"].0, b"from-the-docs");
     assert_eq!(kms.decrypts(), 1);
     // Without spec.keyId it is refused before KMS.
     es.spec.key_id = None;

@@ -1,6 +1,6 @@
 //! The crate's layout stays readable: dependencies between its top-level modules run one way
-//! (no cycle), and the README's layout table lists every module once and nothing that is not
-//! there.
+//! (no cycle), and the layout table in docs/development.md lists every module once and nothing
+//! that is not there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -133,15 +133,15 @@ fn the_checker_finds_a_cycle_when_there_is_one() {
     );
 }
 
-/// The rows of the README's layout table (the table under "## Development"): for each, the
-/// top-level modules of `src/` its first column names (`src/cli.rs` and `src/cli/` are one).
+/// The rows of the layout table (the table under "# Development" in docs/development.md): for
+/// each, the top-level modules of `src/` its first column names (`src/cli.rs` and `src/cli/`
+/// are one).
 fn layout_rows() -> Vec<BTreeSet<String>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let section = readme
-        .split("\n## Development")
-        .nth(1)
-        .expect("a Development section");
+    let page = std::fs::read_to_string(root.join("docs/development.md")).unwrap();
+    let section = page
+        .strip_prefix("# Development\n")
+        .expect("docs/development.md starts with its Development heading");
     let rows: Vec<&str> = section
         .lines()
         .skip_while(|l| !l.starts_with("| path |"))
@@ -157,7 +157,7 @@ fn layout_rows() -> Vec<BTreeSet<String>> {
         for path in first.split('`').skip(1).step_by(2) {
             assert!(
                 root.join(path.trim_end_matches('/')).exists(),
-                "the README lists {path}, which does not exist"
+                "docs/development.md lists {path}, which does not exist"
             );
             if let Some(module) = path.strip_prefix("src/") {
                 let module = module.trim_end_matches('/');
@@ -172,10 +172,10 @@ fn layout_rows() -> Vec<BTreeSet<String>> {
     out
 }
 
-/// Every path in the README's layout table exists, and every top-level module of `src/` is in
+/// Every path in the layout table exists, and every top-level module of `src/` is in
 /// it exactly once.
 #[test]
-fn the_readme_layout_table_matches_the_tree() {
+fn the_layout_table_matches_the_tree() {
     let mut listed: BTreeMap<String, usize> = BTreeMap::new();
     for row in layout_rows() {
         for module in row {
@@ -196,7 +196,7 @@ fn the_readme_layout_table_matches_the_tree() {
         .collect();
     assert!(
         missing.is_empty(),
-        "modules missing from the README's table: {missing:?}"
+        "modules missing from the table in docs/development.md: {missing:?}"
     );
     let twice: Vec<_> = listed.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "listed more than once: {twice:?}");
@@ -205,7 +205,7 @@ fn the_readme_layout_table_matches_the_tree() {
 /// The table is in layer order: a module uses only modules in its own row or the rows above,
 /// and the CLI and the controller, the two tops, do not use each other.
 #[test]
-fn the_readme_layout_table_is_in_layer_order() {
+fn the_layout_table_is_in_layer_order() {
     let graph = graph();
     let rows = layout_rows();
     let row_of = |m: &str| rows.iter().position(|r| r.contains(m));
