@@ -175,4 +175,4 @@ if kubectl get secret -n dev db-credentials >/dev/null 2>&1; then
     exit 1
 fi
 
-step "Done in $(($(date +%s) - started)) s; stopping the controller, the control plane and the KMS. Next: README.md (install on EKS, the key policy, rotation)"
+step "Done in $(($(date +%s) - started)) s; stopping the controller, the control plane and the KMS. Next: docs/aws.md (install on EKS), docs/multi-tenancy.md (the key policy), docs/rotation.md"

@@ -1,5 +1,7 @@
-//! `kmseal-controller` flags. Every flag has a matching environment variable, so the Helm chart
-//! and a local run configure it the same way.
+//! `kmseal-controller` flags. Nearly every flag has a matching environment variable, so the
+//! Helm chart and a local run configure it the same way; the AWS SDK's own variables
+//! (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_PROFILE`) stand in for `--region`, `--endpoint` and
+//! `--profile`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,8 +46,8 @@ pub struct ControllerArgs {
     )]
     pub allowed_keys: Vec<String>,
 
-    /// A key policy file: which namespaces may use which keys (see README: multi-tenant
-    /// clusters). Re-read when it changes.
+    /// A key policy file: which namespaces may use which keys (see docs/multi-tenancy.md).
+    /// Re-read when it changes.
     #[arg(long, env = "KMSEAL_KEY_POLICY", value_name = "FILE")]
     pub key_policy: Option<PathBuf>,
 
@@ -160,7 +162,7 @@ pub struct ControllerArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no KMS key is allowed: set --allowed-keys (KMSEAL_ALLOWED_KEYS) to the key ARNs, alias ARNs or mrk- ids the controller may decrypt with, or --key-policy FILE to say which namespaces may use which key; --allow-any-key allows every key, for single-tenant clusters only (see README: multi-tenant clusters)"
+        "no KMS key is allowed: set --allowed-keys (KMSEAL_ALLOWED_KEYS) to the key ARNs, alias ARNs or mrk- ids the controller may decrypt with, or --key-policy FILE to say which namespaces may use which key; --allow-any-key allows every key, for single-tenant clusters only (see docs/multi-tenancy.md)"
     )]
     NoKeysAllowed,
     #[error("{0}")]

@@ -174,7 +174,7 @@ pub enum PolicyError {
         pending: Pending,
     },
     #[error(
-        "plain KMS ciphertext items must name their key in spec.keyId; set it to the key the value was encrypted with (see README: values from aws kms encrypt)"
+        "plain KMS ciphertext items must name their key in spec.keyId; set it to the key the value was encrypted with (see docs/cli.md: values from aws kms encrypt)"
     )]
     PlainKeyIdMissing,
     #[error(
@@ -321,7 +321,7 @@ impl KeyPolicy {
         let file: PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
             let problem = crate::yaml::problem(&e);
             PolicyError::Invalid(format!(
-                "the key policy is not valid{problem}; it must say apiVersion: {POLICY_API_VERSION}, kind: {POLICY_KIND}, and keys: a list of {{key, namespaces}} (see README: multi-tenant clusters)"
+                "the key policy is not valid{problem}; it must say apiVersion: {POLICY_API_VERSION}, kind: {POLICY_KIND}, and keys: a list of {{key, namespaces}} (see docs/multi-tenancy.md)"
             ))
         })?;
         if file.api_version != POLICY_API_VERSION || file.kind != POLICY_KIND {

@@ -257,7 +257,7 @@ pub fn verdict(
                     "; kmseal only reports this (spec.rotation.policy: Report)".to_owned()
                 }
                 PolicySource::GitOps(marker, tool) => format!(
-                    "; kmseal only reports this, as {tool} applies this object ({marker}) and would set re-wrapped values back; set spec.rotation.policy: Rewrap to let kmseal re-wrap them (see README on GitOps)"
+                    "; kmseal only reports this, as {tool} applies this object ({marker}) and would set re-wrapped values back; set spec.rotation.policy: Rewrap to let kmseal re-wrap them (see docs/rotation.md)"
                 ),
                 PolicySource::Default => {
                     "; kmseal only reports this (--rotation-policy Report)".to_owned()

@@ -419,7 +419,7 @@ impl KmsError {
             format!(" (KMS said: {})", self.detail)
         };
         match self.kind {
-            KmsErrorKind::AccessDenied => (format!("KMS denied {action} on key {key}{region}{detail}; grant {action} to the role kmseal runs as, in the key policy or its IAM policy (see README#iam)"), format!(
+            KmsErrorKind::AccessDenied => (format!("KMS denied {action} on key {key}{region}{detail}; grant {action} to the role kmseal runs as, in the key policy or its IAM policy (see docs/aws.md#iam)"), format!(
                 "the controller is not allowed {action} with KMS key {key}; ask your platform team to grant it in the key policy (the controller's log has the details)"
             )),
             KmsErrorKind::KeyNotFound => (format!("KMS key {key} was not found{region}{detail}; check the key id or alias and the region (--region or AWS_REGION; a key ARN selects its own region)"), format!(
