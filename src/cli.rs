@@ -26,6 +26,7 @@ use crate::seal::{OfflineKey, PlainSecret, Wrapper};
 mod files;
 mod keys;
 mod pubkey;
+mod repo;
 mod rewrap;
 mod seal;
 mod unseal;
@@ -35,9 +36,10 @@ use files::*;
 pub use files::{EncryptedInput, ManifestPaths};
 pub use keys::KeysArgs;
 pub use pubkey::{PubkeyArgs, parse_public_key, read_public_key};
+pub use repo::RepoArgs;
 pub use rewrap::RewrapArgs;
 pub use seal::SealArgs;
-use seal::{NO_KEY, seal_command};
+use seal::seal_command;
 pub use unseal::UnsealArgs;
 use validate::validate_command;
 pub use validate::{ReportFormat, ValidateArgs};
@@ -129,14 +131,9 @@ pub enum Command {
 }
 
 impl Command {
-    /// Argument checks that need no I/O, done before any AWS configuration is loaded.
+    /// Argument checks that need no I/O, done before any AWS configuration is loaded. (Which
+    /// key `seal` uses can depend on the repository config, so that is checked later.)
     fn check(&self) -> Result<(), CliError> {
-        if let Command::Seal(args) = self
-            && args.public_key.is_none()
-            && args.key.is_none()
-        {
-            return Err(usage(NO_KEY));
-        }
         Ok(())
     }
 
@@ -318,14 +315,7 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
                 )?),
                 None => None,
             };
-            match &offline {
-                Some(key) => seal_command(&Wrapper::<K>::Offline(key), args, io).await,
-                None => {
-                    let key_id = args.key.as_deref().ok_or_else(|| usage(NO_KEY))?;
-                    let kms = need_kms()?;
-                    seal_command(&Wrapper::Kms { kms, key_id }, args, io).await
-                }
-            }
+            seal_command(kms, offline.as_ref(), args, io).await
         }
         Command::Verify(args) => verify::verify(need_kms()?, args, io).await,
         Command::Validate(args) => validate_command(args, io),

@@ -20,6 +20,7 @@ pub mod plugin_completion;
 pub mod policy;
 pub mod random;
 pub mod reconcile;
+pub mod repo_config;
 pub mod rotation;
 pub mod seal;
 pub mod server;

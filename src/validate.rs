@@ -33,6 +33,7 @@ use crate::manifest::{self, ManifestError};
 use crate::open::{self, ItemFormat, OpenError, Rules};
 use crate::policy::{KeyPolicy, POLICY_API_VERSION, POLICY_KIND, PolicyError, SecretTypes};
 use crate::reconcile;
+use crate::repo_config::{self, RepoConfig};
 use crate::seal::MAX_SECRET_DATA_LEN;
 
 /// How bad a finding is: errors fail the check, warnings are told.
@@ -104,6 +105,19 @@ pub struct Options<'a> {
     pub namespace: Option<&'a str>,
     /// Plain Secrets with data are reported as warnings rather than errors.
     pub allow_plain_secrets: bool,
+    /// The repository config's rules for the file being checked, if it has a config.
+    pub repo: Option<RepoRules<'a>>,
+}
+
+/// A file's place under a repository config (`.kmseal.yaml`): its rules say which key its
+/// values must be under.
+#[derive(Clone, Copy)]
+pub struct RepoRules<'a> {
+    pub config: &'a RepoConfig,
+    /// The file's path relative to the config's directory.
+    pub path: &'a str,
+    /// The config file, as shown in messages.
+    pub shown: &'a str,
 }
 
 /// Where an object was found.
@@ -524,8 +538,70 @@ fn check_encrypted(
             ),
         );
     }
+    if let Some(repo) = options.repo {
+        check_repo_rule(&es, namespace, repo, &mut push);
+    }
     let identity = (namespace.unwrap_or("").to_owned(), name);
     (findings, Some(identity))
+}
+
+/// A value under another key than the repository config's rule for its file says is an error,
+/// as is a `spec.keyId` that names another: as far as can be told offline (an alias on either
+/// side cannot be followed; `kmseal keys` and `verify` can).
+fn check_repo_rule(
+    es: &EncryptedSecret,
+    namespace: Option<&str>,
+    repo: RepoRules<'_>,
+    push: &mut impl FnMut(Option<&str>, Severity, &'static str, String),
+) {
+    let Some(rule) = repo.config.rule_for(repo.path, namespace) else {
+        return;
+    };
+    let Some(want) = rule.key.as_deref() else {
+        return;
+    };
+    let fix = "seal them again under it (or run kmseal rewrap once spec.keyId names it), or change the rule";
+    let key_id = es
+        .spec
+        .key_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    if let Some(key_id) = key_id
+        && repo_config::same_key(want, key_id) == Some(false)
+    {
+        push(
+            None,
+            Severity::Error,
+            "key_not_the_rules",
+            format!(
+                "spec.keyId is {}, but {} of {} says key {want} for this file; {fix}",
+                crate::text::bounded(key_id, 200),
+                rule.shown(),
+                repo.shown
+            ),
+        );
+        return;
+    }
+    for (item, value) in &es.spec.encrypted_data {
+        let Ok(open::Decoded::Envelope(envelope)) = open::decode_item(value) else {
+            continue;
+        };
+        let have = &envelope.header.key_arn;
+        if repo_config::same_key(want, have) == Some(false) {
+            push(
+                Some(item),
+                Severity::Error,
+                "key_not_the_rules",
+                format!(
+                    "sealed under key {}, but {} of {} says key {want} for this file; {fix}",
+                    crate::text::bounded(have, 200),
+                    rule.shown(),
+                    repo.shown
+                ),
+            );
+        }
+    }
 }
 
 /// A finding about a whole file.

@@ -1957,3 +1957,140 @@ async fn yaml_syntax_errors_say_what_is_wrong_without_quoting_it() {
         }
     }
 }
+
+/// A commented repository file round-trips through every command that edits files in place:
+/// `seal --merge-into` (one document of two) and `rewrap` (after a key rotation), with LF and
+/// CRLF line ends, block and flow style, comments between items, at line ends and at the end.
+/// With each value replaced by a placeholder, the file reads the same before and after, but
+/// for the one line the merge adds.
+#[tokio::test]
+async fn a_commented_file_round_trips_through_every_editing_command() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let seal_one = |name: &'static str, items: &'static [&'static str]| {
+        let kms = &kms;
+        let key = key.clone();
+        async move {
+            let mut args = vec![
+                "seal".to_owned(),
+                "--key".to_owned(),
+                key,
+                "--name".to_owned(),
+                name.to_owned(),
+                "-n".to_owned(),
+                "prod".to_owned(),
+            ];
+            for item in items {
+                args.extend(["--from-literal".to_owned(), format!("{item}=v-{item}")]);
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run(kms, &argv, "").await;
+            assert_eq!(out.code, EXIT_OK, "{}", out.stderr);
+            let es: serde_json::Value = serde_saphyr::from_str(&out.stdout).unwrap();
+            (out.stdout, es)
+        }
+    };
+    let (block, _) = seal_one("db", &["password", "username"]).await;
+    let (_, flow) = seal_one("api", &["a", "b"]).await;
+    let value = |es: &serde_json::Value, item: &str| {
+        es["spec"]["encryptedData"][item]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Document 1 as written by seal, commented by hand; document 2 in flow style.
+    let mut rich = String::from("# prod secrets: edit with kmseal seal --merge-into\n\n");
+    for line in block.lines() {
+        if line.trim_start().starts_with("username:") {
+            rich.push_str("    # who the app logs in as\n\n");
+        }
+        rich.push_str(line);
+        if line.trim_start().starts_with("password:") {
+            rich.push_str("   # rotated monthly");
+        }
+        rich.push('\n');
+    }
+    rich.push_str(&format!(
+        "---\n# the API's keys\napiVersion: kmseal.dev/v1alpha1\nkind: EncryptedSecret\nmetadata: {{name: api, namespace: prod}}  # flow style\nspec:\n  keyId: {key}\n  encryptedData: {{a: \"{}\", b: '{}'}}  # two on one line\n# end of file\n",
+        value(&flow, "a"),
+        value(&flow, "b")
+    ));
+    // Every base64 string of a sealed value's length as one placeholder.
+    let shape = |text: &str| -> Vec<String> {
+        text.split('\n')
+            .map(|line| {
+                line.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c)))
+                    .filter(|w| w.len() > 60)
+                    .fold(line.to_owned(), |l, w| l.replace(w, "VALUE"))
+            })
+            .collect()
+    };
+    for eol in ["\n", "\r\n"] {
+        let before = rich.replace('\n', eol);
+        let dir = tempfile::tempdir().unwrap();
+        let file = common::temp_file(&dir, "prod.yaml", before.as_bytes());
+        let path = file.to_str().unwrap();
+        let merged = run(
+            &kms,
+            &[
+                "seal",
+                "--key",
+                &key,
+                "--name",
+                "db",
+                "--from-literal",
+                "password=n3w",
+                "--from-literal",
+                "token=t0k",
+                "--merge-into",
+                path,
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(merged.code, EXIT_OK, "{}", merged.stderr);
+        let after_merge = std::fs::read_to_string(&file).unwrap();
+        let mut expected = shape(&before);
+        let username = expected
+            .iter()
+            .position(|l| l.contains("username:"))
+            .unwrap();
+        expected.insert(
+            username + 1,
+            format!("    token: VALUE{}", eol.trim_end_matches('\n')),
+        );
+        assert_eq!(shape(&after_merge), expected, "{after_merge:?}");
+        let tail = &before[before.find("---").unwrap()..];
+        assert!(
+            after_merge.ends_with(tail),
+            "the other document is byte-identical"
+        );
+
+        kms.rotate_key(&key, 1_800_000_000);
+        let rewrapped = run(&kms, &["rewrap", path], "").await;
+        assert_eq!(
+            rewrapped.code, EXIT_OK,
+            "{}{}",
+            rewrapped.stdout, rewrapped.stderr
+        );
+        assert!(
+            rewrapped.stdout.contains("5 rewrapped"),
+            "{}",
+            rewrapped.stdout
+        );
+        let after_rewrap = std::fs::read_to_string(&file).unwrap();
+        assert_ne!(after_rewrap, after_merge);
+        assert_eq!(shape(&after_rewrap), expected, "{after_rewrap:?}");
+        if eol == "\n" {
+            assert!(!after_rewrap.contains('\r'));
+        } else {
+            assert!(!after_rewrap.replace("\r\n", "").contains('\n'));
+        }
+        let verified = run(&kms, &["verify"], &after_rewrap).await;
+        assert!(
+            verified.stdout.contains("5 ok, 0 failed"),
+            "{}",
+            verified.stdout
+        );
+    }
+}

@@ -38,6 +38,8 @@ pub struct KeysArgs {
     )]
     pub output: ReportFormat,
     #[command(flatten)]
+    pub repo: super::RepoArgs,
+    #[command(flatten)]
     pub aws: AwsArgs,
 }
 
@@ -95,10 +97,13 @@ pub async fn keys<K: Kms>(
     let mut by_key: BTreeMap<String, KeyUse> = BTreeMap::new();
     // (key ARN of the values, the key they should be under, the header) for staleness.
     let mut headers = Vec::new();
+    let mut configs = super::repo::Configs::new(&args.repo)?;
     for path in paths {
         let files =
             files_of(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         for file in files {
+            // A config that cannot be read fails the run, even for a file it would not matter to.
+            configs.place_of(&file)?;
             let (bytes, size) = read_capped(&file, io.stdin)
                 .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
             let Ok(documents) = manifest_text(bytes, size)
@@ -118,7 +123,21 @@ pub async fn keys<K: Kms>(
                     es.metadata.namespace.clone().unwrap_or_default(),
                     es.metadata.name.clone().unwrap_or_default(),
                 );
-                let desired = es.spec.key_id.clone().filter(|k| !k.trim().is_empty());
+                // Where the values should be: spec.keyId, else the repository config's key.
+                let rule_key = match configs.rule_for(
+                    &file,
+                    es.metadata.namespace.as_deref().filter(|n| !n.is_empty()),
+                    io,
+                )? {
+                    Some(applied) => applied.rule.key,
+                    None => None,
+                };
+                let desired = es
+                    .spec
+                    .key_id
+                    .clone()
+                    .filter(|k| !k.trim().is_empty())
+                    .or(rule_key);
                 for value in es.spec.encrypted_data.values() {
                     let envelope = match open::decode_item(value) {
                         Ok(Decoded::Envelope(envelope)) => envelope,

@@ -41,6 +41,8 @@ pub struct RewrapArgs {
     #[arg(long)]
     pub check: bool,
     #[command(flatten)]
+    pub repo: super::RepoArgs,
+    #[command(flatten)]
     pub aws: AwsArgs,
 }
 
@@ -101,6 +103,7 @@ type Plaintexts = BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>;
 
 struct Run<'r, 'k, 'io, K> {
     facts: Facts<'k, K>,
+    configs: super::repo::Configs,
     tally: Tally,
     args: &'r RewrapArgs,
     io: &'r mut Io<'io>,
@@ -117,6 +120,7 @@ pub async fn rewrap<K: Kms>(kms: &K, args: &RewrapArgs, io: &mut Io<'_>) -> Resu
     }
     let mut run = Run {
         facts: Facts::new(kms),
+        configs: super::repo::Configs::new(&args.repo)?,
         tally: Tally::default(),
         args,
         io,
@@ -151,6 +155,8 @@ pub async fn rewrap<K: Kms>(kms: &K, args: &RewrapArgs, io: &mut Io<'_>) -> Resu
 impl<K: Kms> Run<'_, '_, '_, K> {
     async fn file(&mut self, path: &Path) -> Result<(), CliError> {
         let shown = path.display().to_string();
+        // A config that cannot be read fails the run, even for a file it would not matter to.
+        self.configs.place_of(path)?;
         let (bytes, size) = read_capped(path, self.io.stdin)
             .map_err(|e| fail(format!("cannot read {shown}: {e}")))?;
         let text = match manifest_text(bytes, size)
@@ -166,7 +172,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
         let mut replacements: Vec<(String, String)> = Vec::new();
         for document in documents {
             match serde_json::from_value::<EncryptedSecret>(document) {
-                Ok(es) => self.object(&shown, &es, &mut replacements).await?,
+                Ok(es) => self.object(path, &shown, &es, &mut replacements).await?,
                 Err(_) => {
                     self.tally.failed += 1;
                     writeln!(
@@ -195,6 +201,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
 
     async fn object(
         &mut self,
+        path: &Path,
         file: &str,
         es: &EncryptedSecret,
         replacements: &mut Vec<(String, String)>,
@@ -212,14 +219,32 @@ impl<K: Kms> Run<'_, '_, '_, K> {
         } else {
             format!("{namespace}/{name}")
         };
-        let desired_id = es
+        let applied = self.configs.rule_for(
+            path,
+            Some(namespace.as_str()).filter(|n| !n.is_empty()),
+            self.io,
+        )?;
+        let rule_key = applied.as_ref().and_then(|a| a.rule.key.clone());
+        let spec_key = es
             .spec
             .key_id
             .as_deref()
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .map(str::to_owned)
-            .or_else(|| self.args.key.clone());
+            .map(str::to_owned);
+        if let (Some(spec), Some(want), Some(applied)) = (&spec_key, &rule_key, &applied)
+            && crate::repo_config::same_key(want, spec) == Some(false)
+        {
+            self.tally.failed += 1;
+            writeln!(
+                self.io.stdout,
+                "FAILED  {file}: {object}: spec.keyId is {spec}, but {} of {} says key {want}; set spec.keyId to {want} and run kmseal rewrap again to move the values there, or change the rule",
+                applied.rule.shown(),
+                applied.config.shown
+            )?;
+            return Ok(());
+        }
+        let desired_id = spec_key.or_else(|| self.args.key.clone()).or(rule_key);
         let mut groups: Vec<RewrapGroup<(String, String, Box<Envelope>)>> = Vec::new();
         let mut upgrades: Vec<(String, String, Stale)> = Vec::new();
         for (item, value) in &es.spec.encrypted_data {

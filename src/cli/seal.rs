@@ -1,6 +1,7 @@
 //! `kmseal seal`: a Secret (a manifest, or literals and files) into an EncryptedSecret, or
 //! items added to a sealed file in place (`--merge-into`).
 
+use super::repo::Applied;
 use super::*;
 
 #[derive(Debug, Args)]
@@ -89,6 +90,8 @@ pub struct SealArgs {
     #[arg(long, value_name = "KEY", requires = "raw", help_heading = "Output")]
     pub item: Option<String>,
     #[command(flatten)]
+    pub repo: super::RepoArgs,
+    #[command(flatten)]
     pub aws: AwsArgs,
 }
 
@@ -127,8 +130,68 @@ impl clap::builder::TypedValueParser for ScopeParser {
     }
 }
 
-pub(super) const NO_KEY: &str =
-    "no key: pass --key (a KMS key id, ARN or alias), set KMSEAL_KEY, or use --public-key";
+pub(super) const NO_KEY: &str = "no key: pass --key (a KMS key id, ARN or alias), add a rule with a key to .kmseal.yaml, set KMSEAL_KEY, or use --public-key";
+
+/// What seals: the offline public key, or KMS under the key the command line, the repository
+/// config's rule or KMSEAL_KEY names, in that order.
+struct KeyChoice<'a, K> {
+    kms: Option<&'a K>,
+    offline: Option<&'a OfflineKey>,
+    args: &'a SealArgs,
+}
+
+impl<'a, K: Kms> KeyChoice<'a, K> {
+    fn command_line_key(&self) -> Option<&'a str> {
+        self.args.key.as_deref().filter(|_| !self.args.key_from_env)
+    }
+
+    fn wrapper<'w>(&self, applied: Option<&'w Applied>) -> Result<Wrapper<'w, K>, CliError>
+    where
+        'a: 'w,
+    {
+        let rule_key = applied.and_then(|a| a.rule.key.as_deref());
+        if let Some(offline) = self.offline {
+            if let (Some(want), None, Some(applied)) = (rule_key, self.command_line_key(), applied)
+                && crate::repo_config::same_key(want, &offline.key_arn) == Some(false)
+            {
+                return Err(usage(format!(
+                    "the public key file is for {}, but {} of {} says key {want}; save that key's public key with kmseal pubkey, or pass --key to override the rule",
+                    offline.key_arn,
+                    applied.rule.shown(),
+                    applied.config.shown
+                )));
+            }
+            return Ok(Wrapper::Offline(offline));
+        }
+        let key_id = self
+            .command_line_key()
+            .or(rule_key)
+            .or(self.args.key.as_deref())
+            .ok_or_else(|| usage(NO_KEY))?;
+        let kms = self
+            .kms
+            .ok_or_else(|| fail("this command needs KMS access"))?;
+        Ok(Wrapper::Kms { kms, key_id })
+    }
+
+    /// `--scope`, else the rule's, else strict.
+    fn scope(&self, applied: Option<&Applied>) -> Scope {
+        self.args
+            .scope
+            .or(applied.and_then(|a| a.rule.scope))
+            .unwrap_or(Scope::Strict)
+    }
+}
+
+/// The file the repository config's rules are matched against: the one written, else the one
+/// read, else `-` in the current directory.
+fn rule_target(args: &SealArgs) -> PathBuf {
+    args.merge_into
+        .clone()
+        .or_else(|| args.write.clone())
+        .or_else(|| args.file.clone().filter(|f| f.as_path() != Path::new("-")))
+        .unwrap_or_else(|| PathBuf::from("-"))
+}
 
 /// `-n` and `--name` fill in what a manifest leaves out; where it says otherwise, they conflict
 /// and nothing is sealed (as `kubectl apply -n` refuses a manifest of another namespace):
@@ -295,12 +358,18 @@ pub(super) fn insert_item(
 }
 
 pub(super) async fn seal_command<K: Kms>(
-    wrapper: &Wrapper<'_, K>,
+    kms: Option<&K>,
+    offline: Option<&OfflineKey>,
     args: &SealArgs,
     io: &mut Io<'_>,
 ) -> Result<i32, CliError> {
+    let keys = KeyChoice { kms, offline, args };
+    let mut configs = super::repo::Configs::new(&args.repo)?;
+    let rule_path = rule_target(args);
     if args.raw {
-        return seal_raw(wrapper, args, io).await;
+        let applied = configs.rule_for(&rule_path, args.namespace.as_deref(), io)?;
+        let wrapper = keys.wrapper(applied.as_ref())?;
+        return seal_raw(&wrapper, keys.scope(applied.as_ref()), args, io).await;
     }
     let from_flags = !args.literals.is_empty() || !args.files.is_empty();
     if from_flags && args.file.is_some() {
@@ -359,9 +428,16 @@ pub(super) async fn seal_command<K: Kms>(
                 target.path.display()
             )));
         }
+        let namespace = existing
+            .metadata
+            .namespace
+            .as_deref()
+            .or(args.namespace.as_deref());
+        let applied = configs.rule_for(&rule_path, namespace, io)?;
+        let wrapper = keys.wrapper(applied.as_ref())?;
         // The file's headers are not authenticated until KMS opens them: they never choose
         // the scope. A mismatch is refused rather than mixing scopes in one object.
-        let scope = args.scope.unwrap_or(Scope::Strict);
+        let scope = keys.scope(applied.as_ref());
         if let Some(theirs) = open::common_scope(existing)
             && theirs != scope
         {
@@ -371,7 +447,7 @@ pub(super) async fn seal_command<K: Kms>(
             )));
         }
         let merged = crate::seal::merge_into(
-            wrapper,
+            &wrapper,
             existing.clone(),
             secret,
             scope,
@@ -396,8 +472,17 @@ pub(super) async fn seal_command<K: Kms>(
     }
     let mut sealed = Vec::with_capacity(secrets.len());
     for secret in &secrets {
-        let scope = args.scope.unwrap_or(Scope::Strict);
-        sealed.push(crate::seal::seal_secret(wrapper, secret, scope, &mut io.rng, io.now).await?);
+        let applied = configs.rule_for(&rule_path, secret.namespace.as_deref(), io)?;
+        let wrapper = keys.wrapper(applied.as_ref())?;
+        let scope = keys.scope(applied.as_ref());
+        let mut object =
+            crate::seal::seal_secret(&wrapper, secret, scope, &mut io.rng, io.now).await?;
+        if let Some(policy) = applied.as_ref().and_then(|a| a.rule.rotation) {
+            object.spec.rotation = Some(crate::api::RotationSpec {
+                policy: Some(policy),
+            });
+        }
+        sealed.push(object);
     }
     let out = manifest::write(&sealed, args.output).map_err(fail)?;
     match &args.write {
@@ -410,6 +495,7 @@ pub(super) async fn seal_command<K: Kms>(
 /// `seal --raw`: one value from stdin, sealed for `--item` of `-n`/`--name`, printed alone.
 async fn seal_raw<K: Kms>(
     wrapper: &Wrapper<'_, K>,
+    scope: Scope,
     args: &SealArgs,
     io: &mut Io<'_>,
 ) -> Result<i32, CliError> {
@@ -445,7 +531,6 @@ async fn seal_raw<K: Kms>(
         data,
         ..PlainSecret::default()
     };
-    let scope = args.scope.unwrap_or(Scope::Strict);
     let sealed = crate::seal::seal_secret(wrapper, &secret, scope, &mut io.rng, io.now).await?;
     let sealed_value = sealed
         .spec

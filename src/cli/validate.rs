@@ -49,6 +49,8 @@ pub struct ValidateArgs {
         help_heading = "Output"
     )]
     pub output: ReportFormat,
+    #[command(flatten)]
+    pub repo: super::RepoArgs,
 }
 
 /// How `validate` prints its findings.
@@ -99,7 +101,9 @@ pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i
         types: &types,
         namespace: args.namespace.as_deref(),
         allow_plain_secrets: args.allow_plain_secrets,
+        repo: None,
     };
+    let mut configs = super::repo::Configs::new(&args.repo)?;
     let mut validator = Validator::new();
     let mut incomplete = false;
     for path in paths {
@@ -137,7 +141,20 @@ pub(super) fn validate_command(args: &ValidateArgs, io: &mut Io<'_>) -> Result<i
             }
             match read_capped(&file, io.stdin) {
                 Ok((bytes, size)) => match manifest_text(bytes, size) {
-                    Ok(text) => validator.check_text(&shown, &text, &options),
+                    Ok(text) => {
+                        let place = configs.checked_place(&file, &shown, io)?;
+                        let repo = match &place {
+                            super::repo::Place::Inside(config, path) => {
+                                Some(crate::validate::RepoRules {
+                                    config: &config.config,
+                                    path,
+                                    shown: &config.shown,
+                                })
+                            }
+                            _ => None,
+                        };
+                        validator.check_text(&shown, &text, &Options { repo, ..options })
+                    }
                     Err(e) => validator.file_error(&shown, "not_a_manifest", e.to_string()),
                 },
                 Err(e) => {

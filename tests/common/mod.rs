@@ -175,6 +175,21 @@ pub async fn run_on(
     let mut argv = vec!["kmseal"];
     argv.extend_from_slice(args);
     let cli = <kmseal::cli::Cli as clap::Parser>::try_parse_from(argv).expect("arguments parse");
+    execute_on(kms, &cli, stdin, terminal).await
+}
+
+/// Runs a parsed command line in-process (for what parsing alone cannot set up).
+#[allow(dead_code)]
+pub async fn execute(kms: &kmseal::kms::MemoryKms, cli: &kmseal::cli::Cli, stdin: &str) -> Outcome {
+    execute_on(kms, cli, stdin, false).await
+}
+
+async fn execute_on(
+    kms: &kmseal::kms::MemoryKms,
+    cli: &kmseal::cli::Cli,
+    stdin: &str,
+    terminal: bool,
+) -> Outcome {
     let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut rng = kmseal::random::OsRandom;
@@ -186,7 +201,7 @@ pub async fn run_on(
         rng: &mut rng,
         stdin_is_terminal: terminal,
     };
-    let code = match kmseal::cli::execute(&cli, Some(kms), &mut io).await {
+    let code = match kmseal::cli::execute(cli, Some(kms), &mut io).await {
         Ok(code) => code,
         Err(e) => {
             io.stderr.write_all(e.message.as_bytes()).unwrap();
