@@ -684,27 +684,32 @@ fn pubkey_refuses_symmetric_keys_on_both_emulators() {
     }
 }
 
-/// `scripts/local-kms.sh`, the README's local recipe: its exports alone let the real CLI seal
-/// under `alias/kmseal-local` and verify, and `stop` stops the server.
-#[test]
-fn the_local_kms_recipe_gives_a_working_environment() {
-    // Only where the emulators are installed (the test command installs them).
-    let Some(_emu) = moto() else { return };
+/// Runs `scripts/local-kms.sh` with `args`; returns its exports and a guard that stops it. One
+/// at a time: the script keeps one server (its pid file) and stops the previous one.
+fn local_kms(args: &[&str]) -> (Vec<(String, String)>, impl Drop) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = env!("CARGO_MANIFEST_DIR");
     let script = format!("{root}/scripts/local-kms.sh");
-    struct Stop<'a>(&'a str);
-    impl Drop for Stop<'_> {
+    struct Stop(
+        String,
+        #[allow(dead_code)] std::sync::MutexGuard<'static, ()>,
+    );
+    impl Drop for Stop {
         fn drop(&mut self) {
             let _ = std::process::Command::new("bash")
-                .args([self.0, "stop"])
+                .args([self.0.as_str(), "stop"])
                 .output();
         }
     }
     let out = std::process::Command::new("bash")
         .arg(&script)
+        .args(args)
         .output()
         .unwrap();
-    let _stop = Stop(&script);
+    let stop = Stop(script, turn);
     assert!(
         out.status.success(),
         "{}",
@@ -723,6 +728,16 @@ fn the_local_kms_recipe_gives_a_working_environment() {
         vars.iter().any(|(k, _)| k == "AWS_ENDPOINT_URL"),
         "{exports}"
     );
+    (vars, stop)
+}
+
+/// `scripts/local-kms.sh`, the README's local recipe: its exports alone let the real CLI seal
+/// under `alias/kmseal-local` and verify, and `stop` stops the server.
+#[test]
+fn the_local_kms_recipe_gives_a_working_environment() {
+    // Only where the emulators are installed (the test command installs them).
+    let Some(_emu) = moto() else { return };
+    let (vars, _stop) = local_kms(&[]);
     let dir = tempfile::tempdir().unwrap();
     let manifest = secret_manifest("prod", "db", &[("password", "s3cr3t")]);
     let secret = temp_file(&dir, "secret.yaml", manifest.as_bytes());
@@ -739,6 +754,42 @@ fn the_local_kms_recipe_gives_a_working_environment() {
         .write_stdin(sealed.stdout)
         .assert()
         .code(0)
+        .stdout(predicates::str::contains("1 ok, 0 failed"));
+}
+
+/// `scripts/local-kms.sh --localstack`: the docs' offline sealing, tried locally. Its RSA key's
+/// public key seals with no KMS call, and what it sealed opens through its KMS.
+#[test]
+fn the_local_kms_recipe_with_localstack_seals_offline() {
+    let Some(_emu) = localstack() else { return };
+    let (vars, _stop) = local_kms(&["--localstack"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("local.pem");
+    let cli = || {
+        let mut cmd = kmseal(false);
+        cmd.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    };
+    cli()
+        .args(["pubkey", "--key", "alias/kmseal-local-rsa", "--out"])
+        .arg(&pem)
+        .assert()
+        .code(0);
+    // Sealing offline needs nothing but the key file: no endpoint, no credentials.
+    let manifest = secret_manifest("prod", "db", &[("password", "s3cr3t")]);
+    let sealed = kmseal(false)
+        .args(["seal", "--public-key"])
+        .arg(&pem)
+        .write_stdin(manifest)
+        .output()
+        .unwrap();
+    assert!(sealed.status.success(), "{}", stderr(&sealed));
+    cli()
+        .arg("verify")
+        .write_stdin(sealed.stdout)
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("rsa-oaep-sha256"))
         .stdout(predicates::str::contains("1 ok, 0 failed"));
 }
 
