@@ -29,5 +29,6 @@ pub mod telemetry;
 pub mod text;
 pub mod time;
 pub mod validate;
+pub mod webhook;
 pub mod wrapping;
 pub mod yaml;

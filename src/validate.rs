@@ -604,6 +604,38 @@ fn check_repo_rule(
     }
 }
 
+/// Checks one EncryptedSecret given as JSON, e.g. the object of an admission request: exactly
+/// the checks `kmseal validate` makes of one document of a file (the same code), without the
+/// checks across documents (duplicates). Findings name the file `file`.
+pub fn check_encrypted_secret(file: &str, value: Value, options: &Options<'_>) -> Vec<Finding> {
+    let Value::Object(mut fields) = value else {
+        return vec![Finding {
+            file: file.to_owned(),
+            document: None,
+            kind: Some(api::KIND),
+            namespace: None,
+            name: None,
+            item: None,
+            severity: Severity::Error,
+            code: "schema",
+            message: "not an object".to_owned(),
+        }];
+    };
+    let mut secret_data = BTreeMap::new();
+    for field in ["data", "stringData"] {
+        if let Some(value) = fields.remove(field) {
+            secret_data.insert(field.to_owned(), value.as_object().map_or(1, Map::len));
+        }
+    }
+    let items = fields.remove("items").map(|_| Vec::new());
+    let object = Object {
+        fields,
+        secret_data,
+        items,
+    };
+    check_encrypted(file, 1, object, options).0
+}
+
 /// A finding about a whole file.
 fn file_finding(file: &str, code: &'static str, message: String) -> Finding {
     Finding {
