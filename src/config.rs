@@ -124,6 +124,21 @@ pub struct ControllerArgs {
     #[arg(long, env = "KMSEAL_METRICS_ADDRESS", default_value = "[::]:8080")]
     pub metrics_address: SocketAddr,
 
+    /// Serve the validating admission webhook for EncryptedSecrets (POST /validate, HTTPS) on
+    /// this address; off unless set.
+    #[arg(long, env = "KMSEAL_WEBHOOK_ADDRESS", value_name = "ADDR")]
+    pub webhook_address: Option<SocketAddr>,
+
+    /// Directory with the webhook's serving certificate and key, tls.crt and tls.key (as a
+    /// kubernetes.io/tls Secret or cert-manager mounts them); re-read when they change.
+    #[arg(
+        long,
+        env = "KMSEAL_WEBHOOK_CERT_DIR",
+        value_name = "DIR",
+        default_value = "/etc/kmseal/webhook-tls"
+    )]
+    pub webhook_cert_dir: PathBuf,
+
     /// Log format (filter with RUST_LOG, e.g. `info,kmseal=debug`).
     #[arg(long, env = "KMSEAL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub stale_values: Family<ReasonLabels, Gauge>,
     /// Values the controller re-wrapped in the cluster, or tried to, by result.
     pub rewrapped_values: Family<ResultLabels, Counter>,
+    /// Admission reviews by result (`allowed`, `warned`, `denied`, `invalid`).
+    pub admission_reviews: Family<ResultLabels, Counter>,
+    pub admission_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -138,9 +141,23 @@ impl Metrics {
             "Sealed values the controller moved to their current key and key material with kms:ReEncrypt (result rewrapped), could not move (failed), or found set back after a move and left (reverted)",
             rewrapped_values.clone(),
         );
+        let admission_reviews = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "EncryptedSecret admission reviews the webhook answered, by result: allowed, warned (allowed with warnings), denied, or invalid (a request that is not an AdmissionReview)",
+            admission_reviews.clone(),
+        );
+        let admission_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "admission_duration_seconds",
+            "Time from an admission review's request body to its answer (no KMS or API call is made)",
+            admission_duration.clone(),
+        );
         Metrics {
             registry,
             rewrapped_values,
+            admission_reviews,
+            admission_duration,
             reconciles,
             failures,
             reconcile_duration,

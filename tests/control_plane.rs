@@ -1089,3 +1089,326 @@ async fn the_server_counts_four_requests_per_object_and_none_on_restart() {
     release.uninstall(&w.cp);
     w.delete_namespaces(&["kmseal-count"]).await;
 }
+
+/// A CA and, signed by it, a serving certificate for 127.0.0.1 in `dir/tls` (tls.crt, tls.key),
+/// made with openssl. Returns the CA certificate (PEM) and the serving certificate's serial.
+fn webhook_certificates(dir: &Path, ca: Option<&str>) -> (String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    if ca.is_none() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=kmseal-test-webhook-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "new.key",
+        "-out",
+        "new.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "new.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "new.crt",
+    ]);
+    let serial = run(&["x509", "-in", "new.crt", "-noout", "-serial"]);
+    // The key first, then the certificate, each replaced whole (as a Secret volume updates).
+    std::fs::rename(dir.join("new.key"), dir.join("tls/tls.key")).unwrap();
+    std::fs::rename(dir.join("new.crt"), dir.join("tls/tls.crt")).unwrap();
+    (
+        std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        serial.trim().trim_start_matches("serial=").to_owned(),
+    )
+}
+
+/// The serial of the certificate served on `port` (openssl s_client).
+fn served_serial(port: u16) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned()
+}
+
+/// The admission webhook on the real API server: it calls the controller over TLS with the
+/// caBundle it was given; `kubectl apply` (and `--dry-run=server`) of a value under a key the
+/// namespace may not use fails with `kmseal validate`'s message; a good object is admitted; a
+/// bad object can be deleted; with the webhook down and `failurePolicy: Ignore` applies go
+/// through and the controller still refuses the object; a new certificate is served without a
+/// restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_asks_the_webhook_over_tls() {
+    let Some(w) = world().await else { return };
+    let _turn = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, first_serial) = webhook_certificates(dir.path(), None);
+    let (allowed, other) = (w.key().await, w.key().await);
+    let ns = "webhook-t";
+    w.delete_namespaces(&[ns]).await;
+    let out = w.cp.kubectl(None, &["create", "namespace", ns], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.cp.kubectl(
+        None,
+        &["label", "namespace", ns, "kmseal-webhook-test=on"],
+        None,
+    );
+
+    let port = cluster::free_port();
+    let start = || {
+        let env = BTreeMap::from([
+            (
+                "KMSEAL_KUBECONFIG".to_owned(),
+                w.cp.kubeconfig.to_str().unwrap().to_owned(),
+            ),
+            ("KMSEAL_ALLOWED_KEYS".to_owned(), allowed.clone()),
+            ("KMSEAL_NAMESPACES".to_owned(), ns.to_owned()),
+            ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+            ("AWS_REGION".to_owned(), REGION.to_owned()),
+            ("AWS_ENDPOINT_URL".to_owned(), w.moto.clone()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ]);
+        let args = [
+            "--webhook-address".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--webhook-cert-dir".to_owned(),
+            dir.path().join("tls").display().to_string(),
+        ];
+        ControllerProcess::spawn(&env, &args, dir.path().join("controller.log"))
+    };
+    let controller = start();
+    wait_for("the webhook listens", Duration::from_secs(30), async || {
+        controller
+            .log_text()
+            .contains("admission webhook listening")
+    })
+    .await;
+    assert_eq!(served_serial(port), first_serial);
+
+    use base64::Engine;
+    let configuration = |policy: &str| {
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "kmseal-test-webhook"},
+            "webhooks": [{
+                "name": "validate.kmseal.dev",
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{port}/validate"),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca),
+                },
+                "rules": [{
+                    "apiGroups": ["kmseal.dev"], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["encryptedsecrets"],
+                    "scope": "Namespaced",
+                }],
+                "failurePolicy": policy,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+                "namespaceSelector": {"matchLabels": {"kmseal-webhook-test": "on"}},
+            }],
+        })
+        .to_string()
+    };
+    let apply = |manifest: &str, extra: &[&str]| {
+        let mut args = vec!["apply", "-f", "-"];
+        args.extend_from_slice(extra);
+        w.cp.kubectl(None, &args, Some(manifest))
+    };
+    let out = apply(&configuration("Fail"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let manifest = |es: &EncryptedSecret| serde_json::to_string(es).unwrap();
+    let bad = sealed(&w.kms, &other, ns, "bad", &[("password", b"pw-bad")]).await;
+    let good = sealed(&w.kms, &allowed, ns, "good", &[("password", b"pw-good")]).await;
+    // What kmseal validate says of the bad object, offline.
+    let validated = std::process::Command::new(env!("CARGO_BIN_EXE_kmseal"))
+        .args(["validate", "-o", "json", "--allowed-keys", &allowed, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(manifest(&bad).as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let report: Value = serde_json::from_slice(&validated.stdout).unwrap();
+    let finding = &report["findings"][0];
+    assert_eq!(finding["code"], "key_not_allowed", "{report:#}");
+    let said = finding["message"].as_str().unwrap().to_owned();
+
+    // The server caches webhook configurations for a moment: wait until it asks.
+    wait_for(
+        "the API server asks the webhook",
+        Duration::from_secs(30),
+        async || {
+            !apply(&manifest(&bad), &["--dry-run=server"])
+                .status
+                .success()
+        },
+    )
+    .await;
+    for extra in [&["--dry-run=server"][..], &[]] {
+        let out = apply(&manifest(&bad), extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: admitted");
+        assert!(stderr.contains("denied the request"), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("[key_not_allowed] password: "),
+            "{extra:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&said),
+            "validate's message: {said}\n{stderr}"
+        );
+        assert!(!stderr.contains("pw-bad"));
+    }
+    let out = apply(&manifest(&good), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A new certificate (a new key, the same CA) is served without a restart, and trusted.
+    let (_, second_serial) = webhook_certificates(dir.path(), Some(&ca));
+    assert_ne!(second_serial, first_serial);
+    wait_for(
+        "the new certificate is served",
+        Duration::from_secs(20),
+        async || served_serial(port) == second_serial,
+    )
+    .await;
+    assert!(
+        !apply(&manifest(&bad), &["--dry-run=server"])
+            .status
+            .success()
+    );
+    assert!(
+        apply(&manifest(&good), &["--dry-run=server"])
+            .status
+            .success()
+    );
+
+    // Counted by result.
+    let metrics = cluster::http_get(controller.metrics_port, "/metrics")
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("admission_reviews_total{result=\"denied\"}"),
+        "{metrics}"
+    );
+
+    // With the webhook down and failurePolicy Ignore, applies go through; the controller,
+    // back, still refuses the object; and a bad object is deleted like any other.
+    let out = apply(&configuration("Ignore"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(controller);
+    wait_for(
+        "the webhook is down and ignored",
+        Duration::from_secs(30),
+        async || apply(&manifest(&bad), &[]).status.success(),
+    )
+    .await;
+    let controller = start();
+    wait_for(
+        "the controller refuses the object",
+        Duration::from_secs(60),
+        async || {
+            let out = w.cp.kubectl(
+                None,
+                &["get", "encryptedsecret", "bad", "-n", ns, "-o", "json"],
+                None,
+            );
+            let es: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            es["status"]["conditions"][0]["reason"] == "KeyNotAllowed"
+        },
+    )
+    .await;
+    let out =
+        w.cp.kubectl(None, &["delete", "encryptedsecret", "bad", "-n", ns], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    w.cp.kubectl(
+        None,
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "kmseal-test-webhook",
+        ],
+        None,
+    );
+    drop(controller);
+    w.delete_namespaces(&[ns]).await;
+}

@@ -63,6 +63,8 @@ pub enum RunError {
     Profile(#[from] crate::kms::profiles::ProfileNotFound),
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Webhook(#[from] super::webhook_server::WebhookError),
 }
 
 /// The KMS budget from the flags: the rate limit, shared round-robin between namespaces. A
@@ -533,6 +535,21 @@ pub async fn run_with<K: Kms + 'static>(
 ) -> Result<(), RunError> {
     let shutdown = shutdown.shared();
     let admission = Arc::new(Admission::new(args.key_policy()?, args.secret_types()?));
+    // Every replica answers admission reviews, the standby too: the Service spreads them.
+    let _webhook = match args.webhook_address {
+        Some(address) => Some(
+            super::webhook_server::start(
+                address,
+                &args.webhook_cert_dir,
+                admission.clone(),
+                args.secret_types()?,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     // Every key in use is asked about at least once per resync (and per key refresh): a key
     // nobody asked about for three of the longer is no longer in use.
     let idle = 3 * Duration::from_secs(args.resync_interval.max(args.key_refresh_interval));
