@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:alias/kmseal";
 const KUBERNETES: &[&str] = &["1.31.0", "1.32.0", "1.33.0", "1.34.0"];
@@ -103,6 +103,26 @@ fn variations() -> Vec<(&'static str, Vec<String>)> {
             vec![keys.clone(), "metrics.serviceMonitor.enabled=true".into()],
         ),
         (
+            "webhook, cert-manager",
+            vec![
+                keys.clone(),
+                "webhook.enabled=true".into(),
+                "webhook.certManager.enabled=true".into(),
+                "networkPolicy.enabled=true".into(),
+                "controller.namespaces={team-a}".into(),
+            ],
+        ),
+        (
+            "webhook, own Secret",
+            vec![
+                keys.clone(),
+                "webhook.enabled=true".into(),
+                "webhook.secretName=kmseal-webhook-tls".into(),
+                "webhook.caBundle=Q0EK".into(),
+                "webhook.failurePolicy=Fail".into(),
+            ],
+        ),
+        (
             "all options",
             vec![
                 "kms.keyPolicy[0].key=arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
@@ -176,9 +196,14 @@ fn every_variation_lints_and_validates_strictly_for_kubernetes_1_31_to_1_34() {
                 let port = &monitor["spec"]["endpoints"][0]["port"];
                 assert_eq!(&service["spec"]["ports"][0]["name"], port, "{variation}");
             }
+            // Nor cert-manager's kinds (CRDs): the_webhook_is_wired_to_its_service_and_certificate
+            // checks them.
             let known: Vec<&Value> = objects
                 .iter()
-                .filter(|o| o["kind"] != "ServiceMonitor")
+                .filter(|o| {
+                    !["ServiceMonitor", "Certificate", "Issuer"]
+                        .contains(&o["kind"].as_str().unwrap_or(""))
+                })
                 .collect();
             let file = dir.path().join("rendered.yaml");
             let mut text = String::new();
@@ -517,4 +542,136 @@ fn the_install_notes_say_how_to_check_kms_and_upgrade_the_crd() {
         "{notes}"
     );
     assert!(notes.contains("kmseal seal --key"), "{notes}");
+}
+
+/// With `webhook.enabled`, every piece points at the next: the configuration at the webhook
+/// Service, the Service at the container's webhook port, the controller at its address and
+/// certificate, cert-manager's Certificate at the Secret the pod mounts and the Service's DNS
+/// names; the controller's own namespace is never sent to it; without TLS it does not render.
+#[test]
+fn the_webhook_is_wired_to_its_service_and_certificate() {
+    let keys = format!("kms.allowedKeys={{{KEY}}}");
+    for (_, helm) in helms() {
+        let objects = render(
+            &helm,
+            "kmseal",
+            "platform",
+            &[
+                &keys,
+                "webhook.enabled=true",
+                "webhook.certManager.enabled=true",
+                "networkPolicy.enabled=true",
+                "controller.namespaces={team-a,team-b}",
+            ],
+        )
+        .unwrap();
+        let configuration = one(&objects, "ValidatingWebhookConfiguration");
+        let hook = &configuration["webhooks"][0];
+        let service_name = hook["clientConfig"]["service"]["name"].as_str().unwrap();
+        assert_eq!(hook["clientConfig"]["service"]["namespace"], "platform");
+        assert_eq!(hook["clientConfig"]["service"]["path"], "/validate");
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert_eq!(hook["timeoutSeconds"], 5);
+        assert_eq!(hook["sideEffects"], "None");
+        assert_eq!(hook["rules"][0]["resources"][0], "encryptedsecrets");
+        assert_eq!(hook["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+        let expressions = hook["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap();
+        assert!(expressions.contains(&json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["platform"]})), "{expressions:?}");
+        assert!(expressions.contains(&json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]})), "{expressions:?}");
+        let service = find(&objects, "Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == service_name)
+            .expect("the webhook Service");
+        assert_eq!(service["spec"]["ports"][0]["port"], 443);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+        let deployment = one(&objects, "Deployment");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let port = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "webhook")
+            .expect("a webhook port");
+        let address = env_value(deployment, "KMSEAL_WEBHOOK_ADDRESS").unwrap();
+        assert_eq!(address, json!(format!("[::]:{}", port["containerPort"])));
+        let cert_dir = env_value(deployment, "KMSEAL_WEBHOOK_CERT_DIR").unwrap();
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == cert_dir)
+            .expect("the certificate mounted where the controller reads it");
+        assert!(
+            mount.get("subPath").is_none(),
+            "a subPath mount never sees a renewal"
+        );
+        let volume = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let certificate = one(&objects, "Certificate");
+        assert_eq!(
+            volume["secret"]["secretName"],
+            certificate["spec"]["secretName"]
+        );
+        let dns: Vec<&str> = certificate["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect();
+        assert!(
+            dns.contains(&format!("{service_name}.platform.svc").as_str()),
+            "{dns:?}"
+        );
+        assert_eq!(
+            configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            format!(
+                "platform/{}",
+                certificate["metadata"]["name"].as_str().unwrap()
+            )
+        );
+        let issuer = one(&objects, "Issuer");
+        assert_eq!(
+            certificate["spec"]["issuerRef"]["name"],
+            issuer["metadata"]["name"]
+        );
+        let policy = one(&objects, "NetworkPolicy");
+        let ports: Vec<&Value> = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| rule["ports"].as_array().unwrap())
+            .collect();
+        assert!(ports.iter().any(|p| p["port"] == "webhook"), "{policy}");
+
+        // Without TLS, or with a Secret but no CA, it refuses to render, saying what to set.
+        let refused = render(
+            &helm,
+            "kmseal",
+            "platform",
+            &[&keys, "webhook.enabled=true"],
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("webhook.certManager.enabled=true"),
+            "{refused}"
+        );
+        let refused = render(
+            &helm,
+            "kmseal",
+            "platform",
+            &[&keys, "webhook.enabled=true", "webhook.secretName=s"],
+        )
+        .unwrap_err();
+        assert!(refused.contains("webhook.caBundle"), "{refused}");
+        // Off by default: nothing of it.
+        let plain = render(&helm, "kmseal", "platform", &[&keys]).unwrap();
+        assert!(find(&plain, "ValidatingWebhookConfiguration").is_empty());
+        assert!(env_value(one(&plain, "Deployment"), "KMSEAL_WEBHOOK_ADDRESS").is_none());
+    }
 }

@@ -72,3 +72,12 @@ cluster-wide or per namespace. */}}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+{{/* The webhook's serving certificate Secret: cert-manager's, or the one given. */}}
+{{- define "kmseal.webhookSecret" -}}
+{{- if .Values.webhook.certManager.enabled -}}
+{{- default (printf "%s-webhook-tls" (include "kmseal.fullname" .)) .Values.webhook.secretName -}}
+{{- else -}}
+{{- required "webhook.enabled needs TLS: webhook.certManager.enabled=true (cert-manager issues and renews the certificate), or webhook.secretName (a kubernetes.io/tls Secret in the release namespace, for the Service <fullname>-webhook.<namespace>.svc) with webhook.caBundle (the CA that signed it, base64 PEM)" .Values.webhook.secretName -}}
+{{- end -}}
+{{- end -}}
