@@ -139,6 +139,27 @@ pub struct ControllerArgs {
     )]
     pub webhook_cert_dir: PathBuf,
 
+    /// Let the controller make and keep the webhook's CA and serving certificate itself, in
+    /// this Secret of its namespace (shared by every replica), instead of --webhook-cert-dir.
+    /// Needs --webhook-configuration and --webhook-hosts.
+    #[arg(long, env = "KMSEAL_WEBHOOK_SECRET", value_name = "NAME", requires_all = ["webhook_configuration", "webhook_hosts"])]
+    pub webhook_secret: Option<String>,
+
+    /// The ValidatingWebhookConfiguration whose caBundle the controller sets to its own CA
+    /// (with --webhook-secret).
+    #[arg(long, env = "KMSEAL_WEBHOOK_CONFIGURATION", value_name = "NAME")]
+    pub webhook_configuration: Option<String>,
+
+    /// The names the API server calls the webhook by, for its certificate (with
+    /// --webhook-secret), comma-separated: e.g. kmseal-webhook.kmseal.svc; IP addresses too.
+    #[arg(
+        long,
+        env = "KMSEAL_WEBHOOK_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_hosts: Vec<String>,
+
     /// Log format (filter with RUST_LOG, e.g. `info,kmseal=debug`).
     #[arg(long, env = "KMSEAL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -43,6 +43,7 @@ pub mod runtime;
 pub mod secret_index;
 pub mod waiting_room;
 pub mod watched;
+pub mod webhook_certs;
 pub mod webhook_server;
 
 pub use admission::Admission;

@@ -1412,3 +1412,189 @@ async fn the_api_server_asks_the_webhook_over_tls() {
     drop(controller);
     w.delete_namespaces(&[ns]).await;
 }
+
+/// The webhook's own certificate (`--webhook-secret`): the controller makes a CA and a serving
+/// certificate, keeps them in a Secret of its namespace and sets the CA as the configuration's
+/// caBundle; the API server then trusts it, and a second replica serves the same certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_makes_and_publishes_its_own_certificate() {
+    let Some(w) = world().await else { return };
+    let _turn = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = w.key().await;
+    let other = w.key().await;
+    let (tenant, home) = ("webhook-own", "kmseal-webhook-own");
+    w.delete_namespaces(&[tenant, home]).await;
+    for ns in [tenant, home] {
+        let out = w.cp.kubectl(None, &["create", "namespace", ns], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    w.cp.kubectl(
+        None,
+        &["label", "namespace", tenant, "kmseal-webhook-own=on"],
+        None,
+    );
+    let configuration = "kmseal-test-webhook-own";
+    let ports = [cluster::free_port(), cluster::free_port()];
+    let hook = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": configuration},
+        "webhooks": ports.iter().enumerate().map(|(i, port)| json!({
+            "name": format!("validate{i}.kmseal.dev"),
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate")},
+            "rules": [{
+                "apiGroups": ["kmseal.dev"], "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["encryptedsecrets"],
+            }],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+            "namespaceSelector": {"matchLabels": {"kmseal-webhook-own": "on"}},
+        })).collect::<Vec<_>>(),
+    });
+    let out =
+        w.cp.kubectl(None, &["apply", "-f", "-"], Some(&hook.to_string()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let start = |port: u16, n: usize| {
+        let env = BTreeMap::from([
+            (
+                "KMSEAL_KUBECONFIG".to_owned(),
+                w.cp.kubeconfig.to_str().unwrap().to_owned(),
+            ),
+            ("KMSEAL_ALLOWED_KEYS".to_owned(), allowed.clone()),
+            ("KMSEAL_NAMESPACES".to_owned(), tenant.to_owned()),
+            ("POD_NAMESPACE".to_owned(), home.to_owned()),
+            ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+            ("AWS_REGION".to_owned(), REGION.to_owned()),
+            ("AWS_ENDPOINT_URL".to_owned(), w.moto.clone()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ]);
+        let args = [
+            format!("--webhook-address=127.0.0.1:{port}"),
+            "--webhook-secret=kmseal-webhook-tls".to_owned(),
+            format!("--webhook-configuration={configuration}"),
+            "--webhook-hosts=127.0.0.1".to_owned(),
+        ];
+        ControllerProcess::spawn(&env, &args, dir.path().join(format!("controller-{n}.log")))
+    };
+    let first = start(ports[0], 0);
+    wait_for(
+        "the first replica listens",
+        Duration::from_secs(30),
+        async || first.log_text().contains("admission webhook listening"),
+    )
+    .await;
+    let get_hook = || {
+        let out = w.cp.kubectl(
+            None,
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                configuration,
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()
+    };
+    let bundle = get_hook()["webhooks"][0]["clientConfig"]["caBundle"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!bundle.is_empty(), "the caBundle is set: {}", tail(&first));
+    assert_eq!(
+        get_hook()["webhooks"][1]["clientConfig"]["caBundle"],
+        bundle.as_str()
+    );
+    let out = w.cp.kubectl(
+        None,
+        &[
+            "get",
+            "secret",
+            "kmseal-webhook-tls",
+            "-n",
+            home,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let secret: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+
+    // The second replica finds the Secret and serves the same certificate.
+    let second = start(ports[1], 1);
+    wait_for(
+        "the second replica listens",
+        Duration::from_secs(30),
+        async || second.log_text().contains("admission webhook listening"),
+    )
+    .await;
+    let serial = served_serial(ports[0]);
+    assert!(!serial.is_empty());
+    assert_eq!(
+        served_serial(ports[1]),
+        serial,
+        "one certificate for every replica"
+    );
+    assert!(
+        !second.log_text().contains("webhook certificate issued"),
+        "{}",
+        tail(&second)
+    );
+
+    // The API server trusts it: a value under a key the namespace may not use is refused at
+    // apply, by either replica (both webhooks are called).
+    let bad = sealed(&w.kms, &other, tenant, "bad", &[("password", b"pw-bad")]).await;
+    let good = sealed(
+        &w.kms,
+        &allowed,
+        tenant,
+        "good",
+        &[("password", b"pw-good")],
+    )
+    .await;
+    let apply = |es: &EncryptedSecret| {
+        w.cp.kubectl(
+            None,
+            &["apply", "-f", "-"],
+            Some(&serde_json::to_string(es).unwrap()),
+        )
+    };
+    wait_for(
+        "the API server asks the webhooks",
+        Duration::from_secs(30),
+        async || {
+            let out = apply(&bad);
+            String::from_utf8_lossy(&out.stderr).contains("[key_not_allowed]")
+        },
+    )
+    .await;
+    let out = apply(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    w.cp.kubectl(
+        None,
+        &["delete", "validatingwebhookconfiguration", configuration],
+        None,
+    );
+    drop((first, second));
+    w.delete_namespaces(&[tenant, home]).await;
+}

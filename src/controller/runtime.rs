@@ -540,7 +540,18 @@ pub async fn run_with<K: Kms + 'static>(
         Some(address) => Some(
             super::webhook_server::start(
                 address,
-                &args.webhook_cert_dir,
+                match &args.webhook_secret {
+                    Some(secret) => super::webhook_server::CertSource::SelfManaged(
+                        super::webhook_certs::SelfManaged {
+                            client: client.clone(),
+                            namespace: args.lease_namespace(),
+                            secret: secret.clone(),
+                            configuration: args.webhook_configuration.clone().unwrap_or_default(),
+                            hosts: args.webhook_hosts.clone(),
+                        },
+                    ),
+                    None => super::webhook_server::CertSource::Files(args.webhook_cert_dir.clone()),
+                },
                 admission.clone(),
                 args.secret_types()?,
                 metrics.clone(),

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -22,7 +22,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use zeroize::Zeroizing;
+
 use super::admission::Admission;
+use super::webhook_certs::SelfManaged;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policy::SecretTypes;
 use crate::validate::Options;
@@ -35,9 +38,13 @@ const MAX_REVIEW_LEN: usize = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error(
-        "cannot read the webhook's serving certificate in {dir}: {message}; mount a kubernetes.io/tls Secret there (tls.crt, tls.key), or set --webhook-cert-dir"
+        "cannot read the webhook's serving certificate in {dir}: {message}; mount a kubernetes.io/tls Secret there (tls.crt, tls.key), set --webhook-cert-dir, or let the controller make its own (--webhook-secret)"
     )]
     Certificate { dir: String, message: String },
+    #[error(
+        "cannot keep the webhook's own certificate in Secret {secret}: {source}; the controller needs get, create and update on it in its namespace (the chart's RBAC grants them)"
+    )]
+    SelfManaged { secret: String, source: kube::Error },
     #[error("cannot listen for the webhook on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -45,37 +52,50 @@ pub enum WebhookError {
     },
 }
 
-/// The serving certificate, swapped whole when the files change.
+/// Where the serving certificate comes from.
+pub enum CertSource {
+    /// `tls.crt` and `tls.key` in a directory (a mounted Secret), looked at every 2 s.
+    Files(PathBuf),
+    /// Made and kept by the controller itself in a Secret, its CA published in the webhook
+    /// configuration; looked at every minute.
+    SelfManaged(SelfManaged),
+}
+
+/// How often the Secret of a self-managed certificate is read again (another replica may have
+/// renewed it) and the caBundle checked.
+const SECRET_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The serving certificate, swapped whole when its source changes; `marker` tells whether it
+/// did (the files' modification time, or the certificate's text).
 #[derive(Debug)]
 struct Certificates {
-    dir: PathBuf,
-    current: RwLock<(Option<SystemTime>, Arc<CertifiedKey>)>,
+    current: RwLock<(String, Arc<CertifiedKey>)>,
 }
 
 impl Certificates {
-    fn load(dir: &Path) -> Result<Self, WebhookError> {
-        let (stamp, key) = read_pair(dir)?;
-        Ok(Certificates {
-            dir: dir.to_path_buf(),
-            current: RwLock::new((stamp, Arc::new(key))),
-        })
+    fn new(marker: String, key: CertifiedKey) -> Self {
+        Certificates {
+            current: RwLock::new((marker, Arc::new(key))),
+        }
     }
 
-    /// Reads the files again if they changed; a bad new pair keeps the old one (and is logged).
-    fn refresh(&self) {
-        let stamp = stamp(&self.dir);
-        if stamp == crate::sync::read(&self.current).0 {
+    fn set_if_changed(&self, marker: String, key: impl FnOnce() -> Result<CertifiedKey, String>) {
+        if marker == crate::sync::read(&self.current).0 {
             return;
         }
-        match read_pair(&self.dir) {
-            Ok((stamp, key)) => {
-                *crate::sync::write(&self.current) = (stamp, Arc::new(key));
-                tracing::info!(dir = %self.dir.display(), "webhook serving certificate reloaded");
+        match key() {
+            Ok(key) => {
+                *crate::sync::write(&self.current) = (marker, Arc::new(key));
+                tracing::info!("webhook serving certificate reloaded");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "webhook certificate not reloaded; serving the previous one")
             }
         }
+    }
+
+    fn marker(&self) -> String {
+        crate::sync::read(&self.current).0.clone()
     }
 }
 
@@ -85,34 +105,41 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// The later of the two files' modification times (None when either is missing).
-fn stamp(dir: &Path) -> Option<SystemTime> {
+/// The later of the two files' modification times, as a marker ("" when either is missing).
+fn stamp(dir: &Path) -> String {
     let modified = |name: &str| {
         std::fs::metadata(dir.join(name))
             .and_then(|m| m.modified())
             .ok()
     };
-    Some(modified("tls.crt")?.max(modified("tls.key")?))
+    match (modified("tls.crt"), modified("tls.key")) {
+        (Some(a), Some(b)) => format!("{:?}", a.max(b)),
+        _ => String::new(),
+    }
 }
 
-fn read_pair(dir: &Path) -> Result<(Option<SystemTime>, CertifiedKey), WebhookError> {
-    let fail = |message: String| WebhookError::Certificate {
-        dir: dir.display().to_string(),
-        message,
-    };
-    let stamp = stamp(dir);
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("tls.crt"))
-        .map_err(|e| fail(format!("tls.crt: {e}")))?
+fn certified(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| fail(format!("tls.crt: {e}")))?;
+        .map_err(|e| format!("tls.crt: {e}"))?;
     if chain.is_empty() {
-        return Err(fail("tls.crt holds no certificate".to_owned()));
+        return Err("tls.crt holds no certificate".to_owned());
     }
-    let key = PrivateKeyDer::from_pem_file(dir.join("tls.key"))
-        .map_err(|e| fail(format!("tls.key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key: {e}"))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| fail(format!("tls.key: {e}")))?;
-    Ok((stamp, CertifiedKey::new(chain, signing)))
+        .map_err(|e| format!("tls.key: {e}"))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+fn read_pair(dir: &Path) -> Result<CertifiedKey, String> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .map(Zeroizing::new)
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let cert = read("tls.crt")?;
+    let key = read("tls.key")?;
+    certified(&cert, &key)
 }
 
 #[derive(Clone)]
@@ -170,19 +197,55 @@ async fn validate(
 /// Returns once listening (the certificate is read first: a missing one fails the start).
 pub async fn start(
     address: SocketAddr,
-    cert_dir: &Path,
+    source: CertSource,
     admission: Arc<Admission>,
     types: SecretTypes,
     metrics: Arc<Metrics>,
     shutdown: futures::future::Shared<BoxFuture<'static, ()>>,
 ) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
-    let certificates = Arc::new(Certificates::load(cert_dir)?);
+    let (certificates, shown) = match &source {
+        CertSource::Files(dir) => {
+            let fail = |message| WebhookError::Certificate {
+                dir: dir.display().to_string(),
+                message,
+            };
+            let key = read_pair(dir).map_err(fail)?;
+            (
+                Certificates::new(stamp(dir), key),
+                dir.display().to_string(),
+            )
+        }
+        CertSource::SelfManaged(own) => {
+            let issued = own
+                .ensure(crate::time::unix_now())
+                .await
+                .map_err(|source| WebhookError::SelfManaged {
+                    secret: own.secret.clone(),
+                    source,
+                })?;
+            if let Err(e) = own.publish(&issued.ca_bundle).await {
+                tracing::warn!(error = %e, "cannot set the webhook caBundle yet; trying again in a minute");
+            }
+            let key = certified(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes()).map_err(
+                |message| WebhookError::Certificate {
+                    dir: format!("Secret {}", own.secret),
+                    message,
+                },
+            )?;
+            (
+                Certificates::new(issued.cert_pem.clone(), key),
+                format!("Secret {}/{}", own.namespace, own.secret),
+            )
+        }
+    };
+    let certificates = Arc::new(certificates);
+    let cert_dir = shown;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| WebhookError::Certificate {
-        dir: cert_dir.display().to_string(),
+        dir: cert_dir.clone(),
         message: e.to_string(),
     })?
     .with_no_client_auth()
@@ -192,7 +255,7 @@ pub async fn start(
     let listener = crate::server::bind(address)
         .await
         .map_err(|source| WebhookError::Listen { address, source })?;
-    tracing::info!(%address, dir = %cert_dir.display(), "admission webhook listening (HTTPS)");
+    tracing::info!(%address, certificate = %cert_dir, "admission webhook listening (HTTPS)");
     let router = Router::new()
         .route("/validate", post(validate))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_LEN))
@@ -201,13 +264,12 @@ pub async fn start(
             types: Arc::new(types),
             metrics,
         });
+    tokio::spawn(refresh(source, certificates.clone(), shutdown.clone()));
     Ok(tokio::spawn(async move {
-        let mut refresh = tokio::time::interval(CERT_CHECK_INTERVAL);
         let mut shutdown = shutdown;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = refresh.tick() => certificates.refresh(),
                 accepted = listener.accept() => {
                     let Ok((tcp, _)) = accepted else { continue };
                     let (acceptor, router) = (acceptor.clone(), router.clone());
@@ -227,4 +289,46 @@ pub async fn start(
             }
         }
     }))
+}
+
+/// Keeps the served certificate current: the files' every 2 s; the Secret's every minute,
+/// renewing it when due and setting the caBundle where it differs.
+async fn refresh(
+    source: CertSource,
+    certificates: Arc<Certificates>,
+    shutdown: futures::future::Shared<BoxFuture<'static, ()>>,
+) {
+    let every = match &source {
+        CertSource::Files(_) => CERT_CHECK_INTERVAL,
+        CertSource::SelfManaged(_) => SECRET_CHECK_INTERVAL,
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    let mut shutdown = shutdown;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        match &source {
+            CertSource::Files(dir) => {
+                certificates.set_if_changed(stamp(dir), || read_pair(dir));
+            }
+            CertSource::SelfManaged(own) => match own.ensure(crate::time::unix_now()).await {
+                Ok(issued) => {
+                    if issued.cert_pem != certificates.marker() {
+                        certificates.set_if_changed(issued.cert_pem.clone(), || {
+                            certified(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+                        });
+                    }
+                    if let Err(e) = own.publish(&issued.ca_bundle).await {
+                        tracing::warn!(error = %e, "cannot set the webhook caBundle; trying again in a minute");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the webhook certificate Secret; serving the current one")
+                }
+            },
+        }
+    }
 }
