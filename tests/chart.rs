@@ -113,6 +113,10 @@ fn variations() -> Vec<(&'static str, Vec<String>)> {
             ],
         ),
         (
+            "webhook, its own certificate",
+            vec![keys.clone(), "webhook.enabled=true".into()],
+        ),
+        (
             "webhook, own Secret",
             vec![
                 keys.clone(),
@@ -547,7 +551,8 @@ fn the_install_notes_say_how_to_check_kms_and_upgrade_the_crd() {
 /// With `webhook.enabled`, every piece points at the next: the configuration at the webhook
 /// Service, the Service at the container's webhook port, the controller at its address and
 /// certificate, cert-manager's Certificate at the Secret the pod mounts and the Service's DNS
-/// names; the controller's own namespace is never sent to it; without TLS it does not render.
+/// names; the controller's own namespace is never sent to it. By default the controller makes
+/// its own certificate, with RBAC for that one Secret and that one configuration.
 #[test]
 fn the_webhook_is_wired_to_its_service_and_certificate() {
     let keys = format!("kms.allowedKeys={{{KEY}}}");
@@ -649,18 +654,7 @@ fn the_webhook_is_wired_to_its_service_and_certificate() {
             .collect();
         assert!(ports.iter().any(|p| p["port"] == "webhook"), "{policy}");
 
-        // Without TLS, or with a Secret but no CA, it refuses to render, saying what to set.
-        let refused = render(
-            &helm,
-            "kmseal",
-            "platform",
-            &[&keys, "webhook.enabled=true"],
-        )
-        .unwrap_err();
-        assert!(
-            refused.contains("webhook.certManager.enabled=true"),
-            "{refused}"
-        );
+        // A Secret of one's own needs its CA.
         let refused = render(
             &helm,
             "kmseal",
@@ -669,6 +663,81 @@ fn the_webhook_is_wired_to_its_service_and_certificate() {
         )
         .unwrap_err();
         assert!(refused.contains("webhook.caBundle"), "{refused}");
+
+        // By default the controller makes its own certificate: it is told where to keep it,
+        // which configuration to publish its CA in and what names to certify, and may touch
+        // nothing else.
+        let own = render(
+            &helm,
+            "kmseal",
+            "platform",
+            &[&keys, "webhook.enabled=true"],
+        )
+        .unwrap();
+        let configuration = one(&own, "ValidatingWebhookConfiguration");
+        assert!(
+            configuration["webhooks"][0]["clientConfig"]
+                .get("caBundle")
+                .is_none()
+        );
+        assert!(configuration["metadata"].get("annotations").is_none());
+        let deployment = one(&own, "Deployment");
+        let secret = env_value(deployment, "KMSEAL_WEBHOOK_SECRET").unwrap();
+        assert_eq!(
+            env_value(deployment, "KMSEAL_WEBHOOK_CONFIGURATION").unwrap(),
+            configuration["metadata"]["name"]
+        );
+        let service = configuration["webhooks"][0]["clientConfig"]["service"]["name"]
+            .as_str()
+            .unwrap();
+        let hosts = env_value(deployment, "KMSEAL_WEBHOOK_HOSTS").unwrap();
+        assert!(
+            hosts
+                .as_str()
+                .unwrap()
+                .split(',')
+                .any(|h| h == format!("{service}.platform.svc")),
+            "{hosts}"
+        );
+        assert!(env_value(deployment, "KMSEAL_WEBHOOK_CERT_DIR").is_none());
+        let roles = find(&own, "Role");
+        let role = roles
+            .iter()
+            .find(|r| r["rules"].to_string().contains("secrets"))
+            .expect("a Role for the certificate Secret");
+        assert_eq!(role["metadata"]["namespace"], "platform");
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "update"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            ])
+        );
+        let cluster_role = find(&own, "ClusterRole")
+            .into_iter()
+            .find(|r| {
+                r["rules"]
+                    .to_string()
+                    .contains("validatingwebhookconfigurations")
+            })
+            .expect("a ClusterRole for the configuration");
+        assert_eq!(
+            cluster_role["rules"],
+            json!([{
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["validatingwebhookconfigurations"],
+                "resourceNames": [configuration["metadata"]["name"]],
+                "verbs": ["get", "patch"],
+            }])
+        );
+        for kind in ["RoleBinding", "ClusterRoleBinding"] {
+            assert!(
+                find(&own, kind)
+                    .iter()
+                    .any(|b| b["roleRef"]["name"].as_str().unwrap().ends_with("-webhook")),
+                "{kind}"
+            );
+        }
         // Off by default: nothing of it.
         let plain = render(&helm, "kmseal", "platform", &[&keys]).unwrap();
         assert!(find(&plain, "ValidatingWebhookConfiguration").is_empty());

@@ -73,11 +73,20 @@ cluster-wide or per namespace. */}}
   verbs: ["create", "patch"]
 {{- end -}}
 
-{{/* The webhook's serving certificate Secret: cert-manager's, or the one given. */}}
-{{- define "kmseal.webhookSecret" -}}
-{{- if .Values.webhook.certManager.enabled -}}
-{{- default (printf "%s-webhook-tls" (include "kmseal.fullname" .)) .Values.webhook.secretName -}}
-{{- else -}}
-{{- required "webhook.enabled needs TLS: webhook.certManager.enabled=true (cert-manager issues and renews the certificate), or webhook.secretName (a kubernetes.io/tls Secret in the release namespace, for the Service <fullname>-webhook.<namespace>.svc) with webhook.caBundle (the CA that signed it, base64 PEM)" .Values.webhook.secretName -}}
+{{/* How the webhook gets its certificate: certManager, secret (one's own), or self (the
+controller makes and keeps its own, the default). */}}
+{{- define "kmseal.webhookMode" -}}
+{{- if .Values.webhook.certManager.enabled -}}certManager
+{{- else if .Values.webhook.secretName -}}secret
+{{- else -}}self
 {{- end -}}
+{{- end -}}
+
+{{/* The webhook's certificate Secret: the one given, else <fullname>-webhook-tls. */}}
+{{- define "kmseal.webhookSecret" -}}
+{{- default (printf "%s-webhook-tls" (include "kmseal.fullname" .)) .Values.webhook.secretName -}}
+{{- end -}}
+
+{{- define "kmseal.webhookService" -}}
+{{- printf "%s-webhook" (include "kmseal.fullname" .) -}}
 {{- end -}}
