@@ -1598,3 +1598,105 @@ async fn the_webhook_makes_and_publishes_its_own_certificate() {
     drop((first, second));
     w.delete_namespaces(&[tenant, home]).await;
 }
+
+/// The chart's webhook, installed on the real API server: by default the controller, as the
+/// release's ServiceAccount, makes its certificate and sets the caBundle with nothing but the
+/// chart's RBAC (no request refused); with a Secret of one's own, the server takes the
+/// configuration and its caBundle.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_installs_the_webhook_and_its_rbac_is_enough() {
+    let Some(w) = world().await else { return };
+    let Some(helm) = helm("KMSEAL_TEST_HELM3") else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let key = w.key().await;
+    let mut set = w.base_values();
+    set.push(format!("kms.allowedKeys={{{key}}}"));
+    set.push("webhook.enabled=true".into());
+    set.push(format!("webhook.port={}", cluster::free_port()));
+    set.push("controller.namespaces={kmseal-wh-tenant}".into());
+    let release = Release {
+        helm: helm.clone(),
+        name: "kmseal".into(),
+        namespace: "kmseal-wh".into(),
+        set: set.clone(),
+    };
+    cluster::namespace(&w.admin, "kmseal-wh-tenant").await;
+    release.install(&w.cp);
+    let objects = release.rendered(&w.cp);
+    let name = objects
+        .iter()
+        .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let from = w.cp.audit().len();
+    let controller = release.controller(&w.cp, dir.path(), "kmseal-0").await;
+    wait_for("the caBundle is set", Duration::from_secs(30), async || {
+        let out = w.cp.kubectl(
+            None,
+            &["get", "validatingwebhookconfiguration", &name, "-o", "json"],
+            None,
+        );
+        let hook: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        hook["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+    })
+    .await;
+    let out = w.cp.kubectl(
+        None,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "kmseal-wh",
+            "kmseal-webhook-tls",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", tail(&controller));
+    let user = release.user(&w.cp);
+    let refused = refused(&w.cp, &user, from);
+    assert!(
+        refused.is_empty(),
+        "refused by the API server: {refused:#?}"
+    );
+    assert!(
+        controller.forbidden_lines().is_empty(),
+        "{:?}",
+        controller.forbidden_lines()
+    );
+    drop(controller);
+    release.uninstall(&w.cp);
+    w.delete_namespaces(&["kmseal-wh"]).await;
+
+    // A Secret of one's own: the server takes the configuration with its caBundle.
+    let mut own = set;
+    own.push("webhook.secretName=kmseal-webhook-own".into());
+    own.push("webhook.caBundle=LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==".into());
+    let release = Release {
+        helm,
+        name: "kmseal".into(),
+        namespace: "kmseal-wh".into(),
+        set: own,
+    };
+    release.install(&w.cp);
+    let out = w.cp.kubectl(
+        None,
+        &["get", "validatingwebhookconfiguration", &name, "-o", "json"],
+        None,
+    );
+    let hook: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        hook["webhooks"][0]["clientConfig"]["caBundle"],
+        "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+    );
+    release.uninstall(&w.cp);
+    w.delete_namespaces(&["kmseal-wh", "kmseal-wh-tenant"])
+        .await;
+}
