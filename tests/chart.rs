@@ -738,6 +738,27 @@ fn the_webhook_is_wired_to_its_service_and_certificate() {
                 "{kind}"
             );
         }
+        // failurePolicy Fail on several replicas brings a PodDisruptionBudget; on one it does not
+        // (it would block every drain).
+        for (replicas, pdb) in [("2", true), ("1", false)] {
+            let objects = render(
+                &helm,
+                "kmseal",
+                "platform",
+                &[
+                    &keys,
+                    "webhook.enabled=true",
+                    "webhook.failurePolicy=Fail",
+                    &format!("replicaCount={replicas}"),
+                ],
+            )
+            .unwrap();
+            assert_eq!(
+                !find(&objects, "PodDisruptionBudget").is_empty(),
+                pdb,
+                "{replicas}"
+            );
+        }
         // Off by default: nothing of it.
         let plain = render(&helm, "kmseal", "platform", &[&keys]).unwrap();
         assert!(find(&plain, "ValidatingWebhookConfiguration").is_empty());
