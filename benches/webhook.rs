@@ -206,6 +206,8 @@ fn main() {
                 .body(Full::new(bytes::Bytes::from(bodies[i % 2].clone())))
                 .unwrap();
             let started = Instant::now();
+            // The previous response's connection state settles first (HTTP/1.1, one at a time).
+            sender.ready().await.unwrap();
             let response = sender.send_request(request).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             served.push(started.elapsed());
