@@ -1051,7 +1051,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 read.as_ref()
             }
         };
-        let admitted = self.admission.check_keys(es, keys);
+        let items = match settled {
+            Some(_) => admission::Items::CheckedWhenSettled,
+            None => admission::Items::InObject,
+        };
+        let admitted = self.admission.check_keys(es, keys, items);
         let plan = match settled {
             None => reconcile::plan(es, existing.as_ref(), admitted),
             Some(settled) => {

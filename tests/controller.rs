@@ -566,3 +566,33 @@ async fn an_invalid_scope_annotation_is_reported_even_without_plain_items() {
         .clone();
     assert!(message.contains("kmseal.dev/scope"), "{message}");
 }
+
+/// An object the watch cache keeps settled (without its items) stays Ready when reconciled
+/// again (a resync, its Secret's event): the Secret type's required items were checked when it
+/// settled, not against the empty stand-in (which once made a basic-auth object flap to
+/// InvalidSpec on every Secret event).
+#[tokio::test]
+async fn a_settled_object_of_a_type_with_required_items_stays_ready() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let es = sealed(&kms, &key, &[("username", "admin"), ("password", "s3cr3t")]).await;
+    let r = reconciler(kms, InMemoryCluster::new());
+    assert_eq!(step(&r, &es).await, Reconciled::Applied);
+    let current = r.api().with_status(&es);
+    let kmseal::controller::watched::Watched::Settled(settled) =
+        kmseal::controller::watched::Watched::settle(current)
+    else {
+        panic!("a Ready object is settled");
+    };
+    assert!(settled.object.spec.encrypted_data.is_empty());
+    for _ in 0..3 {
+        let (outcome, _) = r.reconcile_settled(&settled).await.expect("reconcile");
+        assert_eq!(outcome, Reconciled::UpToDate);
+    }
+    let status = r.api().with_status(&es).status.unwrap();
+    assert_eq!(
+        reconcile::ready_condition(Some(&status)).unwrap().status,
+        "True",
+        "{status:?}"
+    );
+}

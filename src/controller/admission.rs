@@ -30,6 +30,16 @@ impl Snapshot {
     }
 }
 
+/// Whether the object checked still holds its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Items {
+    /// `spec.encryptedData` is the object's.
+    InObject,
+    /// A settled object, kept without its items: what needs their names (the Secret type's
+    /// required items) was checked when it was settled ([`super::watched::Watched::settle`]).
+    CheckedWhenSettled,
+}
+
 pub struct Admission {
     current: RwLock<Arc<Snapshot>>,
     types: SecretTypes,
@@ -101,14 +111,16 @@ impl Admission {
     /// items). Checked on every reconcile, so a key the policy stops allowing is noticed even
     /// when nothing else changed.
     pub fn check(&self, es: &EncryptedSecret) -> Result<(), Rejection> {
-        self.check_keys(es, open::item_keys(es).as_ref())
+        self.check_keys(es, open::item_keys(es).as_ref(), Items::InObject)
     }
 
     /// [`Admission::check`] with the items' keys read already (`open::item_keys(es)`).
+    /// `items` says whether `es` still has its items (a settled object is kept without them).
     pub fn check_keys(
         &self,
         es: &EncryptedSecret,
         keys: Result<&ItemKeys, &open::Failure>,
+        items: Items,
     ) -> Result<(), Rejection> {
         let reject = |category: Category, message: String| Rejection {
             reason: category.reason(),
@@ -117,8 +129,12 @@ impl Admission {
         let type_ = reconcile::secret_type(es);
         self.types
             .check(type_)
-            .and_then(|()| {
-                policy::check_required_items(type_, |i| es.spec.encrypted_data.contains_key(i))
+            .and_then(|()| match items {
+                Items::InObject => {
+                    policy::check_required_items(type_, |i| es.spec.encrypted_data.contains_key(i))
+                }
+                // Checked when it was settled: its items cannot change without the object.
+                Items::CheckedWhenSettled => Ok(()),
             })
             .map_err(|e| reject(e.category(), e.to_string()))?;
         let namespace = es.metadata.namespace.as_deref().unwrap_or_default();

@@ -256,7 +256,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             return Ok(Step::Done(Rewrapped::Skipped));
         }
         let keys = open::item_keys(&es);
-        if self.admission.check_keys(&es, keys.as_ref()).is_err() {
+        if self
+            .admission
+            .check_keys(&es, keys.as_ref(), super::admission::Items::InObject)
+            .is_err()
+        {
             return Ok(Step::Done(Rewrapped::Skipped));
         }
         let mut envelopes = BTreeMap::new();
@@ -380,7 +384,11 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let moved_keys = open::item_keys(&moved);
         if self
             .admission
-            .check_keys(&moved, moved_keys.as_ref())
+            .check_keys(
+                &moved,
+                moved_keys.as_ref(),
+                super::admission::Items::InObject,
+            )
             .is_err()
         {
             return Ok(Rewrapped::Skipped);

@@ -113,6 +113,15 @@ impl Watched {
         let Ok(keys) = open::item_keys(&es) else {
             return Watched::compact(es);
         };
+        // What needs the item names is decided here, while they are at hand: an object whose
+        // type lacks a required item is not kept without them (it is refused on every
+        // reconcile, which needs them).
+        let type_ = reconcile::secret_type(&es);
+        if crate::policy::check_required_items(type_, |i| es.spec.encrypted_data.contains_key(i))
+            .is_err()
+        {
+            return Watched::compact(es);
+        }
         let mut object = es;
         object.spec.encrypted_data = Default::default();
         Watched::Settled(Arc::new(Settled {
@@ -331,6 +340,15 @@ mod tests {
         let mut failing = es.clone();
         failing.status = Some(status("False", reconcile::fingerprint(&es)));
         assert!(matches!(Watched::settle(failing), Watched::Compact(_)));
+        // A TLS Secret's object without tls.key is not kept without its items, even Ready
+        // from before the check existed: the check needs them.
+        let mut tls = applied.clone();
+        tls.spec.template = Some(crate::api::SecretTemplate {
+            type_: Some("kubernetes.io/tls".into()),
+            ..Default::default()
+        });
+        tls.status = Some(status("True", reconcile::fingerprint(&tls)));
+        assert!(matches!(Watched::settle(tls), Watched::Compact(_)));
         let mut changed = applied.clone();
         changed
             .spec

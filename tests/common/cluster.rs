@@ -450,7 +450,12 @@ impl ControllerProcess {
     pub fn forbidden_lines(&self) -> Vec<String> {
         self.log_text()
             .lines()
-            .filter(|l| l.contains("403") || l.to_lowercase().contains("forbidden"))
+            // Not a bare "403": a timestamp such as 04:42:49.104036 holds one.
+            .filter(|l| {
+                l.contains("code: 403")
+                    || l.contains(" 403 ")
+                    || l.to_lowercase().contains("forbidden")
+            })
             .map(str::to_owned)
             .collect()
     }
