@@ -610,15 +610,8 @@ fn check_repo_rule(
 pub fn check_encrypted_secret(file: &str, value: Value, options: &Options<'_>) -> Vec<Finding> {
     let Value::Object(mut fields) = value else {
         return vec![Finding {
-            file: file.to_owned(),
-            document: None,
             kind: Some(api::KIND),
-            namespace: None,
-            name: None,
-            item: None,
-            severity: Severity::Error,
-            code: "schema",
-            message: "not an object".to_owned(),
+            ..file_finding(file, "schema", "not an object".to_owned())
         }];
     };
     let mut secret_data = BTreeMap::new();

@@ -47,7 +47,7 @@ pub fn review(
     request: &AdmissionRequest<DynamicObject>,
     options: &Options<'_>,
 ) -> (AdmissionResponse, Verdict) {
-    let response = AdmissionResponse::from(request);
+    let mut response = AdmissionResponse::from(request);
     let never_refused = matches!(request.operation, Operation::Delete | Operation::Connect)
         || request
             .sub_resource
@@ -93,7 +93,6 @@ pub fn review(
         .collect();
     texts.extend(warnings.drain(..).map(shown));
     texts.truncate(MAX_WARNINGS);
-    let mut response = response;
     if !texts.is_empty() {
         response.warnings = Some(texts);
     }

@@ -399,25 +399,28 @@ fn aws_cli_ciphertext_is_accepted_for_its_namespace_name_and_item() {
     }
 }
 
+/// A new RSA key for encryption (ENCRYPT_DECRYPT) on the emulator at `url`: its ARN.
+async fn rsa_key(url: &str, spec: aws_sdk_kms::types::KeySpec) -> String {
+    admin(url, REGION)
+        .await
+        .create_key()
+        .key_spec(spec)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap()
+}
+
 /// Offline sealing with the public key of a real RSA key; decryption through LocalStack.
 #[test]
 fn rsa_offline_sealing_round_trip_on_localstack() {
     let Some(emu) = localstack() else { return };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let key = rt.block_on(async {
-        admin(&emu.url, REGION)
-            .await
-            .create_key()
-            .key_spec(aws_sdk_kms::types::KeySpec::Rsa3072)
-            .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
-            .send()
-            .await
-            .unwrap()
-            .key_metadata
-            .unwrap()
-            .arn
-            .unwrap()
-    });
+    let key = rt.block_on(rsa_key(&emu.url, aws_sdk_kms::types::KeySpec::Rsa3072));
     let pem = kmseal(true)
         .args(["pubkey", "--key", &key, "--endpoint", &emu.url])
         .output()
@@ -1049,20 +1052,7 @@ fn rewrap_follows_an_alias_and_a_rotation_on_moto() {
 fn pubkey_reads_the_key_spec_either_way_on_both_emulators() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for emu in [moto(), localstack()].into_iter().flatten() {
-        let key = rt.block_on(async {
-            admin(&emu.url, REGION)
-                .await
-                .create_key()
-                .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
-                .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
-                .send()
-                .await
-                .unwrap()
-                .key_metadata
-                .unwrap()
-                .arn
-                .unwrap()
-        });
+        let key = rt.block_on(rsa_key(&emu.url, aws_sdk_kms::types::KeySpec::Rsa2048));
         let out = kmseal(true)
             .args(["pubkey", "--key", &key, "--endpoint", &emu.url])
             .output()

@@ -790,7 +790,19 @@ async fn a_tenant_attacking_with_kubectl_gets_nothing() {
 /// The controller on a control plane of its own, with the admin's kubeconfig and static test
 /// credentials for moto.
 fn admin_controller(cp: &ControlPlane, moto: &str, key: &str, dir: &Path) -> ControllerProcess {
-    let env = BTreeMap::from([
+    admin_controller_with(cp, moto, key, &[], &[], dir.join("controller.log"))
+}
+
+/// [`admin_controller`] with more environment, arguments, and its log at `log`.
+fn admin_controller_with(
+    cp: &ControlPlane,
+    moto: &str,
+    key: &str,
+    env: &[(&str, &str)],
+    args: &[String],
+    log: std::path::PathBuf,
+) -> ControllerProcess {
+    let mut all = BTreeMap::from([
         (
             "KMSEAL_KUBECONFIG".to_owned(),
             cp.kubeconfig.to_str().unwrap().to_owned(),
@@ -802,7 +814,8 @@ fn admin_controller(cp: &ControlPlane, moto: &str, key: &str, dir: &Path) -> Con
         ("AWS_ENDPOINT_URL".to_owned(), moto.to_owned()),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
-    ControllerProcess::spawn(&env, &[], dir.join("controller.log"))
+    all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    ControllerProcess::spawn(&all, args, log)
 }
 
 fn values_of(n: usize) -> Vec<(String, Vec<u8>)> {
@@ -1208,26 +1221,20 @@ async fn the_api_server_asks_the_webhook_over_tls() {
 
     let port = cluster::free_port();
     let start = || {
-        let env = BTreeMap::from([
-            (
-                "KMSEAL_KUBECONFIG".to_owned(),
-                w.cp.kubeconfig.to_str().unwrap().to_owned(),
-            ),
-            ("KMSEAL_ALLOWED_KEYS".to_owned(), allowed.clone()),
-            ("KMSEAL_NAMESPACES".to_owned(), ns.to_owned()),
-            ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
-            ("AWS_REGION".to_owned(), REGION.to_owned()),
-            ("AWS_ENDPOINT_URL".to_owned(), w.moto.clone()),
-            ("RUST_LOG".to_owned(), "info".to_owned()),
-        ]);
         let args = [
             "--webhook-address".to_owned(),
             format!("127.0.0.1:{port}"),
             "--webhook-cert-dir".to_owned(),
             dir.path().join("tls").display().to_string(),
         ];
-        ControllerProcess::spawn(&env, &args, dir.path().join("controller.log"))
+        admin_controller_with(
+            &w.cp,
+            &w.moto,
+            &allowed,
+            &[("KMSEAL_NAMESPACES", ns)],
+            &args,
+            dir.path().join("controller.log"),
+        )
     };
     let controller = start();
     wait_for("the webhook listens", Duration::from_secs(30), async || {
@@ -1467,27 +1474,20 @@ async fn the_webhook_makes_and_publishes_its_own_certificate() {
     );
 
     let start = |port: u16, n: usize| {
-        let env = BTreeMap::from([
-            (
-                "KMSEAL_KUBECONFIG".to_owned(),
-                w.cp.kubeconfig.to_str().unwrap().to_owned(),
-            ),
-            ("KMSEAL_ALLOWED_KEYS".to_owned(), allowed.clone()),
-            ("KMSEAL_NAMESPACES".to_owned(), tenant.to_owned()),
-            ("POD_NAMESPACE".to_owned(), home.to_owned()),
-            ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
-            ("AWS_REGION".to_owned(), REGION.to_owned()),
-            ("AWS_ENDPOINT_URL".to_owned(), w.moto.clone()),
-            ("RUST_LOG".to_owned(), "info".to_owned()),
-        ]);
         let args = [
             format!("--webhook-address=127.0.0.1:{port}"),
             "--webhook-secret=kmseal-webhook-tls".to_owned(),
             format!("--webhook-configuration={configuration}"),
             "--webhook-hosts=127.0.0.1".to_owned(),
         ];
-        ControllerProcess::spawn(&env, &args, dir.path().join(format!("controller-{n}.log")))
+        admin_controller_with(
+            &w.cp,
+            &w.moto,
+            &allowed,
+            &[("KMSEAL_NAMESPACES", tenant), ("POD_NAMESPACE", home)],
+            &args,
+            dir.path().join(format!("controller-{n}.log")),
+        )
     };
     let first = start(ports[0], 0);
     wait_for(

@@ -80,12 +80,11 @@ impl Configs {
         })
     }
 
-    /// The config that applies to `file` (which need not exist yet).
+    /// The config that applies to `file`, an absolute path (the file need not exist yet).
     fn config_for(&mut self, file: &Path) -> Result<Option<Rc<Loaded>>, CliError> {
         if let Some(explicit) = &self.explicit {
             return Ok(Some(explicit.clone()));
         }
-        let file = absolute(file)?;
         let mut visited = Vec::new();
         let mut dir = file.parent().map(Path::to_path_buf);
         let found = loop {
@@ -115,10 +114,11 @@ impl Configs {
 
     /// The config that applies to `file`, and the file's path relative to its directory.
     pub(super) fn place_of(&mut self, file: &Path) -> Result<Place, CliError> {
-        let Some(config) = self.config_for(file)? else {
+        let file = absolute(file)?;
+        let Some(config) = self.config_for(&file)? else {
             return Ok(Place::NoConfig);
         };
-        let relative = absolute(file)?.strip_prefix(&config.dir).ok().map(|p| {
+        let relative = file.strip_prefix(&config.dir).ok().map(|p| {
             p.components()
                 .filter_map(|c| c.as_os_str().to_str())
                 .collect::<Vec<_>>()

@@ -30,7 +30,6 @@ pub struct Issued {
     pub key_pem: Zeroizing<String>,
     hosts: String,
     expires: u64,
-    ca_key_pem: Zeroizing<String>,
 }
 
 impl std::fmt::Debug for Issued {
@@ -43,7 +42,8 @@ impl std::fmt::Debug for Issued {
 }
 
 /// Makes a CA and a certificate for `hosts` signed by it, valid from `now` for a year. The
-/// previous bundle's first CA stays in the new bundle.
+/// previous bundle's first CA stays in the new bundle. The CA's key signs once and is dropped:
+/// a renewal makes a new CA, so nothing that could sign another certificate is kept.
 pub fn issue(hosts: &[String], now: u64, previous: Option<&Issued>) -> Result<Issued, String> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let at = |secs: u64| {
@@ -81,7 +81,6 @@ pub fn issue(hosts: &[String], now: u64, previous: Option<&Issued>) -> Result<Is
         key_pem: Zeroizing::new(key.serialize_pem()),
         hosts: hosts.join(","),
         expires: now + VALIDITY_SECS,
-        ca_key_pem: Zeroizing::new(ca_key.serialize_pem()),
     })
 }
 
@@ -108,7 +107,6 @@ fn from_secret(secret: &Secret) -> Option<Issued> {
         ca_bundle: text("ca.crt")?,
         cert_pem: text("tls.crt")?,
         key_pem: Zeroizing::new(text("tls.key")?),
-        ca_key_pem: Zeroizing::new(text("ca.key").unwrap_or_default()),
         hosts: annotations.get(HOSTS_ANNOTATION)?.clone(),
         expires: annotations.get(EXPIRES_ANNOTATION)?.parse().ok()?,
     })
@@ -133,7 +131,6 @@ fn to_secret(name: &str, issued: &Issued, resource_version: Option<String>) -> S
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(BTreeMap::from([
             ("ca.crt".to_owned(), bytes(&issued.ca_bundle)),
-            ("ca.key".to_owned(), bytes(&issued.ca_key_pem)),
             ("tls.crt".to_owned(), bytes(&issued.cert_pem)),
             ("tls.key".to_owned(), bytes(&issued.key_pem)),
         ])),
@@ -272,8 +269,17 @@ mod tests {
             now + VALIDITY_SECS - RENEW_BEFORE_SECS + 1
         ));
         assert!(!still_good(&first, &hosts[..1], now), "other hosts");
-        // The round trip through the Secret keeps everything.
-        let back = from_secret(&to_secret("s", &first, None)).unwrap();
+        // The round trip through the Secret keeps everything, and it holds no CA key.
+        let secret = to_secret("s", &first, None);
+        let kept: Vec<&str> = secret
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(kept, ["ca.crt", "tls.crt", "tls.key"]);
+        let back = from_secret(&secret).unwrap();
         assert_eq!(back.ca_bundle, first.ca_bundle);
         assert_eq!(back.expires, first.expires);
         assert!(still_good(&back, &hosts, now));

@@ -93,10 +93,6 @@ impl Certificates {
             }
         }
     }
-
-    fn marker(&self) -> String {
-        crate::sync::read(&self.current).0.clone()
-    }
 }
 
 impl ResolvesServerCert for Certificates {
@@ -316,11 +312,9 @@ async fn refresh(
             }
             CertSource::SelfManaged(own) => match own.ensure(crate::time::unix_now()).await {
                 Ok(issued) => {
-                    if issued.cert_pem != certificates.marker() {
-                        certificates.set_if_changed(issued.cert_pem.clone(), || {
-                            certified(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
-                        });
-                    }
+                    certificates.set_if_changed(issued.cert_pem.clone(), || {
+                        certified(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+                    });
                     if let Err(e) = own.publish(&issued.ca_bundle).await {
                         tracing::warn!(error = %e, "cannot set the webhook caBundle; trying again in a minute");
                     }
