@@ -108,7 +108,13 @@ fn secret_bench(c: &mut Criterion) {
     group.bench_function("open", |b| {
         b.iter(|| {
             runtime.block_on(kmseal::open::open_all(
-                &kms, &sealed, "prod", "db", rules, None,
+                &kms,
+                &sealed,
+                "prod",
+                "db",
+                rules,
+                kmseal::kms::Principal::CONTROLLER,
+                None,
             ))
         })
     });

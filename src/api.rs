@@ -54,6 +54,12 @@ pub struct EncryptedSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub key_id: Option<String>,
+    /// A ServiceAccount of this namespace whose AWS role (its eks.amazonaws.com/role-arn
+    /// annotation) the controller decrypts this object's values with, instead of its own. Needs
+    /// per-tenant identity turned on in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
     /// What the controller does when values are not under the key and key material they
     /// should be.
     #[serde(default, skip_serializing_if = "Option::is_none")]

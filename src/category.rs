@@ -20,8 +20,13 @@ pub mod reason {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const KEY_NOT_ALLOWED: &str = "KeyNotAllowed";
     pub const TYPE_NOT_ALLOWED: &str = "SecretTypeNotAllowed";
+    /// The object may not use the identity it asks for (or must name one).
+    pub const IDENTITY_NOT_ALLOWED: &str = "IdentityNotAllowed";
+    pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
+    pub const NO_ROLE_ANNOTATION: &str = "NoRoleAnnotation";
+    pub const ASSUME_ROLE_DENIED: &str = "AssumeRoleDenied";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 17] = [
         SYNCED,
         SECRET_EXISTS,
         INVALID_SPEC,
@@ -35,6 +40,10 @@ pub mod reason {
         APPLY_FAILED,
         KEY_NOT_ALLOWED,
         TYPE_NOT_ALLOWED,
+        IDENTITY_NOT_ALLOWED,
+        SERVICE_ACCOUNT_NOT_FOUND,
+        NO_ROLE_ANNOTATION,
+        ASSUME_ROLE_DENIED,
     ];
 }
 
@@ -72,6 +81,11 @@ pub enum Category {
     KeyNotAllowed,
     TypeNotAllowed,
     InvalidPolicy,
+    // Per-tenant AWS identity.
+    IdentityNotAllowed,
+    ServiceAccountNotFound,
+    NoRoleAnnotation,
+    AssumeRoleDenied,
     /// The operating system's randomness failed.
     Random,
 }
@@ -104,6 +118,10 @@ impl Category {
             Category::KeyNotAllowed => "key_not_allowed",
             Category::TypeNotAllowed => "type_not_allowed",
             Category::InvalidPolicy => "invalid_policy",
+            Category::IdentityNotAllowed => "identity_not_allowed",
+            Category::ServiceAccountNotFound => "service_account_not_found",
+            Category::NoRoleAnnotation => "no_role_annotation",
+            Category::AssumeRoleDenied => "assume_role_denied",
             Category::Random => "random",
         }
     }
@@ -137,6 +155,10 @@ impl Category {
             // The policy cannot admit the object: nothing is sent to KMS for it.
             Category::KeyNotAllowed | Category::InvalidPolicy => reason::KEY_NOT_ALLOWED,
             Category::TypeNotAllowed => reason::TYPE_NOT_ALLOWED,
+            Category::IdentityNotAllowed => reason::IDENTITY_NOT_ALLOWED,
+            Category::ServiceAccountNotFound => reason::SERVICE_ACCOUNT_NOT_FOUND,
+            Category::NoRoleAnnotation => reason::NO_ROLE_ANNOTATION,
+            Category::AssumeRoleDenied => reason::ASSUME_ROLE_DENIED,
             // Nothing the tenant did or can fix; the Secret could not be written.
             Category::Random => reason::APPLY_FAILED,
         }
@@ -180,6 +202,10 @@ mod tests {
             Category::KeyNotAllowed,
             Category::TypeNotAllowed,
             Category::InvalidPolicy,
+            Category::IdentityNotAllowed,
+            Category::ServiceAccountNotFound,
+            Category::NoRoleAnnotation,
+            Category::AssumeRoleDenied,
             Category::Random,
         ];
         let labels: std::collections::BTreeSet<_> = all.iter().map(|c| c.as_str()).collect();

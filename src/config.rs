@@ -56,6 +56,30 @@ pub struct ControllerArgs {
     #[arg(long, env = "KMSEAL_ALLOW_ANY_KEY", conflicts_with_all = ["allowed_keys", "key_policy"])]
     pub allow_any_key: bool,
 
+    /// Per-tenant AWS identity: an EncryptedSecret may name spec.serviceAccountName, and its
+    /// KMS calls then go out under the IAM role of that ServiceAccount of its namespace (its
+    /// eks.amazonaws.com/role-arn annotation), never the controller's (see
+    /// docs/multi-tenancy.md#per-tenant-aws-identity).
+    #[arg(long, env = "KMSEAL_TENANT_IDENTITY")]
+    pub tenant_identity: bool,
+
+    /// With --tenant-identity: the ServiceAccount (in the object's own namespace) whose role
+    /// every object uses that names none and whose namespace's policy rule gives no default.
+    /// No object then uses the controller's role.
+    #[arg(
+        long,
+        env = "KMSEAL_DEFAULT_SERVICE_ACCOUNT",
+        value_name = "NAME",
+        requires = "tenant_identity",
+        value_parser = service_account_name
+    )]
+    pub default_service_account: Option<String>,
+
+    /// With --tenant-identity: client-side limit on STS AssumeRoleWithWebIdentity calls per
+    /// second, shared fairly between namespaces (0: unlimited).
+    #[arg(long, env = "KMSEAL_STS_REQUESTS_PER_SECOND", default_value_t = 5.0)]
+    pub sts_requests_per_second: f64,
+
     /// Allow plain KMS ciphertext items with cluster scope (kmseal.dev/namespace=*): any
     /// namespace that may use the key can then open any such ciphertext.
     #[arg(long, env = "KMSEAL_ALLOW_CLUSTER_SCOPE_PLAIN_ITEMS")]
@@ -194,6 +218,14 @@ pub struct ControllerArgs {
     pub check_kms_key: Option<String>,
 }
 
+fn service_account_name(name: &str) -> Result<String, String> {
+    if crate::identity::valid_service_account_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err("not a ServiceAccount name: use lowercase letters, digits, '-' and '.'".to_owned())
+    }
+}
+
 /// Why the controller's flags cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -209,12 +241,15 @@ impl ControllerArgs {
     /// The key policy the flags describe (reading the policy file, if any).
     pub fn key_policy(&self) -> Result<crate::policy::KeyPolicy, ConfigError> {
         use crate::policy::KeyPolicy;
+        let mut identities = vec![];
         let mut policy = if self.allow_any_key {
             KeyPolicy::any_key()
         } else {
             let mut rules = KeyPolicy::rules_for_all_namespaces(&self.allowed_keys)?;
             if let Some(path) = &self.key_policy {
-                rules.extend(KeyPolicy::read_rules(path)?);
+                let (keys, identity_rules) = KeyPolicy::read_file(path)?;
+                rules.extend(keys);
+                identities = identity_rules;
             }
             if rules.is_empty() && self.key_policy.is_none() {
                 return Err(ConfigError::NoKeysAllowed);
@@ -222,6 +257,11 @@ impl ControllerArgs {
             KeyPolicy::from_rules(rules)
         };
         policy.allow_cluster_scope_plain_items = self.allow_cluster_scope_plain_items;
+        policy.identity = crate::identity::IdentitySettings {
+            enabled: self.tenant_identity,
+            default_service_account: self.default_service_account.clone(),
+            rules: identities,
+        };
         Ok(policy)
     }
 

@@ -41,6 +41,7 @@ pub mod retries;
 pub mod rewrap;
 pub mod runtime;
 pub mod secret_index;
+pub mod tenant_identity;
 pub mod waiting_room;
 pub mod watched;
 pub mod webhook_certs;
@@ -526,6 +527,8 @@ pub struct Reconciler<K, A> {
     not_current: Mutex<HashMap<(String, String), NotCurrent>>,
     /// Key rotation in the cluster: the policy and the queue of objects to re-wrap.
     rotation: Arc<rewrap::Rotation>,
+    /// Tenants' ServiceAccount credentials (per-tenant identity); `None` when it is off.
+    identities: Option<Arc<tenant_identity::TenantIdentities>>,
 }
 
 /// What a [`Reconciler`] shares with the rest of the runtime.
@@ -535,6 +538,8 @@ pub struct Shared {
     /// One for every scope: keys are looked up once, whoever uses them.
     pub key_facts: Arc<key_facts::KeyFactsCache>,
     pub rotation: Arc<rewrap::Rotation>,
+    /// Per-tenant identity's credentials, when it is on.
+    pub identities: Option<Arc<tenant_identity::TenantIdentities>>,
 }
 
 /// An object's values that are not current: the `KeyCurrent` reason and how many.
@@ -639,6 +644,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 admission,
                 key_facts: Arc::new(key_facts::KeyFactsCache::default()),
                 rotation: Arc::new(rewrap::Rotation::new(crate::api::RotationPolicy::Rewrap)),
+                identities: None,
             },
         )
     }
@@ -650,6 +656,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             admission,
             key_facts,
             rotation,
+            identities,
         } = shared;
         Reconciler {
             kms,
@@ -663,6 +670,39 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             key_facts,
             not_current: Mutex::new(HashMap::new()),
             rotation,
+            identities,
+        }
+    }
+
+    /// Makes tenants' objects use their ServiceAccounts' roles (per-tenant identity).
+    pub fn with_identities(mut self, identities: Arc<tenant_identity::TenantIdentities>) -> Self {
+        self.identities = Some(identities);
+        self
+    }
+
+    pub fn identities(&self) -> Option<&tenant_identity::TenantIdentities> {
+        self.identities.as_deref()
+    }
+
+    /// Whose credentials the object's KMS calls go out under: the controller's, or those of
+    /// the ServiceAccount the policy and the object choose. Never the controller's for an
+    /// object that has (or must have) a ServiceAccount.
+    pub(crate) async fn principal_for(
+        &self,
+        es: &EncryptedSecret,
+    ) -> Result<crate::kms::Principal, crate::identity::IdentityError> {
+        use crate::identity::{Choice, IdentityError};
+        match self.admission.identity_of(es)? {
+            Choice::Controller => Ok(crate::kms::Principal::Controller),
+            Choice::ServiceAccount(service_account) => match &self.identities {
+                Some(identities) => {
+                    let (namespace, name) = Self::key(es);
+                    identities
+                        .principal(&namespace, &service_account, &name)
+                        .await
+                }
+                None => Err(IdentityError::Off { service_account }),
+            },
         }
     }
 
@@ -1160,6 +1200,30 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         replacing: Option<(&str, &ExistingSecret)>,
         keys: Option<&ItemKeys>,
     ) -> Result<(Reconciled, Action), ReconcileError> {
+        // Whose credentials: a ServiceAccount's role is assumed only now, after the key policy
+        // allowed every key the object names.
+        let principal = match self.principal_for(es).await {
+            Ok(principal) => principal,
+            Err(crate::identity::IdentityError::Deferred(_)) => {
+                // The STS budget has no room for this namespace now.
+                return Ok((
+                    Reconciled::Deferred,
+                    Action::requeue(Duration::from_secs(2)),
+                ));
+            }
+            Err(e) => {
+                let charged = e.is_tenants();
+                return self
+                    .fail(
+                        es,
+                        Outcome::failed(e.category().reason(), e.to_string()),
+                        None,
+                        keys.into(),
+                        charged,
+                    )
+                    .await;
+            }
+        };
         let snapshot = self.admission.snapshot();
         let proceed = || self.api.is_current(es);
         let opened = open::open_all(
@@ -1168,6 +1232,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             namespace,
             name,
             snapshot.rules(),
+            &principal,
             Some(&proceed),
         )
         .await;
@@ -1185,10 +1250,20 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                     }
                     OpenFailed::Deferred => Ok(self.defer(namespace, name)),
                     OpenFailed::Failed {
-                        outcome,
+                        mut outcome,
                         detail,
                         charged,
                     } => {
+                        if let crate::kms::Principal::Tenant(session) = &principal
+                            && outcome.reason == reason::ACCESS_DENIED
+                        {
+                            // Not the controller's role: the tenant's own is to be granted.
+                            let who = &session.identity;
+                            outcome.message = format!(
+                                "{}; this object's KMS calls go out under role {} of ServiceAccount {}/{}, so grant it to that role (its IAM policy and the key's key policy), not to the controller",
+                                outcome.message, who.role_arn, who.namespace, who.service_account
+                            );
+                        }
                         self.fail(es, outcome, Some(&detail), keys.into(), charged)
                             .await
                     }

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Admission reviews by result (`allowed`, `warned`, `denied`, `invalid`).
     pub admission_reviews: Family<ResultLabels, Counter>,
     pub admission_duration: Histogram,
+    /// Per-tenant identity's calls (`TokenRequest`, `AssumeRoleWithWebIdentity`), by outcome
+    /// (`ok`, `failed`).
+    pub identity_requests: Family<KmsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +119,12 @@ impl Metrics {
             "kms_request_duration_seconds",
             "KMS request latency, including SDK retries",
             kms_duration.clone(),
+        );
+        let identity_requests = Family::<KmsLabels, Counter>::default();
+        registry.register(
+            "identity_requests",
+            "Per-tenant identity's TokenRequest and STS AssumeRoleWithWebIdentity calls, by operation and outcome",
+            identity_requests.clone(),
         );
         let data_key_cache = Family::<CacheLabels, Counter>::default();
         registry.register(
@@ -167,6 +176,7 @@ impl Metrics {
             data_key_cache,
             managed_objects,
             stale_values,
+            identity_requests,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::arn;
 use crate::binding::{self, Binding, EncryptionContext, NameError, Scope};
 use crate::category::Category;
 use crate::envelope::{self, DataKey, Envelope, EnvelopeError, Version, WrapAlgorithm};
-use crate::kms::{DecryptRequest, Kms, KmsError, KmsErrorKind, Proceed};
+use crate::kms::{DecryptRequest, Kms, KmsError, KmsErrorKind, Principal, Proceed};
 use crate::policy::{KeyPolicy, PolicyError, ResolvedAliases};
 use crate::wrapping::{ItemKeys, Wrapping, intern};
 
@@ -323,6 +323,7 @@ async fn call<K: Kms>(
     call: &Call,
     namespace: &str,
     rules: Rules<'_>,
+    principal: &Principal,
     proceed: Option<Proceed<'_>>,
 ) -> Answer {
     if let Some(proceed) = proceed
@@ -342,6 +343,7 @@ async fn call<K: Kms>(
             algorithm: call.algorithm,
             context: &call.context,
             tenant: namespace,
+            principal,
             proceed,
         })
         .await?;
@@ -415,12 +417,14 @@ fn finish(
 /// nothing that can fail without KMS costs a call, and after a failed call no further call is
 /// made. `proceed` is checked before every call (and by a fair KMS budget right before the
 /// call leaves), so an object that was deleted or changed meanwhile makes no further calls.
+/// Every call goes out under `principal`'s credentials.
 pub async fn open_all<K: Kms>(
     kms: &K,
     es: &EncryptedSecret,
     namespace: &str,
     name: &str,
     rules: Rules<'_>,
+    principal: &Principal,
     proceed: Option<Proceed<'_>>,
 ) -> Result<BTreeMap<String, Opened>, Failure> {
     check_object(es).map_err(|error| Failure { item: None, error })?;
@@ -437,7 +441,7 @@ pub async fn open_all<K: Kms>(
     }
     let mut answers: Vec<Option<Answer>> = Vec::with_capacity(plan.calls.len());
     for (index, c) in plan.calls.iter().enumerate() {
-        let answer = call(kms, c, namespace, rules, proceed).await;
+        let answer = call(kms, c, namespace, rules, principal, proceed).await;
         if let Err(error) = &answer {
             let item = plan.items.iter().find_map(|(item, p)| match p {
                 Planned::Envelope { call, .. } | Planned::Plain { call, .. } if *call == index => {
@@ -531,7 +535,9 @@ pub async fn open_each<K: Kms>(
     let plan = plan(es, namespace, name, rules);
     let mut answers = Vec::with_capacity(plan.calls.len());
     for c in &plan.calls {
-        answers.push(Some(call(kms, c, namespace, rules, None).await));
+        answers.push(Some(
+            call(kms, c, namespace, rules, Principal::CONTROLLER, None).await,
+        ));
     }
     plan.items
         .into_iter()

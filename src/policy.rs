@@ -81,54 +81,7 @@ impl KeyRef {
     }
 }
 
-/// A namespace name, or a pattern in which `*` stands for any run of characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamespacePattern(String);
-
-impl NamespacePattern {
-    pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let ok = !text.is_empty()
-            && text.len() <= 63
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'*');
-        if ok {
-            Ok(NamespacePattern(text.to_owned()))
-        } else {
-            Err(PolicyError::Invalid(format!(
-                "{:?} is not a namespace or a namespace pattern: use lowercase letters, digits, '-' and '*' (any run of characters), at most 63",
-                crate::text::bounded(text, 120)
-            )))
-        }
-    }
-
-    pub fn matches(&self, namespace: &str) -> bool {
-        glob(self.0.as_bytes(), namespace.as_bytes())
-    }
-}
-
-/// `*` matches any run of bytes; everything else matches itself. Linear in practice (patterns
-/// are at most 63 bytes, names at most 63).
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&b| b == b'*')
-}
+pub use crate::pattern::NamespacePattern;
 
 /// One rule: these namespaces may use this key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +108,8 @@ pub struct KeyPolicy {
     pub allow_cluster_scope_plain_items: bool,
     /// Whether a plain item must name its key in `spec.keyId` (always, in the controller).
     pub require_plain_key_id: bool,
+    /// Whose AWS credentials each namespace's objects use (see [`crate::identity`]).
+    pub identity: crate::identity::IdentitySettings,
 }
 
 /// Why the policy refuses, told to the tenant. Never carries secret material.
@@ -201,6 +156,46 @@ pub enum PolicyError {
         needs: &'static str,
         missing: String,
     },
+}
+
+/// One `identities` entry, checked.
+fn identity_rule(rule: &IdentityRuleFile) -> Result<crate::identity::IdentityRule, String> {
+    use crate::identity::Requirement;
+    if rule.namespaces.is_empty() || rule.namespaces.len() > MAX_PATTERNS {
+        return Err(format!(
+            "list 1 to {MAX_PATTERNS} namespaces (or \"*\" for all)"
+        ));
+    }
+    let namespaces = rule
+        .namespaces
+        .iter()
+        .map(|n| NamespacePattern::parse(n))
+        .collect::<Result<_, _>>()?;
+    let service_account = match &rule.service_account {
+        Some(sa) if crate::identity::valid_service_account_name(sa) => Some(sa.clone()),
+        Some(sa) => {
+            return Err(format!(
+                "serviceAccount {:?} is not a ServiceAccount name",
+                crate::text::bounded(sa, 120)
+            ));
+        }
+        None => None,
+    };
+    let requirement = match rule.identity.as_deref() {
+        None | Some("optional") => Requirement::Optional,
+        Some("required") => Requirement::Required,
+        Some(other) => {
+            return Err(format!(
+                "identity {:?} is neither required nor optional",
+                crate::text::bounded(other, 40)
+            ));
+        }
+    };
+    Ok(crate::identity::IdentityRule {
+        namespaces,
+        service_account,
+        requirement,
+    })
 }
 
 fn type_reason(type_: &str) -> &'static str {
@@ -250,6 +245,19 @@ struct PolicyFile {
     kind: String,
     #[serde(default)]
     keys: Vec<RuleFile>,
+    #[serde(default)]
+    identities: Vec<IdentityRuleFile>,
+}
+
+/// `identities`: for these namespaces, a default ServiceAccount and whether one is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IdentityRuleFile {
+    namespaces: Vec<String>,
+    #[serde(default)]
+    service_account: Option<String>,
+    #[serde(default)]
+    identity: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +278,7 @@ impl KeyPolicy {
             rules: None,
             allow_cluster_scope_plain_items: true,
             require_plain_key_id: false,
+            identity: Default::default(),
         }
     }
 
@@ -280,6 +289,7 @@ impl KeyPolicy {
             rules: None,
             allow_cluster_scope_plain_items: false,
             require_plain_key_id: true,
+            identity: Default::default(),
         }
     }
 
@@ -289,6 +299,7 @@ impl KeyPolicy {
             rules: Some(rules),
             allow_cluster_scope_plain_items: false,
             require_plain_key_id: true,
+            identity: Default::default(),
         }
     }
 
@@ -304,14 +315,21 @@ impl KeyPolicy {
             .map(|k| {
                 Ok(Rule {
                     key: KeyRef::parse(k)?,
-                    namespaces: vec![NamespacePattern("*".into())],
+                    namespaces: vec![NamespacePattern::any()],
                 })
             })
             .collect()
     }
 
-    /// Parses a policy file. Errors give a position, never the text around it.
+    /// Parses a policy file's key rules. Errors give a position, never the text around it.
     pub fn parse_rules(text: &str) -> Result<Vec<Rule>, PolicyError> {
+        Ok(KeyPolicy::parse_file(text)?.0)
+    }
+
+    /// Parses a policy file: its key rules and its identity rules.
+    pub fn parse_file(
+        text: &str,
+    ) -> Result<(Vec<Rule>, Vec<crate::identity::IdentityRule>), PolicyError> {
         if text.len() > MAX_POLICY_LEN {
             return Err(PolicyError::Invalid(format!(
                 "the key policy is {} bytes, over the limit of {MAX_POLICY_LEN}",
@@ -335,7 +353,25 @@ impl KeyPolicy {
                 file.keys.len()
             )));
         }
-        file.keys
+        if file.identities.len() > crate::identity::MAX_IDENTITY_RULES {
+            return Err(PolicyError::Invalid(format!(
+                "the key policy has {} identity rules; at most {}",
+                file.identities.len(),
+                crate::identity::MAX_IDENTITY_RULES
+            )));
+        }
+        let identities = file
+            .identities
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                identity_rule(rule).map_err(|m| {
+                    PolicyError::Invalid(format!("key policy identity rule {}: {m}", i + 1))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = file
+            .keys
             .iter()
             .enumerate()
             .map(|(i, rule)| {
@@ -355,16 +391,24 @@ impl KeyPolicy {
                     namespaces: rule
                         .namespaces
                         .iter()
-                        .map(|n| NamespacePattern::parse(n))
+                        .map(|n| NamespacePattern::parse(n).map_err(PolicyError::Invalid))
                         .collect::<Result<_, _>>()
                         .map_err(at)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((keys, identities))
     }
 
     /// The rules of the policy file at `path` (at most [`MAX_POLICY_LEN`] bytes).
     pub fn read_rules(path: &std::path::Path) -> Result<Vec<Rule>, PolicyError> {
+        Ok(KeyPolicy::read_file(path)?.0)
+    }
+
+    /// The key rules and identity rules of the policy file at `path`.
+    pub fn read_file(
+        path: &std::path::Path,
+    ) -> Result<(Vec<Rule>, Vec<crate::identity::IdentityRule>), PolicyError> {
         use std::io::Read;
         let shown = path.display().to_string();
         let mut text = String::new();
@@ -374,7 +418,7 @@ impl KeyPolicy {
                 path: shown.clone(),
                 message: e.to_string(),
             })?;
-        KeyPolicy::parse_rules(&text).map_err(|e| PolicyError::File {
+        KeyPolicy::parse_file(&text).map_err(|e| PolicyError::File {
             path: shown,
             message: e.to_string(),
         })
@@ -786,6 +830,44 @@ mod tests {
         ] {
             let err = KeyPolicy::rules_for_all_namespaces(&[bad.into()]).unwrap_err();
             assert_eq!(err.category().as_str(), "invalid_policy", "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_rules_come_from_the_same_file() {
+        let head = "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\n";
+        let (keys, identities) = KeyPolicy::parse_file(&format!(
+            "{head}identities:\n- namespaces: [team-*]\n  serviceAccount: kmseal\n  identity: required\n- namespaces: [dev]\n"
+        ))
+        .unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(identities.len(), 2);
+        assert_eq!(identities[0].service_account.as_deref(), Some("kmseal"));
+        assert_eq!(
+            identities[0].requirement,
+            crate::identity::Requirement::Required
+        );
+        assert_eq!(
+            identities[1].requirement,
+            crate::identity::Requirement::Optional
+        );
+        for (bad, says) in [
+            ("identities:\n- namespaces: []\n", "identity rule 1"),
+            (
+                "identities:\n- namespaces: [a]\n  identity: always\n",
+                "neither required nor optional",
+            ),
+            (
+                "identities:\n- namespaces: [a]\n  serviceAccount: ../x\n",
+                "not a ServiceAccount name",
+            ),
+            (
+                "identities:\n- namespaces: [a]\n  roleArn: x\n",
+                "not valid",
+            ),
+        ] {
+            let e = KeyPolicy::parse_file(&format!("{head}{bad}")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
         }
     }
 

@@ -692,6 +692,7 @@ mod tests {
                     immutable: None,
                 }),
                 key_id: None,
+                service_account_name: None,
                 rotation: None,
             },
         );

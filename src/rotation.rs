@@ -553,6 +553,7 @@ pub async fn move_data_key<K: Kms>(
     name: &str,
     target_key_arn: &str,
     now: u64,
+    principal: &crate::kms::Principal,
 ) -> Result<Header, KmsError> {
     let context = crate::binding::Binding::new(source.scope, namespace, name).context_v2();
     let moved = kms
@@ -563,6 +564,7 @@ pub async fn move_data_key<K: Kms>(
             source_context: &context,
             destination_key_id: target_key_arn,
             destination_context: &context,
+            principal,
         })
         .await?;
     if !crate::arn::same_key(&moved.key_arn, target_key_arn) {

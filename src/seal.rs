@@ -338,6 +338,7 @@ pub async fn seal_secret<K: Kms, R: Random>(
             encrypted_data,
             template: template_of(secret),
             key_id: Some(key_id),
+            service_account_name: None,
             rotation: None,
         },
     ))

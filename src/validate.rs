@@ -419,6 +419,15 @@ fn check_encrypted(
     }) {
         push(None, Severity::Error, e.category().as_str(), e.to_string());
     }
+    if let Some(ns) = namespace
+        && let Err(e) = options
+            .rules
+            .policy
+            .identity
+            .choose(ns, es.spec.service_account_name.as_deref())
+    {
+        push(None, Severity::Error, e.category().as_str(), e.to_string());
+    }
     if es.spec.encrypted_data.is_empty() {
         push(
             None,

@@ -812,6 +812,7 @@ async fn re_encrypt(
         source_context,
         destination_key_id: destination,
         destination_context,
+        principal: kmseal::kms::Principal::CONTROLLER,
     })
     .await
 }

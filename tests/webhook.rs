@@ -322,3 +322,77 @@ async fn a_tenant_can_always_clean_up() {
         "{response}"
     );
 }
+
+#[tokio::test]
+async fn service_account_rules_are_checked_at_apply_time() {
+    use kmseal::identity::{IdentityRule, IdentitySettings, Requirement};
+    use kmseal::policy::NamespacePattern;
+    let mut f = Fixture::new();
+    let good = f.sealed(&f.allowed, "db", &[("password", PLAINTEXT)]).await;
+    let mut named = good.clone();
+    named["spec"]["serviceAccountName"] = json!("app");
+    let denied = |f: &Fixture, object: &Value, code: &str| {
+        let (response, verdict) = decide(f, request("CREATE", Some(object), None, None));
+        assert_eq!(verdict, Verdict::Denied, "{response}");
+        let message = response["status"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(&format!("[{code}]")), "{message}");
+        message
+    };
+
+    // Per-tenant identity off: an object may not name a ServiceAccount (it would otherwise
+    // be decrypted with the controller's role).
+    let message = denied(&f, &named, "identity_not_allowed");
+    assert!(message.contains("per-tenant identity is off"), "{message}");
+    assert_eq!(
+        decide(&f, request("CREATE", Some(&good), None, None)).1,
+        Verdict::Allowed
+    );
+
+    // On, with prod locked to ServiceAccounts' roles.
+    f.policy.identity = IdentitySettings {
+        enabled: true,
+        default_service_account: None,
+        rules: vec![IdentityRule {
+            namespaces: vec![NamespacePattern::parse("prod").unwrap()],
+            service_account: None,
+            requirement: Requirement::Required,
+        }],
+    };
+    let message = denied(&f, &good, "identity_not_allowed");
+    assert!(message.contains("spec.serviceAccountName"), "{message}");
+    assert_eq!(
+        decide(&f, request("CREATE", Some(&named), None, None)).1,
+        Verdict::Allowed
+    );
+    let mut hostile = good.clone();
+    hostile["spec"]["serviceAccountName"] = json!("../kube-system/default");
+    denied(&f, &hostile, "invalid_input");
+    // kmseal validate says the same of both, given the policy file.
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        format!(
+            "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys:\n- key: {}\n  namespaces: [\"*\"]\nidentities:\n- namespaces: [prod]\n  identity: required\n",
+            f.allowed
+        ),
+    )
+    .unwrap();
+    for (object, code) in [(&good, "identity_not_allowed"), (&hostile, "invalid_input")] {
+        let input = serde_json::to_string(object).unwrap();
+        let out = run(
+            &f.kms,
+            &[
+                "validate",
+                "--key-policy",
+                policy.path().to_str().unwrap(),
+                "-o",
+                "json",
+                "-",
+            ],
+            &input,
+        )
+        .await;
+        assert_eq!(out.code, 3, "errors found: {}", out.stdout);
+        assert!(out.stdout.contains(code), "{}", out.stdout);
+    }
+}

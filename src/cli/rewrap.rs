@@ -402,6 +402,7 @@ impl<K: Kms> Run<'_, '_, '_, K> {
             name,
             &target.key_arn,
             self.io.now,
+            crate::kms::Principal::CONTROLLER,
         )
         .await
     }

@@ -68,12 +68,20 @@ pub(super) fn validate_policy(args: &ValidateArgs) -> Result<KeyPolicy, CliError
     } else {
         let mut rules = KeyPolicy::rules_for_all_namespaces(&args.allowed_keys)
             .map_err(|e| usage(format!("--allowed-keys: {e}")))?;
+        let mut identities = vec![];
         if let Some(path) = &args.key_policy {
-            rules.extend(KeyPolicy::read_rules(path)?);
+            let (keys, identity_rules) = KeyPolicy::read_file(path)?;
+            rules.extend(keys);
+            identities = identity_rules;
         }
-        KeyPolicy::from_rules(rules)
+        let mut policy = KeyPolicy::from_rules(rules);
+        policy.identity.rules = identities;
+        policy
     };
     policy.allow_cluster_scope_plain_items = args.allow_cluster_scope_plain_items;
+    // Whether the cluster has per-tenant identity on is not known here: a ServiceAccount name
+    // is checked, and the policy file's `identity: required` rules.
+    policy.identity.enabled = true;
     Ok(policy)
 }
 

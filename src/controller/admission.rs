@@ -164,6 +164,20 @@ impl Admission {
                 .plain_key_id(namespace, es.spec.key_id.as_deref(), &snapshot.aliases)
                 .map_err(policy_error)?;
         }
+        self.identity_of(es)
+            .map_err(|e| reject(e.category(), e.to_string()))?;
         Ok(())
+    }
+
+    /// Whose credentials the object's KMS calls use, as the policy and the object say.
+    pub fn identity_of(
+        &self,
+        es: &EncryptedSecret,
+    ) -> Result<crate::identity::Choice, crate::identity::IdentityError> {
+        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+        self.snapshot()
+            .policy
+            .identity
+            .choose(namespace, es.spec.service_account_name.as_deref())
     }
 }

@@ -321,24 +321,35 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             return Ok(Step::Done(Rewrapped::Skipped));
         }
         let group = &job.groups[job.moved];
-        let moved = crate::rotation::move_data_key(
-            &self.kms,
-            &group.header,
-            &namespace,
-            &name,
-            &group.target.key_arn,
-            job.now,
-        )
-        .await;
+        // The object's own identity moves its values, as it opens them.
+        let moved = match self.principal_for(&job.es).await {
+            Ok(principal) => crate::rotation::move_data_key(
+                &self.kms,
+                &group.header,
+                &namespace,
+                &name,
+                &group.target.key_arn,
+                job.now,
+                &principal,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(namespace, name, error = %e, "re-wrap failed");
+                e.tenant_message()
+            }),
+            Err(e) => {
+                tracing::warn!(namespace, name, error = %e, "re-wrap failed: no identity");
+                Err(e.to_string())
+            }
+        };
         let header = match moved {
             Ok(header) => header,
-            Err(e) => {
-                tracing::warn!(namespace, name, error = %e, "re-wrap failed");
+            Err(tenant_message) => {
                 let message = format!(
                     "moving {} value(s) to key {} with kms:ReEncrypt failed: {}; they still open and the Secret is unchanged; kmseal tries again in {} min",
                     group.items.len(),
                     group.target.key_arn,
-                    e.tenant_message(),
+                    tenant_message,
                     REWRAP_RETRY.as_secs() / 60
                 );
                 let count = job.groups.iter().map(|g| g.items.len()).sum();
@@ -463,7 +474,14 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
                 .iter()
                 .any(|w| w.version == crate::envelope::Version::V1)
         });
+        // A v1 upgrade generates data keys with the controller's role: not for an object whose
+        // values go out under a ServiceAccount's.
+        let own_identity = !matches!(
+            self.admission.identity_of(es),
+            Ok(crate::identity::Choice::Controller)
+        );
         if !has_v1
+            || own_identity
             || self.rotation.policy(es).0 != RotationPolicy::Rewrap
             || es.status.as_ref().is_some_and(|s| s.rewrapped.is_some())
         {

@@ -92,6 +92,33 @@ pub struct KmsParts {
     pub gate: Option<Arc<Gate>>,
 }
 
+/// Per-tenant identity's credentials, shared by every scope (one STS budget), when
+/// `--tenant-identity` is on.
+fn tenant_identities(
+    args: &ControllerArgs,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<super::tenant_identity::TenantIdentities>> {
+    use super::tenant_identity::{AwsSts, KubeIdentityApi, TenantIdentities};
+    if !args.tenant_identity {
+        return None;
+    }
+    let metrics = metrics.clone();
+    Some(Arc::new(
+        TenantIdentities::new(
+            Arc::new(KubeIdentityApi::new(client.clone())),
+            Arc::new(AwsSts::new(&args.aws.settings())),
+            args.sts_requests_per_second,
+        )
+        .with_observer(Arc::new(move |operation, outcome| {
+            metrics
+                .identity_requests
+                .get_or_create(&crate::metrics::KmsLabels { operation, outcome })
+                .inc();
+        })),
+    ))
+}
+
 /// Builds the controller's KMS stack from its flags.
 pub async fn kms_stack(
     args: &ControllerArgs,
@@ -298,6 +325,13 @@ struct Watching<K> {
     secret_stream: futures::stream::BoxStream<'static, ()>,
 }
 
+/// What every scope's reconciler shares besides KMS: the key facts (looked up once, whoever
+/// uses them) and tenants' credentials (one STS budget).
+struct Common {
+    key_facts: Arc<KeyFactsCache>,
+    identities: Option<Arc<super::tenant_identity::TenantIdentities>>,
+}
+
 fn scope<K: Kms>(
     client: &Client,
     namespace: Option<&str>,
@@ -305,7 +339,7 @@ fn scope<K: Kms>(
     kms: &Arc<K>,
     metrics: &Arc<Metrics>,
     admission: &Arc<Admission>,
-    key_facts: &Arc<KeyFactsCache>,
+    common: &Common,
 ) -> Watching<K> {
     // `Api<PartialObjectMeta<Secret>>` makes metadata-only requests: no Secret data is ever
     // listed or watched.
@@ -362,8 +396,9 @@ fn scope<K: Kms>(
         super::Shared {
             metrics: metrics.clone(),
             admission: Arc::clone(admission),
-            key_facts: key_facts.clone(),
+            key_facts: common.key_facts.clone(),
             rotation: Arc::new(super::rewrap::Rotation::new(args.rotation_policy)),
+            identities: common.identities.clone(),
         },
     ));
     // The Secret store must see every event; the controller gets the owned Secrets as
@@ -611,6 +646,10 @@ pub async fn run_with<K: Kms + 'static>(
         policy_changed_tx,
         unresolved,
     );
+    let common = Common {
+        key_facts: key_facts.clone(),
+        identities: tenant_identities(args, &client, &metrics),
+    };
     let scopes: Vec<Watching<K>> = namespaces
         .iter()
         .map(|ns| {
@@ -621,7 +660,7 @@ pub async fn run_with<K: Kms + 'static>(
                 &kms,
                 &metrics,
                 &admission,
-                &key_facts,
+                &common,
             )
         })
         .collect();

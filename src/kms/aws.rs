@@ -24,8 +24,8 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use zeroize::Zeroizing;
 
 use super::{
-    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, PublicKeyInfo,
-    ReEncryptRequest, ReEncrypted,
+    DecryptRequest, Decrypted, GeneratedKey, KeyFacts, Kms, KmsError, KmsErrorKind, Principal,
+    PublicKeyInfo, ReEncryptRequest, ReEncrypted,
 };
 use crate::arn::KmsArn;
 use crate::binding::EncryptionContext;
@@ -334,6 +334,8 @@ impl Kms for AwsKms {
             .set_encryption_context(
                 (!request.context.is_empty()).then(|| to_hash_map(request.context)),
             )
+            .customize()
+            .config_override(as_principal(request.principal))
             .send()
             .await
             .map_err(|e| map_error(ACTION, shown_key, &region, e))?;
@@ -450,6 +452,8 @@ impl Kms for AwsKms {
                 (!request.destination_context.is_empty())
                     .then(|| to_hash_map(request.destination_context)),
             )
+            .customize()
+            .config_override(as_principal(request.principal))
             .send()
             .await
             .map_err(|e| map_error(ACTION, key_id, &region, e))?;
@@ -529,6 +533,16 @@ impl AwsKms {
                 .deletion_date
                 .and_then(|d| u64::try_from(d.secs()).ok()),
         })
+    }
+}
+
+/// The configuration a call under `principal` overrides: a tenant's credentials instead of the
+/// controller's; nothing for the controller's own.
+fn as_principal(principal: &Principal) -> aws_sdk_kms::config::Builder {
+    let builder = aws_sdk_kms::config::Builder::default();
+    match principal {
+        Principal::Controller => builder,
+        Principal::Tenant(session) => builder.credentials_provider(session.credentials.clone()),
     }
 }
 

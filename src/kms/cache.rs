@@ -3,8 +3,8 @@
 //! `Decrypt` is the expensive call (quota, latency, money). Every EncryptedSecret whose items
 //! share a wrapped data key, and every repeated reconcile of it, needs the same plaintext data
 //! key; the cache keeps it for a while. Entries are keyed by a digest of the whole request
-//! (key, algorithm, encryption context, ciphertext), so a hit is exactly the call KMS would have
-//! answered. Plaintext is zeroized when an entry expires, is evicted, or the cache is dropped.
+//! (whose credentials, key, algorithm, encryption context, ciphertext), so a hit is exactly the
+//! call KMS would have answered for the same caller. Plaintext is zeroized when an entry expires, is evicted, or the cache is dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -237,6 +237,8 @@ fn request_digest(request: &DecryptRequest<'_>) -> [u8; 32] {
         hasher.update((bytes.len() as u64).to_be_bytes());
         hasher.update(bytes);
     };
+    // Whose credentials: one identity's cached data key never answers another's request.
+    field(request.principal.cache_key().as_bytes());
     field(request.key_id.unwrap_or("").as_bytes());
     field(request.algorithm.kms_name().as_bytes());
     for (k, v) in request.context {

@@ -52,6 +52,11 @@ struct State {
     keys: HashMap<String, Key>,
     aliases: HashMap<String, String>,
     denied: HashSet<(&'static str, String)>,
+    /// Keys only these principals may use ("controller", or a tenant's role ARN), as a key
+    /// policy would say.
+    restricted: HashMap<String, HashSet<String>>,
+    /// Whose credentials every `Decrypt` and `ReEncrypt` came with, in order.
+    principals: Vec<String>,
     /// The tenant of every `Decrypt`, in the order they arrived.
     decrypt_tenants: Vec<String>,
 }
@@ -173,6 +178,47 @@ impl MemoryKms {
     /// Makes `action` (e.g. `kms:Decrypt`) on `arn` answer AccessDenied.
     pub fn deny(&self, action: &'static str, arn: &str) {
         self.lock().denied.insert((action, arn.to_owned()));
+    }
+
+    /// Lets only these principals use `arn` ("controller", or a tenant's role ARN).
+    pub fn restrict(&self, arn: &str, principals: &[&str]) {
+        self.lock().restricted.insert(
+            arn.to_owned(),
+            principals.iter().map(|p| (*p).to_owned()).collect(),
+        );
+    }
+
+    /// Whose credentials every `Decrypt` and `ReEncrypt` so far came with ("controller" or
+    /// a role ARN).
+    pub fn principals(&self) -> Vec<String> {
+        self.lock().principals.clone()
+    }
+
+    fn principal_name(principal: &crate::kms::Principal) -> String {
+        principal.role_arn().unwrap_or("controller").to_owned()
+    }
+
+    /// AccessDenied unless `principal` may use the key `arn`.
+    fn check_principal(
+        state: &State,
+        action: &'static str,
+        arn: &str,
+        principal: &crate::kms::Principal,
+    ) -> Result<(), KmsError> {
+        match state.restricted.get(arn) {
+            Some(allowed) if !allowed.contains(&Self::principal_name(principal)) => {
+                Err(KmsError::new(
+                    KmsErrorKind::AccessDenied,
+                    action,
+                    Some(arn),
+                    format!(
+                        "User: {} is not authorized to perform: {action}",
+                        Self::principal_name(principal)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Takes back a [`MemoryKms::deny`].
@@ -406,7 +452,13 @@ impl Kms for MemoryKms {
 
     async fn decrypt(&self, request: DecryptRequest<'_>) -> Result<Decrypted, KmsError> {
         self.calls.decrypt.fetch_add(1, Ordering::Relaxed);
-        self.lock().decrypt_tenants.push(request.tenant.to_owned());
+        {
+            let mut state = self.lock();
+            state.decrypt_tenants.push(request.tenant.to_owned());
+            state
+                .principals
+                .push(Self::principal_name(request.principal));
+        }
         self.pause().await;
         let action = "kms:Decrypt";
         let state = self.lock();
@@ -427,6 +479,7 @@ impl Kms for MemoryKms {
                     request.ciphertext,
                     request.context,
                 )?;
+                Self::check_principal(&state, action, &key.arn, request.principal)?;
                 Ok(Decrypted {
                     key_arn: key.arn.clone(),
                     plaintext,
@@ -450,6 +503,7 @@ impl Kms for MemoryKms {
                     ));
                 }
                 let key = self.usable(&state, action, key_id)?;
+                Self::check_principal(&state, action, &key.arn, request.principal)?;
                 let Material::Rsa(private) = &key.material else {
                     return Err(KmsError::new(
                         KmsErrorKind::KeyUsage,
@@ -539,10 +593,22 @@ impl Kms for MemoryKms {
 
     async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
         self.calls.re_encrypt.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .principals
+            .push(Self::principal_name(request.principal));
         self.pause().await;
         let state = self.lock();
         let destination_id = request.destination_key_id;
         let destination = self.usable(&state, "kms:ReEncryptTo", destination_id)?;
+        Self::check_principal(
+            &state,
+            "kms:ReEncryptTo",
+            &destination.arn,
+            request.principal,
+        )?;
+        if let Some(source) = state.keys.get(request.source_key_id) {
+            Self::check_principal(&state, "kms:ReEncryptFrom", &source.arn, request.principal)?;
+        }
         let plaintext = match request.source_algorithm {
             WrapAlgorithm::KmsSymmetric => {
                 self.unwrap_blob(
@@ -644,6 +710,7 @@ mod tests {
             source_context,
             destination_key_id: destination,
             destination_context,
+            principal: crate::kms::Principal::CONTROLLER,
         }
     }
 

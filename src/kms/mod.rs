@@ -37,6 +37,68 @@ pub struct GeneratedKey {
     pub wrapped: Vec<u8>,
 }
 
+/// Whose AWS credentials a call goes out under.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Principal {
+    /// The controller's own (IRSA, a profile, the environment).
+    #[default]
+    Controller,
+    /// A tenant ServiceAccount's role, assumed for it (see [`crate::identity`]).
+    Tenant(std::sync::Arc<TenantSession>),
+}
+
+/// Credentials STS issued for one [`TenantIdentity`].
+pub struct TenantSession {
+    pub identity: TenantIdentity,
+    pub credentials: aws_credential_types::Credentials,
+    /// When they expire (Unix seconds).
+    pub expires: u64,
+}
+
+impl PartialEq for TenantSession {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+            && self.credentials.access_key_id() == other.credentials.access_key_id()
+    }
+}
+
+impl Eq for TenantSession {}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Controller => f.write_str("Controller"),
+            Principal::Tenant(session) => f
+                .debug_struct("Tenant")
+                .field("identity", &session.identity)
+                .field("expires", &session.expires)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Principal {
+    pub const CONTROLLER: &'static Principal = &Principal::Controller;
+
+    /// A stable text for cache keys: empty for the controller.
+    pub fn cache_key(&self) -> String {
+        match self {
+            Principal::Controller => String::new(),
+            Principal::Tenant(session) => session.identity.key(),
+        }
+    }
+
+    /// The assumed role, for a tenant.
+    pub fn role_arn(&self) -> Option<&str> {
+        match self {
+            Principal::Controller => None,
+            Principal::Tenant(session) => Some(&session.identity.role_arn),
+        }
+    }
+}
+
+pub use crate::identity::TenantIdentity;
+
 /// A check made right before a request leaves the process: `false` drops the request (it
 /// fails as [`KmsErrorKind::Cancelled`]). The controller uses it to make no KMS call for an
 /// object that was deleted or changed while the call waited for its turn.
@@ -53,6 +115,8 @@ pub struct DecryptRequest<'a> {
     /// On whose behalf the call is made (the namespace); the controller's KMS budget is
     /// shared fairly between tenants.
     pub tenant: &'a str,
+    /// Whose credentials the call goes out under.
+    pub principal: &'a Principal,
     pub proceed: Option<Proceed<'a>>,
 }
 
@@ -71,6 +135,7 @@ impl<'a> DecryptRequest<'a> {
             algorithm,
             context,
             tenant,
+            principal: Principal::CONTROLLER,
             proceed: None,
         }
     }
@@ -89,6 +154,7 @@ impl fmt::Debug for DecryptRequest<'_> {
             .field("algorithm", &self.algorithm)
             .field("context", &self.context)
             .field("tenant", &self.tenant)
+            .field("principal", &self.principal)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +187,8 @@ pub struct ReEncryptRequest<'a> {
     pub source_context: &'a EncryptionContext,
     pub destination_key_id: &'a str,
     pub destination_context: &'a EncryptionContext,
+    /// Whose credentials the call goes out under.
+    pub principal: &'a Principal,
 }
 
 /// What `ReEncrypt` returned.
