@@ -75,6 +75,16 @@ pub struct ControllerArgs {
     )]
     pub default_service_account: Option<String>,
 
+    /// With --tenant-identity: every object of a namespace that no key policy identity rule
+    /// matches must use a ServiceAccount's role (its own or --default-service-account), never
+    /// the controller's.
+    #[arg(
+        long,
+        env = "KMSEAL_REQUIRE_SERVICE_ACCOUNT",
+        requires = "tenant_identity"
+    )]
+    pub require_service_account: bool,
+
     /// With --tenant-identity: client-side limit on STS AssumeRoleWithWebIdentity calls per
     /// second, shared fairly between namespaces (0: unlimited).
     #[arg(long, env = "KMSEAL_STS_REQUESTS_PER_SECOND", default_value_t = 5.0)]
@@ -260,6 +270,7 @@ impl ControllerArgs {
         policy.identity = crate::identity::IdentitySettings {
             enabled: self.tenant_identity,
             default_service_account: self.default_service_account.clone(),
+            required_by_default: self.require_service_account,
             rules: identities,
         };
         Ok(policy)

@@ -52,6 +52,8 @@ pub struct IdentitySettings {
     /// `--default-service-account`: the ServiceAccount (in the object's own namespace) of every
     /// object that names none and whose namespace's rule gives no default; Flux's lockdown.
     pub default_service_account: Option<String>,
+    /// `--require-service-account`: the requirement of namespaces no rule matches.
+    pub required_by_default: bool,
     pub rules: Vec<IdentityRule>,
 }
 
@@ -217,12 +219,20 @@ impl IdentitySettings {
         let default = rule
             .and_then(|r| r.service_account.as_deref())
             .or(self.default_service_account.as_deref());
-        match (default, rule.map(|r| r.requirement)) {
+        let requirement = rule.map_or(
+            if self.required_by_default {
+                Requirement::Required
+            } else {
+                Requirement::Optional
+            },
+            |r| r.requirement,
+        );
+        match (default, requirement) {
             (Some(sa), _) => Ok(Choice::ServiceAccount(sa.to_owned())),
-            (None, Some(Requirement::Required)) => Err(IdentityError::Required {
+            (None, Requirement::Required) => Err(IdentityError::Required {
                 namespace: namespace.to_owned(),
             }),
-            (None, _) => Ok(Choice::Controller),
+            (None, Requirement::Optional) => Ok(Choice::Controller),
         }
     }
 }
@@ -372,6 +382,7 @@ mod tests {
     fn the_object_the_rule_and_the_flag_decide_in_that_order() {
         let settings = IdentitySettings {
             enabled: true,
+            required_by_default: false,
             default_service_account: Some("kmseal".into()),
             rules: vec![
                 rule("locked-*", None, Requirement::Required),
@@ -407,6 +418,18 @@ mod tests {
         );
         assert_eq!(strict.choose("other", None), Ok(Choice::Controller));
         assert_eq!(strict.choose("other", Some("")), Ok(Choice::Controller));
+        // --require-service-account: namespaces no rule matches must name one; a rule that
+        // says optional still exempts its namespaces.
+        let everywhere = IdentitySettings {
+            required_by_default: true,
+            rules: vec![rule("dev", None, Requirement::Optional)],
+            ..strict
+        };
+        assert!(matches!(
+            everywhere.choose("other", None),
+            Err(IdentityError::Required { .. })
+        ));
+        assert_eq!(everywhere.choose("dev", None), Ok(Choice::Controller));
     }
 
     #[test]

@@ -127,6 +127,18 @@ fn variations() -> Vec<(&'static str, Vec<String>)> {
             ],
         ),
         (
+            "per-tenant identity, namespaced",
+            vec![
+                keys.clone(),
+                "tenantIdentity.enabled=true".into(),
+                "tenantIdentity.defaultServiceAccount=kmseal".into(),
+                "tenantIdentity.required=true".into(),
+                "tenantIdentity.rules[0].namespaces={team-a}".into(),
+                "tenantIdentity.rules[0].identity=optional".into(),
+                "controller.namespaces={team-a,team-b}".into(),
+            ],
+        ),
+        (
             "all options",
             vec![
                 "kms.keyPolicy[0].key=arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
@@ -763,5 +775,174 @@ fn the_webhook_is_wired_to_its_service_and_certificate() {
         let plain = render(&helm, "kmseal", "platform", &[&keys]).unwrap();
         assert!(find(&plain, "ValidatingWebhookConfiguration").is_empty());
         assert!(env_value(one(&plain, "Deployment"), "KMSEAL_WEBHOOK_ADDRESS").is_none());
+    }
+}
+
+#[test]
+fn tenant_identity_adds_its_rbac_only_when_on_and_only_where_watched() {
+    let rules_of = |role: &Value| -> Vec<(String, String)> {
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                let verbs: Vec<String> = r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(move |res| {
+                        let res = res.as_str().unwrap().to_owned();
+                        verbs.clone().into_iter().map(move |v| (res.clone(), v))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let identity_rules = |rules: &[(String, String)]| -> Vec<(String, String)> {
+        rules
+            .iter()
+            .filter(|(res, _)| res.starts_with("serviceaccounts"))
+            .cloned()
+            .collect()
+    };
+    let keys = format!("kms.allowedKeys={{{KEY}}}");
+    for (helm_name, helm) in helms() {
+        // Off: no access to ServiceAccounts at all.
+        let off = render(&helm, "kmseal", "kmseal", &[&keys]).unwrap();
+        let role = one(&off, "ClusterRole");
+        assert!(identity_rules(&rules_of(role)).is_empty(), "{helm_name}");
+        assert_eq!(
+            env_value(one(&off, "Deployment"), "KMSEAL_TENANT_IDENTITY"),
+            None
+        );
+
+        // On, cluster-wide: get serviceaccounts and create serviceaccounts/token, nothing more.
+        let on = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &keys,
+                "tenantIdentity.enabled=true",
+                "tenantIdentity.defaultServiceAccount=kmseal",
+                "tenantIdentity.required=true",
+                "tenantIdentity.stsRequestsPerSecond=2",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            identity_rules(&rules_of(one(&on, "ClusterRole"))),
+            vec![
+                ("serviceaccounts".to_owned(), "get".to_owned()),
+                ("serviceaccounts/token".to_owned(), "create".to_owned()),
+            ],
+            "{helm_name}"
+        );
+        let deployment = one(&on, "Deployment");
+        for (name, value) in [
+            ("KMSEAL_TENANT_IDENTITY", "true"),
+            ("KMSEAL_DEFAULT_SERVICE_ACCOUNT", "kmseal"),
+            ("KMSEAL_REQUIRE_SERVICE_ACCOUNT", "true"),
+            ("KMSEAL_STS_REQUESTS_PER_SECOND", "2"),
+        ] {
+            assert_eq!(
+                env_value(deployment, name),
+                Some(Value::String(value.into())),
+                "{helm_name}: {name}"
+            );
+        }
+
+        // Namespaced: only in the watched namespaces' Roles; not in the Lease's.
+        let namespaced = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &keys,
+                "tenantIdentity.enabled=true",
+                "controller.namespaces={team-a,team-b}",
+            ],
+        )
+        .unwrap();
+        assert!(find(&namespaced, "ClusterRole").is_empty());
+        for role in find(&namespaced, "Role") {
+            let namespace = role["metadata"]["namespace"].as_str().unwrap();
+            let granted = identity_rules(&rules_of(role));
+            if namespace == "kmseal" {
+                assert!(granted.is_empty(), "{helm_name}: the Lease's Role");
+            } else {
+                assert!(["team-a", "team-b"].contains(&namespace));
+                assert_eq!(granted.len(), 2, "{helm_name}: {namespace}");
+            }
+        }
+
+        // Rules go into the key policy file, beside the keys.
+        let with_rules = render(
+            &helm,
+            "kmseal",
+            "kmseal",
+            &[
+                &keys,
+                "tenantIdentity.enabled=true",
+                "tenantIdentity.rules[0].namespaces={team-*}",
+                "tenantIdentity.rules[0].serviceAccount=kmseal",
+                "tenantIdentity.rules[0].identity=required",
+            ],
+        )
+        .unwrap();
+        let file = one(&with_rules, "ConfigMap")["data"]["key-policy.yaml"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (keys_in_file, identities) = kmseal::policy::KeyPolicy::parse_file(&file).unwrap();
+        assert!(keys_in_file.is_empty());
+        assert_eq!(identities.len(), 1, "{file}");
+        assert_eq!(identities[0].service_account.as_deref(), Some("kmseal"));
+        assert_eq!(
+            env_value(one(&with_rules, "Deployment"), "KMSEAL_KEY_POLICY"),
+            Some(Value::String("/etc/kmseal/policy/key-policy.yaml".into()))
+        );
+
+        // Mistakes the chart refuses.
+        for (set, says) in [
+            (
+                vec![
+                    "kms.allowAnyKey=true",
+                    "tenantIdentity.enabled=true",
+                    "tenantIdentity.rules[0].namespaces={a}",
+                ],
+                "kms.allowAnyKey",
+            ),
+            (
+                vec![keys.as_str(), "tenantIdentity.rules[0].namespaces={a}"],
+                "tenantIdentity.enabled",
+            ),
+            (
+                vec![
+                    keys.as_str(),
+                    "tenantIdentity.enabled=true",
+                    "tenantIdentity.rules[0].namespaces={a}",
+                    "tenantIdentity.rules[0].identity=always",
+                ],
+                "identity",
+            ),
+            (
+                vec![
+                    keys.as_str(),
+                    "tenantIdentity.enabled=true",
+                    "tenantIdentity.defaultServiceAccount=../x",
+                ],
+                "defaultServiceAccount",
+            ),
+        ] {
+            let error = render(&helm, "kmseal", "kmseal", &set).unwrap_err();
+            assert!(error.contains(says), "{helm_name} {set:?}: {error}");
+        }
     }
 }

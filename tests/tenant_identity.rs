@@ -45,6 +45,7 @@ fn on(rules: Vec<IdentityRule>, default: Option<&str>) -> IdentitySettings {
     IdentitySettings {
         enabled: true,
         default_service_account: default.map(str::to_owned),
+        required_by_default: false,
         rules,
     }
 }

@@ -352,6 +352,7 @@ async fn service_account_rules_are_checked_at_apply_time() {
     f.policy.identity = IdentitySettings {
         enabled: true,
         default_service_account: None,
+        required_by_default: false,
         rules: vec![IdentityRule {
             namespaces: vec![NamespacePattern::parse("prod").unwrap()],
             service_account: None,

@@ -71,6 +71,15 @@ cluster-wide or per namespace. */}}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.tenantIdentity.enabled }}
+# Per-tenant identity: a ServiceAccount's role annotation, and a short token of it for STS.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+{{- end }}
 {{- end -}}
 
 {{/* How the webhook gets its certificate: certManager, secret (one's own), or self (the
