@@ -1064,3 +1064,94 @@ fn pubkey_reads_the_key_spec_either_way_on_both_emulators() {
         assert!(pem.contains(&key), "{}: {pem}", emu.name);
     }
 }
+
+/// Per-tenant identity's STS call (`AssumeRoleWithWebIdentity`, unsigned: the token is the
+/// credential) on moto: credentials for the role, with their expiry, and a key decrypted with
+/// them; an unreachable STS is a transient failure, not a denial.
+#[tokio::test]
+async fn a_tenants_role_is_assumed_at_sts_on_moto() {
+    use kmseal::controller::tenant_identity::{AssumeRequest, AwsSts, Sts, StsFailure};
+    let Some(emu) = moto() else { return };
+    let sts = AwsSts::new(&kmseal::kms::AwsSettings {
+        region: Some(REGION.into()),
+        endpoint: Some(emu.url.clone()),
+        ..Default::default()
+    });
+    assert_eq!(sts.endpoint(), emu.url);
+    let token =
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dGVhbS1hOmFwcCJ9.c2ln";
+    let issued = sts
+        .assume_role_with_web_identity(AssumeRequest {
+            role_arn: "arn:aws:iam::000000000000:role/team-a-decrypt",
+            session_name: "kmseal@team-a.db",
+            token,
+            duration_seconds: 3600,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let now = kmseal::time::unix_now();
+    assert!(issued.expires > now + 600, "{} vs {now}", issued.expires);
+    assert!(!issued.credentials.access_key_id().is_empty());
+
+    // The KMS stack with those credentials decrypts (moto checks the context, not the role).
+    let key = create_symmetric_key(&admin(&emu.url, REGION).await).await;
+    let sdk = common::sdk_config(&emu.url, REGION).await;
+    let kms = kmseal::kms::AwsKms::from_sdk_config(sdk);
+    use kmseal::kms::Kms;
+    let context = kmseal::binding::EncryptionContext::from([("a".to_owned(), "b".to_owned())]);
+    let generated = kms.generate_data_key(&key, &context).await.unwrap();
+    let principal =
+        kmseal::kms::Principal::Tenant(std::sync::Arc::new(kmseal::kms::TenantSession {
+            identity: kmseal::identity::TenantIdentity {
+                namespace: "team-a".into(),
+                service_account: "app".into(),
+                role_arn: "arn:aws:iam::000000000000:role/team-a-decrypt".into(),
+                audience: "sts.amazonaws.com".into(),
+                sts_endpoint: sts.endpoint(),
+            },
+            credentials: issued.credentials,
+            expires: issued.expires,
+        }));
+    let decrypted = kms
+        .decrypt(kmseal::kms::DecryptRequest {
+            principal: &principal,
+            ..kmseal::kms::DecryptRequest::new(
+                Some(&key),
+                &generated.wrapped,
+                kmseal::envelope::WrapAlgorithm::KmsSymmetric,
+                &context,
+                "team-a",
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(&decrypted.plaintext[..], generated.plaintext.expose());
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let unreachable = AwsSts::new(&kmseal::kms::AwsSettings {
+        region: Some(REGION.into()),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..Default::default()
+    });
+    let failed = unreachable
+        .assume_role_with_web_identity(AssumeRequest {
+            role_arn: "arn:aws:iam::000000000000:role/team-a-decrypt",
+            session_name: "kmseal@team-a.db",
+            token,
+            duration_seconds: 3600,
+        })
+        .await;
+    assert!(
+        matches!(
+            failed,
+            Err(StsFailure::Unavailable {
+                throttled: false,
+                ..
+            })
+        ),
+        "{:?}",
+        failed.err()
+    );
+}

@@ -1700,3 +1700,144 @@ async fn the_chart_installs_the_webhook_and_its_rbac_is_enough() {
     w.delete_namespaces(&["kmseal-wh", "kmseal-wh-tenant"])
         .await;
 }
+
+/// The Ready condition's reason of `namespace/name`, as the server has it now.
+async fn ready_reason(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
+    let api: Api<EncryptedSecret> = Api::namespaced(client.clone(), namespace);
+    let es = api.get_opt(name).await.ok().flatten()?;
+    kmseal::reconcile::ready_condition(es.status.as_ref()).map(|c| c.reason.clone())
+}
+
+/// Per-tenant identity on the real server, installed by the chart (helm 4, namespaced): the
+/// chart's RBAC is enough to read a tenant's ServiceAccount and ask for a token of it
+/// (TokenRequest), the token is traded at STS (moto) for the ServiceAccount's role, and the
+/// object's values open with it; a ServiceAccount without a role and a missing one each get
+/// their own reason; one TokenRequest and one STS call serve every object of one
+/// ServiceAccount. (moto's KMS does not tell accounts or roles apart, so that the KMS calls
+/// carry the role's credentials is shown in `tests/aws_emulators.rs`, on the wire.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_service_account_role_opens_its_values_on_the_real_server() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let Some(w) = world().await else { return };
+    let Some(helm) = helm("KMSEAL_TEST_HELM4") else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    const TENANT: &str = "e2e-identity";
+    const TENANT_ROLE: &str = "arn:aws:iam::000000000000:role/e2e-identity-decrypt";
+    let key = w.key().await;
+    cluster::namespace(&w.admin, TENANT).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), TENANT);
+    for (name, role) in [("app", Some(TENANT_ROLE)), ("bare", None)] {
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "annotations": role
+                    .map(|r| json!({"eks.amazonaws.com/role-arn": r}))
+                    .unwrap_or(json!({})),
+            }
+        }))
+        .unwrap();
+        accounts.create(&PostParams::default(), &sa).await.unwrap();
+    }
+    let mut set = w.base_values();
+    set.push(format!("kms.allowedKeys={{{key}}}"));
+    set.push("tenantIdentity.enabled=true".into());
+    set.push(format!("controller.namespaces={{{TENANT}}}"));
+    let release = Release {
+        helm,
+        name: "identity-kmseal".into(),
+        namespace: "kmseal-identity".into(),
+        set,
+    };
+    release.install(&w.cp);
+    let dir = tempfile::tempdir().unwrap();
+    let from = w.cp.audit().len();
+    let controller = release.controller(&w.cp, dir.path(), "kmseal-0").await;
+
+    let objects: Api<EncryptedSecret> = Api::namespaced(w.admin.clone(), TENANT);
+    let cases = [
+        ("db-1", "app"),
+        ("db-2", "app"),
+        ("db-3", "app"),
+        ("no-role", "bare"),
+        ("ghost", "missing"),
+    ];
+    for (name, sa) in cases {
+        let mut es = sealed(&w.kms, &key, TENANT, name, &[("password", b"tenant-pw")]).await;
+        es.spec.service_account_name = Some(sa.into());
+        objects.create(&PostParams::default(), &es).await.unwrap();
+    }
+    for name in ["db-1", "db-2", "db-3"] {
+        wait_for(name, Duration::from_secs(60), async || {
+            ready(&w.admin, TENANT, name).await
+        })
+        .await;
+        assert_eq!(
+            secret_data(&w.admin, TENANT, name).await.as_deref(),
+            Some(&b"tenant-pw"[..])
+        );
+    }
+    for (name, expected) in [
+        ("no-role", "NoRoleAnnotation"),
+        ("ghost", "ServiceAccountNotFound"),
+    ] {
+        wait_for(expected, Duration::from_secs(60), async || {
+            ready_reason(&w.admin, TENANT, name).await.as_deref() == Some(expected)
+        })
+        .await;
+        assert!(secret_data(&w.admin, TENANT, name).await.is_none());
+    }
+    let sts_ok = controller
+        .metric("kmseal_identity_requests_total{operation=\"AssumeRoleWithWebIdentity\",outcome=\"ok\"}")
+        .await;
+    let tokens_ok = controller
+        .metric("kmseal_identity_requests_total{operation=\"TokenRequest\",outcome=\"ok\"}")
+        .await;
+    println!(
+        "three objects of one ServiceAccount: {tokens_ok:?} TokenRequest(s), {sts_ok:?} STS call(s)"
+    );
+    assert_eq!(
+        (tokens_ok, sts_ok),
+        (Some(1.0), Some(1.0)),
+        "{}",
+        tail(&controller)
+    );
+    // The server saw the controller's TokenRequest for the tenant's ServiceAccount, granted by
+    // the chart's RBAC, and refused it nothing.
+    let user = release.user(&w.cp);
+    let token_requests: Vec<_> = cluster::requests(&w.cp.audit()[from..])
+        .into_iter()
+        .filter(|r| r.user == user && r.subresource == "token")
+        .collect();
+    assert_eq!(token_requests.len(), 1, "{token_requests:?}");
+    assert_eq!(
+        (
+            token_requests[0].namespace.as_str(),
+            token_requests[0].name.as_str(),
+            token_requests[0].code
+        ),
+        (TENANT, "app", 201)
+    );
+    assert!(
+        refused(&w.cp, &user, from).is_empty(),
+        "{:?}",
+        refused(&w.cp, &user, from)
+    );
+    assert!(
+        controller.forbidden_lines().is_empty(),
+        "{:?}",
+        controller.forbidden_lines()
+    );
+    let log = controller.log_text();
+    assert!(
+        log.contains("assumed a tenant's role"),
+        "{}",
+        tail(&controller)
+    );
+    assert!(!log.contains("eyJ"), "no token in the log");
+    drop(controller);
+    w.delete_namespaces(&[TENANT]).await;
+    release.uninstall(&w.cp);
+    w.delete_namespaces(&["kmseal-identity"]).await;
+}

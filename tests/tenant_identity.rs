@@ -386,3 +386,133 @@ async fn attack_many_service_accounts_do_not_push_out_another_namespaces_credent
         "team B's credentials were still cached"
     );
 }
+
+/// Answers every HTTP request with `body` after recording its `authorization` header.
+async fn recording_server(body: &'static str) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut read = 0;
+                // The head, then the body its content-length says.
+                loop {
+                    let n = stream.read(&mut buffer[read..]).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    read += n;
+                    let text = String::from_utf8_lossy(&buffer[..read]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if read >= end + 4 + length {
+                            let auth = text[..end]
+                                .lines()
+                                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                                .unwrap_or("")
+                                .to_owned();
+                            record.lock().unwrap().push(auth);
+                            break;
+                        }
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_tenants_kms_call_is_signed_with_the_tenants_credentials_not_the_controllers() {
+    use aws_credential_types::Credentials;
+    use kmseal::binding::EncryptionContext;
+    use kmseal::envelope::WrapAlgorithm;
+    use kmseal::identity::TenantIdentity;
+    use kmseal::kms::{AwsKms, DecryptRequest, Kms, Principal, TenantSession};
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let body = r#"{"KeyId":"arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab","Plaintext":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}"#;
+    let (url, seen) = recording_server(body).await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .http_client(kmseal::kms::aws::https_client())
+        .endpoint_url(&url)
+        .credentials_provider(Credentials::new(
+            "AKIACONTROLLER00000",
+            "controller-secret",
+            None,
+            None,
+            "test",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let kms = AwsKms::from_sdk_config(sdk);
+    let tenant = Principal::Tenant(Arc::new(TenantSession {
+        identity: TenantIdentity {
+            namespace: "team-a".into(),
+            service_account: "app".into(),
+            role_arn: ROLE_A.into(),
+            audience: "sts.amazonaws.com".into(),
+            sts_endpoint: url.clone(),
+        },
+        credentials: Credentials::new(
+            "ASIATENANTA00000000",
+            "tenant-secret",
+            Some("tenant-session".into()),
+            None,
+            "test",
+        ),
+        expires: u64::MAX,
+    }));
+    let context = EncryptionContext::new();
+    for principal in [&tenant, Principal::CONTROLLER, &tenant] {
+        let request = DecryptRequest {
+            principal,
+            ..DecryptRequest::new(
+                Some(KEY),
+                b"ciphertext",
+                WrapAlgorithm::KmsSymmetric,
+                &context,
+                "team-a",
+            )
+        };
+        kms.decrypt(request).await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0].contains("Credential=ASIATENANTA00000000/"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("Credential=AKIACONTROLLER00000/"),
+        "{}",
+        seen[1]
+    );
+    assert!(
+        seen[2].contains("Credential=ASIATENANTA00000000/"),
+        "{}",
+        seen[2]
+    );
+}
