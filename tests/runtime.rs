@@ -1368,3 +1368,155 @@ async fn a_moved_alias_is_judged_at_the_next_key_refresh_not_the_next_resync() {
     .await;
     running.stop().await;
 }
+
+/// One AdmissionReview of `object` (namespace prod) to the webhook on `port`, over TLS that
+/// trusts `ca_pem`: whether it was allowed.
+async fn admitted(port: u16, ca_pem: &str, object: &Value) -> bool {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "8d6e1e4a-0000-4000-8000-000000000002",
+            "kind": {"group": "kmseal.dev", "version": "v1alpha1", "kind": "EncryptedSecret"},
+            "resource": {"group": "kmseal.dev", "version": "v1alpha1", "resource": "encryptedsecrets"},
+            "name": "db",
+            "namespace": "prod",
+            "operation": "CREATE",
+            "userInfo": {"username": "tenant"},
+            "object": object,
+        }
+    });
+    let request = hyper::Request::post("/validate")
+        .header("content-type", "application/json")
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            review.to_string(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    answer["response"]["allowed"] == true
+}
+
+/// A standby answers admission reviews (the Service spreads them over every replica), so it
+/// keeps the policy as the leader does: a changed policy file is what the standby's webhook
+/// reviews with, without waiting to lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standbys_webhook_reviews_with_the_reloaded_policy() {
+    let memory = Arc::new(MemoryKms::new("eu-west-1"));
+    let fake = fake_with_one_object(&memory).await;
+    let (first, second) = (memory.create_key(), memory.create_key());
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |keys: &[&str]| {
+        let rules: String = keys
+            .iter()
+            .map(|k| format!("- key: {k}\n  namespaces: [prod]\n"))
+            .collect();
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            format!("apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys:\n{rules}"),
+        )
+        .unwrap();
+    };
+    policy(&[&first]);
+    let issued = kmseal::controller::webhook_certs::issue(
+        &["127.0.0.1".to_owned()],
+        kmseal::time::unix_now(),
+        None,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), issued.key_pem.as_bytes()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy_flag = format!("--key-policy={}", dir.path().join("policy.yaml").display());
+    let webhook = [
+        format!("--webhook-address=127.0.0.1:{port}"),
+        format!("--webhook-cert-dir={}", dir.path().display()),
+        policy_flag.clone(),
+    ];
+    let leader: Vec<&str> = leader_flags("pod-a")
+        .into_iter()
+        .chain([policy_flag.as_str()])
+        .collect();
+    let a = start_with(&fake, memory.clone(), &leader);
+    eventually("pod-a leads", || {
+        lease_holder(&fake).as_deref() == Some("pod-a")
+    })
+    .await;
+    let standby: Vec<&str> = leader_flags("pod-b")
+        .into_iter()
+        .chain(webhook.iter().map(String::as_str))
+        .collect();
+    let b = start_with(&fake, memory.clone(), &standby);
+    eventually("the standby is ready", || b.ready.load(Ordering::Relaxed)).await;
+
+    let under_second = seal::seal_secret(
+        &Wrapper::Kms {
+            kms: &*memory,
+            key_id: &second,
+        },
+        &PlainSecret {
+            namespace: Some("prod".into()),
+            name: "db".into(),
+            data: BTreeMap::from([("password".to_owned(), Zeroizing::new(b"pw".to_vec()))]),
+            ..PlainSecret::default()
+        },
+        Scope::Strict,
+        &mut OsRandom,
+        1,
+    )
+    .await
+    .unwrap();
+    let object = serde_json::to_value(&under_second).unwrap();
+    assert!(
+        !admitted(port, &issued.ca_bundle, &object).await,
+        "the second key is not allowed yet"
+    );
+    policy(&[&first, &second]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !admitted(port, &issued.ca_bundle, &object).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the standby's webhook still refuses the newly allowed key"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        lease_holder(&fake).as_deref(),
+        Some("pod-a"),
+        "still a standby"
+    );
+    b.stop().await;
+    a.stop().await;
+}

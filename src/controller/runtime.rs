@@ -92,6 +92,15 @@ pub struct KmsParts {
     pub gate: Option<Arc<Gate>>,
 }
 
+/// A background task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Per-tenant identity's credentials, shared by every scope (one STS budget), when
 /// `--tenant-identity` is on.
 fn tenant_identities(
@@ -604,6 +613,17 @@ pub async fn run_with<K: Kms + 'static>(
         // A standby has nothing to sync and is healthy: it must count as ready, or a rolling
         // update of a Deployment with several replicas would wait for it forever.
         ready.store(true, Ordering::Relaxed);
+        // A standby's webhook reviews with the live policy too: the file re-read, its aliases
+        // resolved (and kept resolved) as the leader does. The leader's own upkeep replaces it.
+        let _standby_upkeep = args.webhook_address.is_some().then(|| {
+            AbortOnDrop(tokio::spawn(policy_upkeep(
+                args.clone(),
+                admission.clone(),
+                kms.clone(),
+                vec![],
+                usize::MAX,
+            )))
+        });
         let standby = tokio::select! {
             led = lead(&client, args) => Some(led?),
             _ = shutdown.clone() => None,
