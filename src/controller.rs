@@ -779,17 +779,31 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         }
     }
 
-    /// What KMS says about keys, as far as known, for an object in `namespace` that may use
-    /// them (the key policy allowed them): unknown keys are wanted for the next refresh, as
-    /// far as the namespace has room (the policy's own keys always have).
+    /// What KMS says about keys, as far as known, for `es`, which may use them (the key
+    /// policy allowed them), looked up with the object's own identity: unknown keys are wanted
+    /// for the next refresh, as far as the namespace has room (the policy's own keys always
+    /// have, when looked up with the controller's credentials).
     fn known_facts<'s>(
         &'s self,
-        namespace: &'s str,
+        es: &'s EncryptedSecret,
     ) -> impl Fn(&str) -> Option<crate::kms::KeyFacts> + 's {
         let snapshot = self.admission.snapshot();
+        let namespace = es.metadata.namespace.as_deref().unwrap_or_default();
+        let whose = match self.admission.identity_of(es) {
+            Ok(crate::identity::Choice::Controller) => Some(key_facts::Whose::Controller),
+            Ok(crate::identity::Choice::ServiceAccount(name)) => {
+                Some(key_facts::Whose::ServiceAccount {
+                    namespace: namespace.to_owned(),
+                    name,
+                })
+            }
+            // Refused before any call: nothing is looked up for it.
+            Err(_) => None,
+        };
         move |id: &str| {
             let named = snapshot.policy.names(id, &snapshot.aliases);
-            self.key_facts.get(namespace, id, named)
+            self.key_facts
+                .get_for(namespace, id, named, whose.as_ref()?)
         }
     }
 
@@ -818,7 +832,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let verdict = rotation::verdict(
             &keys.wrappings,
             desired.as_deref(),
-            &self.known_facts(es.metadata.namespace.as_deref().unwrap_or_default()),
+            &self.known_facts(es),
             unix_now(),
             self.rotation.policy(es),
             may_rewrap,

@@ -275,6 +275,29 @@ impl<K: Kms> Kms for MeteredKms<K> {
             .observe_kms("ListKeyRotations", started, &result);
         result
     }
+
+    async fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &crate::kms::Principal,
+    ) -> Result<KeyFacts, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.describe_key_as(key_id, principal).await;
+        self.metrics.observe_kms("DescribeKey", started, &result);
+        result
+    }
+
+    async fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &crate::kms::Principal,
+    ) -> Result<Option<u64>, KmsError> {
+        let started = Instant::now();
+        let result = self.inner.last_rotation_as(key_id, principal).await;
+        self.metrics
+            .observe_kms("ListKeyRotations", started, &result);
+        result
+    }
 }
 
 #[cfg(test)]

@@ -516,3 +516,78 @@ async fn a_tenants_kms_call_is_signed_with_the_tenants_credentials_not_the_contr
         seen[2]
     );
 }
+
+#[tokio::test]
+async fn key_lookups_and_re_wraps_go_out_under_the_objects_identity() {
+    use kmseal::controller::key_facts::Whose;
+    use kmseal::controller::rewrap::{Pacer, Turn};
+    use kmseal::kms::Principal;
+    let w = world(on(vec![], None));
+    let key = w.kms.create_key();
+    // The controller's role may not even describe the key: only team A's may.
+    w.kms.restrict(&key, &[ROLE_A]);
+    w.api.add("team-a", "app", Some(ROLE_A));
+    w.sts.trust(ROLE_A, "team-a", "app");
+    let es = sealed(&w.kms, &key, "team-a", "db", Some("app")).await;
+    w.r.api().put_encrypted(&es);
+    assert_eq!(step(&w, &es).await, Reconciled::Applied);
+
+    let ids = w.ids.clone();
+    let resolve = move |whose: &Whose| -> futures::future::BoxFuture<'static, Option<Principal>> {
+        let ids = ids.clone();
+        let whose = whose.clone();
+        Box::pin(async move {
+            match whose {
+                Whose::Controller => Some(Principal::Controller),
+                Whose::ServiceAccount { namespace, name } => {
+                    ids.principal(&namespace, &name, "key-lookup").await.ok()
+                }
+            }
+        })
+    };
+    let (asked, changed) =
+        w.r.key_facts()
+            .refresh_with(w.r.kms(), Duration::ZERO, &resolve)
+            .await;
+    assert_eq!((asked, changed), (1, true));
+    assert_eq!(
+        w.kms.lookup_principals(),
+        vec![ROLE_A.to_owned(), ROLE_A.to_owned()],
+        "DescribeKey and ListKeyRotations with team A's role"
+    );
+
+    // The key's material rotates: the object's values are re-wrapped with its role.
+    w.kms.rotate_key(&key, kmseal::time::unix_now());
+    w.r.key_facts()
+        .refresh_with(w.r.kms(), Duration::ZERO, &resolve)
+        .await;
+    assert_eq!(step(&w, &es).await, Reconciled::UpToDate);
+    let mut pacer = Pacer::new(0.0);
+    let mut turns = vec![];
+    for _ in 0..5 {
+        let turn = w.r.rewrap_turn(&mut pacer).await;
+        let done = matches!(turn, Turn::Done(..) | Turn::Idle);
+        turns.push(turn);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        turns.iter().any(|t| matches!(
+            t,
+            Turn::Done(_, kmseal::controller::rewrap::Rewrapped::Moved(_))
+        )),
+        "{turns:?}"
+    );
+    assert_eq!(w.kms.calls.re_encrypt.load(Ordering::Relaxed), 1);
+    // Given only the controller's credentials, the tenant's key is not looked up at all.
+    let before = w.kms.lookup_principals().len();
+    w.r.key_facts().refresh(w.r.kms(), Duration::ZERO).await;
+    assert_eq!(w.kms.lookup_principals().len(), before);
+    assert!(!w.kms.lookup_principals().contains(&"controller".to_owned()));
+    assert!(
+        w.kms.principals().iter().all(|p| p == ROLE_A),
+        "{:?}",
+        w.kms.principals()
+    );
+}

@@ -11,6 +11,11 @@
 //! the keys the policy itself names always have room. A key KMS cannot describe is asked
 //! again later and later (10 s, 20 s, … up to every 5 minutes, or the refresh interval if
 //! longer), and a key nobody asked about for a while is dropped.
+//!
+//! A key is looked up with the credentials of whoever uses it ([`Whose`]): the controller's
+//! own, or, for objects with per-tenant identity, their ServiceAccount's role. Each is its
+//! own entry, and a ServiceAccount's entries count against its namespace's share, the key
+//! policy's keys too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,8 +23,33 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use futures::future::BoxFuture;
+
 use crate::kms::KeyFacts;
-use crate::kms::{Kms, KmsErrorKind};
+use crate::kms::{Kms, KmsErrorKind, Principal};
+
+/// Whose credentials a key is looked up with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Whose {
+    Controller,
+    /// This ServiceAccount's role (per-tenant identity).
+    ServiceAccount {
+        namespace: String,
+        name: String,
+    },
+}
+
+/// Gives the credentials of a [`Whose`] for a lookup (the runtime asks per-tenant identity);
+/// `None` when there are none now (the lookup waits as if KMS were unavailable).
+pub type Resolve<'a> = &'a (dyn Fn(&Whose) -> BoxFuture<'static, Option<Principal>> + Sync);
+
+/// Only the controller's own credentials: lookups for a ServiceAccount wait.
+pub fn controller_only(whose: &Whose) -> BoxFuture<'static, Option<Principal>> {
+    let principal = (*whose == Whose::Controller).then_some(Principal::Controller);
+    Box::pin(async move { principal })
+}
+
+type EntryKey = (Whose, String);
 
 /// How long what KMS said about a key is used before asking again, by default.
 pub const KEY_FACTS_TTL: Duration = Duration::from_secs(300);
@@ -56,7 +86,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<EntryKey, Entry>,
     /// Keys followed per namespace (entries held by a namespace).
     per_namespace: HashMap<String, usize>,
 }
@@ -114,14 +144,29 @@ impl KeyFactsCache {
     /// it. When nothing is known, the key is wanted for the next refresh, if the namespace
     /// (and all namespaces together) still have room for another key.
     pub fn get(&self, namespace: &str, key_id: &str, policy: bool) -> Option<KeyFacts> {
+        self.get_for(namespace, key_id, policy, &Whose::Controller)
+    }
+
+    /// [`KeyFactsCache::get`], looked up with `whose` credentials.
+    pub fn get_for(
+        &self,
+        namespace: &str,
+        key_id: &str,
+        policy: bool,
+        whose: &Whose,
+    ) -> Option<KeyFacts> {
         let now = Instant::now();
         let mut inner = self.lock();
+        // A ServiceAccount's lookups count against its namespace, the policy's keys too: a
+        // tenant names as many ServiceAccounts as it likes.
+        let policy = policy && *whose == Whose::Controller;
         let holder = if policy {
             Holder::Policy
         } else {
             Holder::Namespace(namespace.to_owned())
         };
-        if let Some(entry) = inner.entries.get_mut(key_id) {
+        let entry_key = (whose.clone(), key_id.to_owned());
+        if let Some(entry) = inner.entries.get_mut(&entry_key) {
             entry.wanted = now;
             let facts = entry.known.as_ref().map(|(facts, _)| facts.clone());
             if policy && entry.holder != Holder::Policy {
@@ -144,7 +189,7 @@ impl KeyFactsCache {
             *inner.per_namespace.entry(ns.clone()).or_insert(0) += 1;
         }
         inner.entries.insert(
-            key_id.to_owned(),
+            entry_key,
             Entry {
                 holder,
                 known: None,
@@ -182,11 +227,22 @@ impl KeyFactsCache {
     /// dropped first. Returns how many keys were asked about, and whether what is known
     /// changed (a key newly known, or what KMS says about one is different).
     pub async fn refresh<K: Kms>(&self, kms: &K, ttl: Duration) -> (usize, bool) {
+        self.refresh_with(kms, ttl, &controller_only).await
+    }
+
+    /// [`KeyFactsCache::refresh`], with the credentials `resolve` gives for each entry's
+    /// [`Whose`].
+    pub async fn refresh_with<K: Kms>(
+        &self,
+        kms: &K,
+        ttl: Duration,
+        resolve: Resolve<'_>,
+    ) -> (usize, bool) {
         let now = Instant::now();
-        let due: Vec<String> = {
+        let due: Vec<EntryKey> = {
             let mut inner = self.lock();
             let idle = self.idle;
-            let gone: Vec<String> = inner
+            let gone: Vec<EntryKey> = inner
                 .entries
                 .iter()
                 .filter(|(_, e)| now.duration_since(e.wanted) >= idle)
@@ -205,10 +261,19 @@ impl KeyFactsCache {
                 .collect()
         };
         let mut changed = false;
-        for key_id in &due {
-            let answer = crate::kms::key_facts(kms, key_id).await;
+        for entry_key in &due {
+            let (whose, key_id) = entry_key;
+            let answer = match resolve(whose).await {
+                Some(principal) => crate::kms::key_facts_as(kms, key_id, &principal).await,
+                None => Err(crate::kms::KmsError::new(
+                    KmsErrorKind::Credentials,
+                    "kms:DescribeKey",
+                    Some(key_id),
+                    "no credentials for this identity now",
+                )),
+            };
             let mut inner = self.lock();
-            let Some(entry) = inner.entries.get_mut(key_id) else {
+            let Some(entry) = inner.entries.get_mut(entry_key) else {
                 continue;
             };
             let at = Instant::now();

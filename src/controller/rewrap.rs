@@ -274,7 +274,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
             .map(|(i, e)| (i.as_str(), &e.header))
             .collect();
         let desired = self.desired_key(&es).ok().flatten();
-        let facts = self.known_facts(namespace);
+        let facts = self.known_facts(&es);
         let last = es
             .status
             .as_ref()
@@ -283,6 +283,7 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         let now = unix_now();
         let plan = rotation::plan_rewrap(&headers, desired.as_deref(), &facts, last, now);
         drop(headers);
+        drop(facts);
         match plan {
             None => Ok(Step::Done(Rewrapped::Skipped)),
             Some(RewrapPlan::Nothing) => {

@@ -697,10 +697,26 @@ pub async fn run_with<K: Kms + 'static>(
     let key_upkeep = {
         let (key_facts, kms, catch_up) = (key_facts.clone(), kms.clone(), catch_up.clone());
         let ttl = Duration::from_secs(args.key_refresh_interval);
+        let identities = common.identities.clone();
+        // A key a tenant's objects use is looked up with their ServiceAccount's role, never the
+        // controller's (its credentials are usually cached from the object's reconcile).
+        let resolve = move |whose: &super::key_facts::Whose| -> BoxFuture<'static, Option<crate::kms::Principal>> {
+            use super::key_facts::Whose;
+            match (whose.clone(), identities.clone()) {
+                (Whose::Controller, _) => Box::pin(async { Some(crate::kms::Principal::Controller) }),
+                (Whose::ServiceAccount { namespace, name }, Some(identities)) => Box::pin(async move {
+                    identities
+                        .principal(&namespace, &name, "key-lookup")
+                        .await
+                        .ok()
+                }),
+                (Whose::ServiceAccount { .. }, None) => Box::pin(async { None }),
+            }
+        };
         async move {
             loop {
                 tokio::time::sleep(KEY_FACTS_CHECK).await;
-                let (_, changed) = key_facts.refresh(&*kms, ttl).await;
+                let (_, changed) = key_facts.refresh_with(&*kms, ttl, &resolve).await;
                 if changed {
                     catch_up.store(true, Ordering::Relaxed);
                 }

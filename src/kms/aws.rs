@@ -415,7 +415,23 @@ impl Kms for AwsKms {
     }
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
-        self.describe(key_id).await
+        self.describe(key_id, Principal::CONTROLLER).await
+    }
+
+    async fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> Result<KeyFacts, KmsError> {
+        self.describe(key_id, principal).await
+    }
+
+    async fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> Result<Option<u64>, KmsError> {
+        self.rotations(key_id, principal).await
     }
 
     async fn re_encrypt(&self, request: ReEncryptRequest<'_>) -> Result<ReEncrypted, KmsError> {
@@ -472,6 +488,16 @@ impl Kms for AwsKms {
     }
 
     async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
+        self.rotations(key_id, Principal::CONTROLLER).await
+    }
+}
+
+impl AwsKms {
+    async fn rotations(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> Result<Option<u64>, KmsError> {
         const ACTION: &str = "kms:ListKeyRotations";
         /// A bound on pages: a key rotated daily for decades has fewer.
         const MAX_PAGES: usize = 1000;
@@ -484,6 +510,8 @@ impl Kms for AwsKms {
                 .list_key_rotations()
                 .key_id(&routed_key)
                 .set_marker(marker.take())
+                .customize()
+                .config_override(as_principal(principal))
                 .send()
                 .await
                 .map_err(|e| map_error(ACTION, key_id, &region, e))?;
@@ -503,16 +531,16 @@ impl Kms for AwsKms {
         }
         Ok(latest)
     }
-}
 
-impl AwsKms {
-    async fn describe(&self, key_id: &str) -> Result<KeyFacts, KmsError> {
+    async fn describe(&self, key_id: &str, principal: &Principal) -> Result<KeyFacts, KmsError> {
         const ACTION: &str = "kms:DescribeKey";
         let (region, routed_key) = self.route(ACTION, key_id)?;
         let output = self
             .client(&region)
             .describe_key()
             .key_id(&routed_key)
+            .customize()
+            .config_override(as_principal(principal))
             .send()
             .await
             .map_err(|e| map_error(ACTION, key_id, &region, e))?;

@@ -302,6 +302,22 @@ impl<K: Kms> Kms for CachingKms<K> {
     async fn last_rotation(&self, key_id: &str) -> Result<Option<u64>, KmsError> {
         self.inner.last_rotation(key_id).await
     }
+
+    async fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &super::Principal,
+    ) -> Result<KeyFacts, KmsError> {
+        self.inner.describe_key_as(key_id, principal).await
+    }
+
+    async fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &super::Principal,
+    ) -> Result<Option<u64>, KmsError> {
+        self.inner.last_rotation_as(key_id, principal).await
+    }
 }
 
 #[cfg(test)]

@@ -354,6 +354,24 @@ impl<K: Kms> Kms for FairKms<K> {
         let _permit = self.gate.acquire(OPERATOR).await;
         self.inner.last_rotation(key_id).await
     }
+
+    async fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &super::Principal,
+    ) -> Result<KeyFacts, KmsError> {
+        let _permit = self.gate.acquire(OPERATOR).await;
+        self.inner.describe_key_as(key_id, principal).await
+    }
+
+    async fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &super::Principal,
+    ) -> Result<Option<u64>, KmsError> {
+        let _permit = self.gate.acquire(OPERATOR).await;
+        self.inner.last_rotation_as(key_id, principal).await
+    }
 }
 
 #[cfg(test)]

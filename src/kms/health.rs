@@ -124,6 +124,26 @@ impl<K: Kms> Kms for HealthKms<K> {
         self.health.record(&result);
         result
     }
+
+    async fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &super::Principal,
+    ) -> Result<KeyFacts, KmsError> {
+        let result = self.inner.describe_key_as(key_id, principal).await;
+        self.health.record(&result);
+        result
+    }
+
+    async fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &super::Principal,
+    ) -> Result<Option<u64>, KmsError> {
+        let result = self.inner.last_rotation_as(key_id, principal).await;
+        self.health.record(&result);
+        result
+    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,9 @@ struct State {
     restricted: HashMap<String, HashSet<String>>,
     /// Whose credentials every `Decrypt` and `ReEncrypt` came with, in order.
     principals: Vec<String>,
+    /// Whose credentials every `DescribeKey` and `ListKeyRotations` made through the `_as`
+    /// calls came with, in order.
+    lookup_principals: Vec<String>,
     /// The tenant of every `Decrypt`, in the order they arrived.
     decrypt_tenants: Vec<String>,
 }
@@ -192,6 +195,28 @@ impl MemoryKms {
     /// a role ARN).
     pub fn principals(&self) -> Vec<String> {
         self.lock().principals.clone()
+    }
+
+    /// Whose credentials every `describe_key_as` and `last_rotation_as` came with.
+    pub fn lookup_principals(&self) -> Vec<String> {
+        self.lock().lookup_principals.clone()
+    }
+
+    /// Records a key lookup under `principal` and refuses it where the key is restricted.
+    fn lookup_as(
+        &self,
+        action: &'static str,
+        key_id: &str,
+        principal: &crate::kms::Principal,
+    ) -> Result<(), KmsError> {
+        let mut state = self.lock();
+        state
+            .lookup_principals
+            .push(Self::principal_name(principal));
+        match self.resolve(&state, key_id) {
+            Some(arn) => Self::check_principal(&state, action, &arn, principal),
+            None => Ok(()),
+        }
     }
 
     fn principal_name(principal: &crate::kms::Principal) -> String {
@@ -677,6 +702,24 @@ impl Kms for MemoryKms {
             Material::Symmetric(versions) => versions.iter().filter_map(|v| v.rotated_at).max(),
             Material::Rsa(_) => None,
         })
+    }
+
+    async fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &crate::kms::Principal,
+    ) -> Result<KeyFacts, KmsError> {
+        self.lookup_as("kms:DescribeKey", key_id, principal)?;
+        self.describe_key(key_id).await
+    }
+
+    async fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &crate::kms::Principal,
+    ) -> Result<Option<u64>, KmsError> {
+        self.lookup_as("kms:ListKeyRotations", key_id, principal)?;
+        self.last_rotation(key_id).await
     }
 }
 

@@ -268,6 +268,47 @@ pub trait Kms: Send + Sync {
         &self,
         key_id: &str,
     ) -> impl Future<Output = Result<Option<u64>, KmsError>> + Send;
+
+    /// [`Kms::describe_key`] under `principal`'s credentials. By default the controller's own
+    /// calls are served and a tenant's refused: a layer that does not pass the principal on
+    /// must never make the call with the controller's credentials instead.
+    fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> impl Future<Output = Result<KeyFacts, KmsError>> + Send {
+        async move {
+            match principal {
+                Principal::Controller => self.describe_key(key_id).await,
+                Principal::Tenant(_) => Err(not_as_tenant("kms:DescribeKey", key_id)),
+            }
+        }
+    }
+
+    /// [`Kms::last_rotation`] under `principal`'s credentials (the default as for
+    /// [`Kms::describe_key_as`]).
+    fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> impl Future<Output = Result<Option<u64>, KmsError>> + Send {
+        async move {
+            match principal {
+                Principal::Controller => self.last_rotation(key_id).await,
+                Principal::Tenant(_) => Err(not_as_tenant("kms:ListKeyRotations", key_id)),
+            }
+        }
+    }
+}
+
+/// A layer that cannot make a call under a tenant's credentials.
+fn not_as_tenant(action: &'static str, key_id: &str) -> KmsError {
+    KmsError::new(
+        KmsErrorKind::Configuration,
+        action,
+        Some(key_id),
+        "this KMS cannot make calls under a tenant's identity",
+    )
 }
 
 /// Shared KMS stacks (one cache and one rate limit for several controllers).
@@ -314,14 +355,43 @@ impl<K: Kms> Kms for std::sync::Arc<K> {
     ) -> impl Future<Output = Result<Option<u64>, KmsError>> + Send {
         (**self).last_rotation(key_id)
     }
+
+    fn describe_key_as(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> impl Future<Output = Result<KeyFacts, KmsError>> + Send {
+        (**self).describe_key_as(key_id, principal)
+    }
+
+    fn last_rotation_as(
+        &self,
+        key_id: &str,
+        principal: &Principal,
+    ) -> impl Future<Output = Result<Option<u64>, KmsError>> + Send {
+        (**self).last_rotation_as(key_id, principal)
+    }
 }
 
 /// What KMS says about a key, for rotation: one `DescribeKey`, then `ListKeyRotations`, whose
 /// failure (another account's key, an emulator without it) only leaves the rotation date out:
 /// material ids are then the only signal.
 pub async fn key_facts<K: Kms>(kms: &K, key_id: &str) -> Result<KeyFacts, KmsError> {
-    let description = kms.describe_key(key_id).await?;
-    let last_rotation = kms.last_rotation(&description.key_arn).await.ok().flatten();
+    key_facts_as(kms, key_id, Principal::CONTROLLER).await
+}
+
+/// [`key_facts`] under `principal`'s credentials.
+pub async fn key_facts_as<K: Kms>(
+    kms: &K,
+    key_id: &str,
+    principal: &Principal,
+) -> Result<KeyFacts, KmsError> {
+    let description = kms.describe_key_as(key_id, principal).await?;
+    let last_rotation = kms
+        .last_rotation_as(&description.key_arn, principal)
+        .await
+        .ok()
+        .flatten();
     Ok(KeyFacts {
         last_rotation,
         ..description
