@@ -591,3 +591,58 @@ async fn key_lookups_and_re_wraps_go_out_under_the_objects_identity() {
         w.kms.principals()
     );
 }
+
+#[tokio::test]
+async fn attack_a_namespace_with_many_service_accounts_does_not_hold_up_anothers_sts_call() {
+    // Team A asks for 12 ServiceAccounts' credentials at once while STS is slow; team B asks
+    // for one. A gets 4 in flight and 4 waiting, the rest come back later (Deferred); B's call
+    // takes its turn ahead of A's waiting ones.
+    let api = Arc::new(MemoryIdentityApi::new());
+    let sts = Arc::new(MemorySts::new().with_latency(Duration::from_millis(100)));
+    let ids = Arc::new(TenantIdentities::new(api.clone(), sts.clone(), 0.0));
+    for i in 0..12 {
+        let sa = format!("sa-{i}");
+        api.add("team-a", &sa, Some(ROLE_A));
+        sts.trust(ROLE_A, "team-a", &sa);
+    }
+    api.add("team-b", "app", Some(ROLE_B));
+    sts.trust(ROLE_B, "team-b", "app");
+    let a: Vec<_> = (0..12)
+        .map(|i| {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let result = ids.principal("team-a", &format!("sa-{i}"), "db").await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = tokio::time::Instant::now();
+    ids.principal("team-b", "app", "db").await.unwrap();
+    let b_took = started.elapsed();
+    let mut deferred = 0;
+    let mut slowest_a = Duration::ZERO;
+    for task in a {
+        let (result, took) = task.await.unwrap();
+        match result {
+            Err(kmseal::identity::IdentityError::Deferred(_)) => deferred += 1,
+            Err(e) => panic!("{e}"),
+            Ok(_) => slowest_a = slowest_a.max(took),
+        }
+    }
+    println!(
+        "12 of team A's ServiceAccounts at once, STS taking 100 ms: {deferred} deferred, team B's call took {} ms, team A's slowest {} ms",
+        b_took.as_millis(),
+        slowest_a.as_millis()
+    );
+    assert_eq!(
+        deferred, 4,
+        "beyond 4 in flight and 4 waiting, A's calls come back later"
+    );
+    // B waited for one of A's calls in flight, not for A's queue: its call was the next to
+    // reach STS after the 4 in flight.
+    let order: Vec<String> = sts.calls().into_iter().map(|(role, _)| role).collect();
+    assert_eq!(order.len(), 9, "{order:?}");
+    assert_eq!(order.iter().position(|r| r == ROLE_B), Some(4), "{order:?}");
+}
