@@ -115,6 +115,8 @@ STAGING_VERSION=v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}
 [[ $ETCD_VERSION =~ ^v3\.[0-9]+\.[0-9]+$ ]] ||
     die "KMSEAL_ETCD_VERSION must look like v3.7.3, not '$ETCD_VERSION'"
 
+CERT_MANAGER_VERSION=${KMSEAL_CERT_MANAGER_VERSION:-v1.21.2}
+
 BIN_DIR=$TOOLS_DIR/$K8S_VERSION
 ETCD_BIN=$BIN_DIR/etcd
 APISERVER_BIN=$BIN_DIR/kube-apiserver
@@ -172,6 +174,20 @@ run_go() {
 }
 
 # --- modules ----------------------------------------------------------------
+
+# cert_manager_crds: the directory of cert-manager's CRDs (deploy/crds of its Go
+# module, from the module proxy), which the chart's cert-manager objects are
+# checked against. Only its CRDs: cert-manager's binaries are separate modules
+# (cmd/controller, cmd/cainjector) that the module proxy does not serve here.
+cert_manager_crds() {
+    local dir
+    find_go
+    dir=$(cd "${TMPDIR:-/tmp}" && run_go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+    [[ -n $dir && -d $dir/deploy/crds ]] ||
+        die "could not download the CRDs of cert-manager $CERT_MANAGER_VERSION"
+    printf '%s\n' "$dir/deploy/crds"
+}
 
 # go_mod_path MODULE@VERSION: the go.mod of a module version, from the module
 # cache (downloading it through the proxy if needed).
@@ -731,7 +747,8 @@ write_env_file() {
             KMSEAL_CONTROL_PLANE_ADMIN_USER "$ADMIN_USER" \
             KMSEAL_CONTROL_PLANE_SA_ISSUER "$SA_ISSUER" \
             KMSEAL_CONTROL_PLANE_CA_FILE "$PKI_DIR/ca.crt" \
-            KMSEAL_CONTROL_PLANE_ETCD_URL "http://127.0.0.1:$ETCD_CLIENT_PORT"
+            KMSEAL_CONTROL_PLANE_ETCD_URL "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+            KMSEAL_CONTROL_PLANE_CERT_MANAGER_CRDS "$CERT_MANAGER_CRDS"
     } >"$ENV_FILE.tmp"
     mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -740,6 +757,7 @@ cmd_start() {
     command -v openssl >/dev/null || die "openssl is needed to make the certificates"
     command -v curl >/dev/null || die "curl is needed to probe the servers"
     cmd_install
+    CERT_MANAGER_CRDS=$(cert_manager_crds)
     take_lock
     stop_all # a restart must not leave the previous control plane running
     remove_state

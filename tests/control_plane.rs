@@ -1841,3 +1841,236 @@ async fn a_tenants_service_account_role_opens_its_values_on_the_real_server() {
     release.uninstall(&w.cp);
     w.delete_namespaces(&["kmseal-identity"]).await;
 }
+
+/// The chart's cert-manager way on the real server, against cert-manager's own CRDs (from its
+/// Go module; its controllers cannot be built here, so the test does their two jobs): the
+/// server accepts the chart's Issuer and Certificate as cert-manager's schemas define them;
+/// the configuration asks cainjector for the Certificate's CA; the Secret cert-manager would
+/// write (for the Certificate's DNS names) is what the controller serves from the mounted
+/// directory; and the CA injected as the caBundle verifies it. The chart's RBAC is enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_installs_the_webhook_for_cert_manager() {
+    use base64::Engine;
+    let Some(w) = world().await else { return };
+    let Some(helm) = helm("KMSEAL_TEST_HELM4") else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let crds: Vec<String> = ["issuers", "clusterissuers", "certificates"]
+        .iter()
+        .map(|kind| {
+            w.cp.cert_manager_crds
+                .join(format!("cert-manager.io_{kind}.yaml"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    for crd in &crds {
+        let out =
+            w.cp.kubectl(None, &["apply", "--server-side", "-f", crd], None);
+        assert!(
+            out.status.success(),
+            "{crd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for kind in ["issuers", "certificates"] {
+        let out = w.cp.kubectl(
+            None,
+            &[
+                "wait",
+                "--for=condition=Established",
+                &format!("crd/{kind}.cert-manager.io"),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let key = w.key().await;
+    let port = cluster::free_port();
+    let mut set = w.base_values();
+    set.push(format!("kms.allowedKeys={{{key}}}"));
+    set.push("webhook.enabled=true".into());
+    set.push("webhook.certManager.enabled=true".into());
+    set.push(format!("webhook.port={port}"));
+    set.push("controller.namespaces={kmseal-cm-tenant}".into());
+    let release = Release {
+        helm,
+        name: "kmseal".into(),
+        namespace: "kmseal-cm".into(),
+        set,
+    };
+    cluster::namespace(&w.admin, "kmseal-cm-tenant").await;
+    release.install(&w.cp);
+    let get = |args: &[&str]| -> Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend(["-o", "json"]);
+        let out = w.cp.kubectl(None, &all, None);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let objects = release.rendered(&w.cp);
+    let named = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .and_then(|o| o["metadata"]["name"].as_str())
+            .unwrap_or_else(|| panic!("the chart renders a {kind}"))
+            .to_owned()
+    };
+    let (certificate_name, issuer_name, configuration) = (
+        named("Certificate"),
+        named("Issuer"),
+        named("ValidatingWebhookConfiguration"),
+    );
+    // Stored as cert-manager's CRDs define them.
+    let certificate = get(&["certificate", "-n", "kmseal-cm", &certificate_name]);
+    let issuer = get(&["issuer", "-n", "kmseal-cm", &issuer_name]);
+    assert!(issuer["spec"]["selfSigned"].is_object(), "{issuer}");
+    assert_eq!(
+        certificate["spec"]["issuerRef"]["name"],
+        issuer_name.as_str()
+    );
+    let hook = get(&["validatingwebhookconfiguration", &configuration]);
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("kmseal-cm/{certificate_name}").as_str()
+    );
+    let service = format!(
+        "{}.kmseal-cm.svc",
+        hook["webhooks"][0]["clientConfig"]["service"]["name"]
+            .as_str()
+            .unwrap()
+    );
+    let dns_names: Vec<String> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        dns_names.contains(&service),
+        "{dns_names:?} names {service}"
+    );
+
+    // cert-manager's job: the Secret the Certificate names, for its DNS names.
+    let issued =
+        kmseal::controller::webhook_certs::issue(&dns_names, kmseal::time::unix_now(), None)
+            .unwrap();
+    let secret_name = certificate["spec"]["secretName"].as_str().unwrap();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": "kmseal-cm"},
+        "type": "kubernetes.io/tls",
+        "stringData": {
+            "tls.crt": issued.cert_pem,
+            "tls.key": issued.key_pem.as_str(),
+            "ca.crt": issued.ca_bundle,
+        }
+    });
+    let out =
+        w.cp.kubectl(None, &["apply", "-f", "-"], Some(&secret.to_string()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // cainjector's job: the Certificate's CA as the caBundle.
+    let patch = json!([{
+        "op": "add",
+        "path": "/webhooks/0/clientConfig/caBundle",
+        "value": base64::engine::general_purpose::STANDARD.encode(&issued.ca_bundle),
+    }]);
+    let out = w.cp.kubectl(
+        None,
+        &[
+            "patch",
+            "validatingwebhookconfiguration",
+            &configuration,
+            "--type",
+            "json",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let from = w.cp.audit().len();
+    let controller = release.controller(&w.cp, dir.path(), "kmseal-0").await;
+    wait_for("the webhook listens", Duration::from_secs(30), async || {
+        controller
+            .log_text()
+            .contains("admission webhook listening")
+    })
+    .await;
+    // It serves the certificate cert-manager issued, and the injected CA verifies it.
+    let cert_file = dir.path().join("issued.crt");
+    std::fs::write(&cert_file, &issued.cert_pem).unwrap();
+    let serial = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&cert_file)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&serial.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned();
+    assert!(!serial.is_empty());
+    assert_eq!(served_serial(port), serial, "{}", tail(&controller));
+    let hook = get(&["validatingwebhookconfiguration", &configuration]);
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(
+            hook["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let ca_file = dir.path().join("bundle.pem");
+    std::fs::write(&ca_file, bundle).unwrap();
+    let verified = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&ca_file)
+        .arg(&cert_file)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let user = release.user(&w.cp);
+    let refused = refused(&w.cp, &user, from);
+    assert!(
+        refused.is_empty(),
+        "refused by the API server: {refused:#?}"
+    );
+    assert!(
+        controller.forbidden_lines().is_empty(),
+        "{:?}",
+        controller.forbidden_lines()
+    );
+    drop(controller);
+    release.uninstall(&w.cp);
+    w.delete_namespaces(&["kmseal-cm", "kmseal-cm-tenant"])
+        .await;
+    for crd in &crds {
+        w.cp.kubectl(None, &["delete", "--ignore-not-found", "-f", crd], None);
+    }
+}

@@ -26,6 +26,8 @@ pub struct ControlPlane {
     pub script: PathBuf,
     pub etcd_url: String,
     pub ca_file: PathBuf,
+    /// cert-manager's CRDs (from its Go module), for the chart's cert-manager objects.
+    pub cert_manager_crds: PathBuf,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -59,6 +61,7 @@ impl ControlPlane {
             script: get("KMSEAL_CONTROL_PLANE_SCRIPT")?.into(),
             etcd_url: get("KMSEAL_CONTROL_PLANE_ETCD_URL")?,
             ca_file: get("KMSEAL_CONTROL_PLANE_CA_FILE")?.into(),
+            cert_manager_crds: get("KMSEAL_CONTROL_PLANE_CERT_MANAGER_CRDS")?.into(),
         })
     }
 
@@ -630,6 +633,40 @@ impl Release {
             let file = dir.join(format!("{pod}.key-policy.yaml"));
             std::fs::write(&file, policy["data"]["key-policy.yaml"].as_str().unwrap()).unwrap();
             env.insert("KMSEAL_KEY_POLICY".into(), file.to_str().unwrap().into());
+        }
+        if let Some(cert_dir) = env.get("KMSEAL_WEBHOOK_CERT_DIR").cloned() {
+            // What the kubelet mounts there: the Secret the pod's volume names.
+            let mounted = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountPath"] == cert_dir.as_str())
+                .and_then(|m| m["name"].as_str());
+            let secret = mounted.and_then(|volume| {
+                pod_spec["volumes"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["name"] == volume)?["secret"]["secretName"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+            if let Some(secret) = secret {
+                let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+                    Api::namespaced(admin.clone(), &self.namespace);
+                let found = secrets
+                    .get(&secret)
+                    .await
+                    .expect("the webhook's TLS Secret");
+                let files = dir.join(format!("{pod}.webhook-tls"));
+                std::fs::create_dir_all(&files).unwrap();
+                for (name, value) in found.data.unwrap_or_default() {
+                    std::fs::write(files.join(name), value.0).unwrap();
+                }
+                env.insert(
+                    "KMSEAL_WEBHOOK_CERT_DIR".into(),
+                    files.to_str().unwrap().into(),
+                );
+            }
         }
         ControllerProcess::spawn(&env, &args, dir.join(format!("{pod}.log")))
     }
