@@ -717,6 +717,8 @@ pub mod memory {
         calls: Mutex<Vec<(String, String)>>,
         latency: Duration,
         issued: AtomicU64,
+        /// How long issued credentials last, if not what was asked.
+        lifetime: Option<u64>,
     }
 
     impl MemorySts {
@@ -726,6 +728,12 @@ pub mod memory {
 
         pub fn with_latency(mut self, latency: Duration) -> Self {
             self.latency = latency;
+            self
+        }
+
+        /// Issued credentials last `seconds` whatever is asked (to test their renewal).
+        pub fn with_lifetime(mut self, seconds: u64) -> Self {
+            self.lifetime = Some(seconds);
             self
         }
 
@@ -769,7 +777,8 @@ pub mod memory {
                     ));
                 }
                 let n = self.issued.fetch_add(1, Ordering::Relaxed);
-                let expires = crate::time::unix_now() + request.duration_seconds as u64;
+                let expires = crate::time::unix_now()
+                    + self.lifetime.unwrap_or(request.duration_seconds as u64);
                 Ok(Issued {
                     credentials: aws_credential_types::Credentials::new(
                         format!("ASIAMEMORY{n:010}"),
