@@ -24,6 +24,7 @@ use crate::random::{OsRandom, Random};
 use crate::seal::{OfflineKey, PlainSecret, Wrapper};
 
 mod files;
+mod iam_policy;
 mod keys;
 mod pubkey;
 mod repo;
@@ -121,6 +122,9 @@ pub enum Command {
     /// Check EncryptedSecret manifests offline (no KMS, no credentials): schema, envelopes,
     /// sizes, key policy; and refuse plain Secrets with data.
     Validate(ValidateArgs),
+    /// Print the IAM policy the controller's role (or a tenant's role, with --namespace) needs
+    /// for a key policy: least privilege, limited to namespaces by encryption context.
+    IamPolicy(iam_policy::IamPolicyArgs),
     /// Print the EncryptedSecret CustomResourceDefinition.
     Crd,
     /// Print a shell completion script, e.g. `source <(kmseal completion bash)`.
@@ -146,7 +150,10 @@ impl Command {
             Command::Pubkey(args) => Some(&args.aws),
             Command::Rewrap(args) => Some(&args.aws),
             Command::Keys(args) => (!args.offline).then_some(&args.aws),
-            Command::Crd | Command::Completion { .. } | Command::Validate(_) => None,
+            Command::Crd
+            | Command::Completion { .. }
+            | Command::Validate(_)
+            | Command::IamPolicy(_) => None,
         }
     }
 }
@@ -319,6 +326,7 @@ pub async fn execute<K: Kms>(cli: &Cli, kms: Option<&K>, io: &mut Io<'_>) -> Res
         }
         Command::Verify(args) => verify::verify(need_kms()?, args, io).await,
         Command::Validate(args) => validate_command(args, io),
+        Command::IamPolicy(args) => iam_policy::iam_policy_command(args, io),
         Command::Rewrap(args) => rewrap::rewrap(need_kms()?, args, io).await,
         Command::Keys(args) => keys::keys(kms, args, io).await,
         Command::Unseal(args) => unseal::unseal(need_kms()?, args, io).await,

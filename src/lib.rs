@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod edit;
 pub mod envelope;
+pub mod iam;
 pub mod identity;
 pub mod kms;
 pub mod manifest;

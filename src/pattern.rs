@@ -29,6 +29,10 @@ impl NamespacePattern {
         NamespacePattern("*".to_owned())
     }
 
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn matches(&self, namespace: &str) -> bool {
         glob(self.0.as_bytes(), namespace.as_bytes())
     }

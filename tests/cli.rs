@@ -2094,3 +2094,114 @@ async fn a_commented_file_round_trips_through_every_editing_command() {
         );
     }
 }
+
+/// `kmseal iam-policy`: the documents for two tenants and the controller, from one key policy
+/// file, as the worked example in docs/multi-tenancy.md uses them.
+#[tokio::test]
+async fn iam_policy_prints_least_privilege_documents_for_each_role() {
+    let kms = MemoryKms::new("eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        "arn:aws:kms:eu-west-1:111122223333:key/aaaaaaaa-12ab-34cd-56ef-1234567890ab",
+        "arn:aws:kms:eu-west-1:111122223333:key/bbbbbbbb-12ab-34cd-56ef-1234567890ab",
+    );
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: kmseal.dev/v1alpha1\nkind: KeyPolicy\nkeys:\n- key: {a}\n  namespaces: [team-a]\n- key: {b}\n  namespaces: [team-b]\n"
+        ),
+    )
+    .unwrap();
+    let policy = file.to_str().unwrap();
+    let json = |out: &common::Outcome| -> serde_json::Value {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    // Team A's role: its key only, for its namespace only.
+    let tenant = json(
+        &run(
+            &kms,
+            &["iam-policy", "--key-policy", policy, "-n", "team-a"],
+            "",
+        )
+        .await,
+    );
+    let statements = tenant["Statement"].as_array().unwrap();
+    assert!(statements.iter().all(|s| s["Resource"] == a), "{tenant}");
+    assert_eq!(
+        statements[0]["Condition"]["StringEquals"]["kms:EncryptionContext:kmseal.dev/namespace"],
+        "team-a"
+    );
+    // The controller's role: both keys, each for its namespace; with every tenant locked to
+    // its own role, no KMS permission on values at all.
+    let controller = json(&run(&kms, &["iam-policy", "--key-policy", policy], "").await);
+    assert_eq!(controller["Statement"].as_array().unwrap().len(), 4);
+    let locked = json(
+        &run(
+            &kms,
+            &[
+                "iam-policy",
+                "--key-policy",
+                policy,
+                "--tenant-identity",
+                "--default-service-account",
+                "kmseal",
+            ],
+            "",
+        )
+        .await,
+    );
+    assert_eq!(locked["Statement"], serde_json::json!([]), "{locked}");
+    // The trust policy: sub and aud for the ServiceAccount.
+    let provider =
+        "arn:aws:iam::111122223333:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE";
+    let trust = json(
+        &run(
+            &kms,
+            &[
+                "iam-policy",
+                "--key-policy",
+                policy,
+                "-n",
+                "team-b",
+                "--trust",
+                provider,
+                "--service-account",
+                "kmseal",
+            ],
+            "",
+        )
+        .await,
+    );
+    assert_eq!(
+        trust["Statement"][0]["Condition"]["StringEquals"]["oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE:sub"],
+        "system:serviceaccount:team-b:kmseal"
+    );
+    // Mistakes say what to do.
+    let out = run(&kms, &["iam-policy"], "").await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--key-policy"), "{}", out.stderr);
+    let out = run(
+        &kms,
+        &[
+            "iam-policy",
+            "--key-policy",
+            policy,
+            "-n",
+            "team-a",
+            "--trust",
+            "arn:aws:iam::1:role/x",
+            "--service-account",
+            "kmseal",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("not an OIDC provider ARN"),
+        "{}",
+        out.stderr
+    );
+}
