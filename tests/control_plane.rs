@@ -2074,3 +2074,242 @@ async fn the_chart_installs_the_webhook_for_cert_manager() {
         w.cp.kubectl(None, &["delete", "--ignore-not-found", "-f", crd], None);
     }
 }
+
+/// What a recording proxy in front of moto saw: which role session each access key id is, from
+/// STS's answers, and each KMS `Decrypt`'s access key id and namespace (its encryption context).
+#[derive(Default, Debug)]
+struct Wire {
+    sessions: BTreeMap<String, String>,
+    decrypts: Vec<(String, String)>,
+}
+
+/// Reads one HTTP/1.1 message head and its content-length body from `stream`.
+async fn read_message(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            while buffer.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            return Some((head, buffer[end + 4..end + 4 + length].to_vec()));
+        }
+    }
+}
+
+/// Forwards every request to `upstream` (one per connection) and records in `wire` what
+/// the proxy saw.
+async fn recording_proxy(upstream: String, wire: std::sync::Arc<std::sync::Mutex<Wire>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let (target, wire) = (target.clone(), wire.clone());
+            tokio::spawn(async move {
+                let Some((head, body)) = read_message(&mut client).await else {
+                    return;
+                };
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                    })
+                };
+                // One request per connection: moto closes after its answer.
+                let forwarded: String = head
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect::<String>()
+                    + "connection: close\r\n\r\n";
+                let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = server.write_all(forwarded.as_bytes()).await;
+                let _ = server.write_all(&body).await;
+                let mut answer = Vec::new();
+                let _ = server.read_to_end(&mut answer).await;
+                let _ = client.write_all(&answer).await;
+                let _ = client.shutdown().await;
+                let text = String::from_utf8_lossy(&answer);
+                let between = |open: &str, close: &str| {
+                    let start = text.find(open)? + open.len();
+                    let end = text[start..].find(close)? + start;
+                    Some(text[start..end].to_owned())
+                };
+                let mut wire = wire.lock().unwrap();
+                if String::from_utf8_lossy(&body).contains("Action=AssumeRoleWithWebIdentity")
+                    && let (Some(key), Some(arn)) = (
+                        between("<AccessKeyId>", "</AccessKeyId>"),
+                        between("<Arn>", "</Arn>"),
+                    )
+                {
+                    wire.sessions.insert(key, arn);
+                }
+                if header("x-amz-target").as_deref() == Some("TrentService.Decrypt") {
+                    let key = header("authorization")
+                        .and_then(|a| {
+                            let start = a.find("Credential=")? + "Credential=".len();
+                            a[start..].split('/').next().map(str::to_owned)
+                        })
+                        .unwrap_or_default();
+                    let namespace = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|b| {
+                            b["EncryptionContext"]["kmseal.dev/namespace"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
+                        .unwrap_or_default();
+                    wire.decrypts.push((key, namespace));
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The worked example of docs/multi-tenancy.md on the real server, with moto behind a
+/// recording proxy: two tenants, each with its own key and its own role (its ServiceAccount's
+/// annotation), the chart locking both to their own roles. Each tenant's Secret is written,
+/// and every KMS `Decrypt` for a tenant's object is signed with an access key id that STS
+/// issued for that tenant's role, in a session named for its namespace and object; the
+/// controller's own role is never assumed (it needs no KMS permission for these tenants).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tenants_decrypt_with_their_own_roles_on_the_real_server() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let Some(w) = world().await else { return };
+    let Some(helm) = helm("KMSEAL_TEST_HELM3") else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let wire = std::sync::Arc::new(std::sync::Mutex::new(Wire::default()));
+    let proxy = recording_proxy(w.moto.clone(), wire.clone()).await;
+    // What a run that failed midway left behind.
+    w.delete_namespaces(&["e2e-team-a", "e2e-team-b"]).await;
+    let tenants = [("e2e-team-a", w.key().await), ("e2e-team-b", w.key().await)];
+    for (namespace, _) in &tenants {
+        cluster::namespace(&w.admin, namespace).await;
+        let accounts: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), namespace);
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {
+                "name": "kmseal",
+                "annotations": {
+                    "eks.amazonaws.com/role-arn":
+                        format!("arn:aws:iam::000000000000:role/kmseal-{namespace}"),
+                },
+            }
+        }))
+        .unwrap();
+        accounts.create(&PostParams::default(), &sa).await.unwrap();
+    }
+    let mut set: Vec<String> = w
+        .base_values()
+        .into_iter()
+        .map(|v| {
+            if v.starts_with("aws.endpoint=") {
+                format!("aws.endpoint={proxy}")
+            } else {
+                v
+            }
+        })
+        .collect();
+    for (i, (namespace, key)) in tenants.iter().enumerate() {
+        set.push(format!("kms.keyPolicy[{i}].key={key}"));
+        set.push(format!("kms.keyPolicy[{i}].namespaces={{{namespace}}}"));
+    }
+    set.push("tenantIdentity.enabled=true".into());
+    set.push("tenantIdentity.defaultServiceAccount=kmseal".into());
+    set.push("tenantIdentity.required=true".into());
+    set.push("controller.namespaces={e2e-team-a,e2e-team-b}".into());
+    let release = Release {
+        helm,
+        name: "kmseal".into(),
+        namespace: "kmseal-two".into(),
+        set,
+    };
+    release.install(&w.cp);
+    let dir = tempfile::tempdir().unwrap();
+    let controller = release.controller(&w.cp, dir.path(), "kmseal-0").await;
+    for (namespace, key) in &tenants {
+        let objects: Api<EncryptedSecret> = Api::namespaced(w.admin.clone(), namespace);
+        for name in ["db", "api"] {
+            let value = format!("{namespace}-{name}");
+            let es = sealed(
+                &w.kms,
+                key,
+                namespace,
+                name,
+                &[("password", value.as_bytes())],
+            )
+            .await;
+            objects.create(&PostParams::default(), &es).await.unwrap();
+        }
+    }
+    for (namespace, _) in &tenants {
+        for name in ["db", "api"] {
+            wait_for(name, Duration::from_secs(60), async || {
+                ready(&w.admin, namespace, name).await
+            })
+            .await;
+            assert_eq!(
+                secret_data(&w.admin, namespace, name).await.as_deref(),
+                Some(format!("{namespace}-{name}").as_bytes())
+            );
+        }
+    }
+    let wire = wire.lock().unwrap();
+    println!("{wire:#?}");
+    assert!(wire.decrypts.len() >= 4, "{wire:#?}");
+    for (key, namespace) in &wire.decrypts {
+        let session = wire.sessions.get(key).unwrap_or_else(|| {
+            panic!("a Decrypt signed by {key}, which STS did not issue: {wire:#?}")
+        });
+        assert!(
+            session.contains(&format!(
+                "assumed-role/kmseal-{namespace}/kmseal@{namespace}."
+            )),
+            "the Decrypt for {namespace} was signed as {session}"
+        );
+    }
+    // The controller's own role was not even assumed: every STS session is a tenant's.
+    assert!(
+        wire.sessions
+            .values()
+            .all(|s| s.contains("assumed-role/kmseal-e2e-team-")),
+        "{wire:#?}"
+    );
+    assert_eq!(wire.sessions.len(), 2, "one session per tenant: {wire:#?}");
+    drop(wire);
+    drop(controller);
+    release.uninstall(&w.cp);
+    w.delete_namespaces(&["e2e-team-a", "e2e-team-b", "kmseal-two"])
+        .await;
+}
