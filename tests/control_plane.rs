@@ -2285,7 +2285,7 @@ async fn two_tenants_decrypt_with_their_own_roles_on_the_real_server() {
             );
         }
     }
-    let wire = wire.lock().unwrap();
+    let wire = std::mem::take(&mut *wire.lock().unwrap());
     println!("{wire:#?}");
     assert!(wire.decrypts.len() >= 4, "{wire:#?}");
     for (key, namespace) in &wire.decrypts {
