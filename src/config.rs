@@ -255,12 +255,9 @@ impl ControllerArgs {
         let mut policy = if self.allow_any_key {
             KeyPolicy::any_key()
         } else {
-            let mut rules = KeyPolicy::rules_for_all_namespaces(&self.allowed_keys)?;
-            if let Some(path) = &self.key_policy {
-                let (keys, identity_rules) = KeyPolicy::read_file(path)?;
-                rules.extend(keys);
-                identities = identity_rules;
-            }
+            let (rules, identity_rules) =
+                KeyPolicy::rules_from_flags(&self.allowed_keys, self.key_policy.as_deref())?;
+            identities = identity_rules;
             if rules.is_empty() && self.key_policy.is_none() {
                 return Err(ConfigError::NoKeysAllowed);
             }

@@ -405,6 +405,22 @@ impl KeyPolicy {
         Ok(KeyPolicy::read_file(path)?.0)
     }
 
+    /// The rules `--allowed-keys` and `--key-policy` give together, and the file's identity
+    /// rules: what the controller, `kmseal validate` and `kmseal iam-policy` read the same way.
+    pub fn rules_from_flags(
+        allowed_keys: &[String],
+        file: Option<&std::path::Path>,
+    ) -> Result<(Vec<Rule>, Vec<crate::identity::IdentityRule>), PolicyError> {
+        let mut rules = KeyPolicy::rules_for_all_namespaces(allowed_keys)?;
+        let mut identities = vec![];
+        if let Some(path) = file {
+            let (keys, identity_rules) = KeyPolicy::read_file(path)?;
+            rules.extend(keys);
+            identities = identity_rules;
+        }
+        Ok((rules, identities))
+    }
+
     /// The key rules and identity rules of the policy file at `path`.
     pub fn read_file(
         path: &std::path::Path,

@@ -78,14 +78,9 @@ pub(super) fn iam_policy_command(args: &IamPolicyArgs, io: &mut Io<'_>) -> Resul
                 .to_owned(),
         ));
     }
-    let mut rules = KeyPolicy::rules_for_all_namespaces(&args.allowed_keys)
-        .map_err(|e| usage(format!("--allowed-keys: {e}")))?;
-    let mut identities = vec![];
-    if let Some(path) = &args.key_policy {
-        let (keys, identity_rules) = KeyPolicy::read_file(path)?;
-        rules.extend(keys);
-        identities = identity_rules;
-    }
+    let (rules, identities) =
+        KeyPolicy::rules_from_flags(&args.allowed_keys, args.key_policy.as_deref())
+            .map_err(super::validate::policy_flag_error)?;
     for (flag, name) in [
         ("--default-service-account", &args.default_service_account),
         ("--service-account", &args.service_account),

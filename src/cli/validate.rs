@@ -62,18 +62,21 @@ pub enum ReportFormat {
 
 /// The key policy `validate` checks against: like the controller's, but with no flags any key
 /// (its `--allow-any-key`), since a repository may be checked before a policy exists.
+/// A key policy flag's error: a bad `--allowed-keys` is a usage error; a bad file is not.
+pub(super) fn policy_flag_error(e: crate::policy::PolicyError) -> CliError {
+    match e {
+        crate::policy::PolicyError::File { .. } => e.into(),
+        other => usage(format!("--allowed-keys: {other}")),
+    }
+}
+
 pub(super) fn validate_policy(args: &ValidateArgs) -> Result<KeyPolicy, CliError> {
     let mut policy = if args.key_policy.is_none() && args.allowed_keys.is_empty() {
         KeyPolicy::any_key()
     } else {
-        let mut rules = KeyPolicy::rules_for_all_namespaces(&args.allowed_keys)
-            .map_err(|e| usage(format!("--allowed-keys: {e}")))?;
-        let mut identities = vec![];
-        if let Some(path) = &args.key_policy {
-            let (keys, identity_rules) = KeyPolicy::read_file(path)?;
-            rules.extend(keys);
-            identities = identity_rules;
-        }
+        let (rules, identities) =
+            KeyPolicy::rules_from_flags(&args.allowed_keys, args.key_policy.as_deref())
+                .map_err(policy_flag_error)?;
         let mut policy = KeyPolicy::from_rules(rules);
         policy.identity.rules = identities;
         policy
