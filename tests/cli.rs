@@ -2205,3 +2205,49 @@ async fn iam_policy_prints_least_privilege_documents_for_each_role() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn seal_can_name_the_service_account_whose_role_decrypts() {
+    let kms = MemoryKms::new("eu-west-1");
+    let key = kms.create_key();
+    let out = run(
+        &kms,
+        &[
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "db",
+            "-n",
+            "team-a",
+            "--from-literal",
+            "p=v",
+            "--service-account",
+            "kmseal",
+            "-o",
+            "json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let sealed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(sealed["spec"]["serviceAccountName"], "kmseal");
+    // A name that is not a ServiceAccount's is refused before anything is read or sealed.
+    Command::cargo_bin("kmseal")
+        .unwrap()
+        .args([
+            "seal",
+            "--key",
+            &key,
+            "--name",
+            "db",
+            "--from-literal",
+            "p=v",
+            "--service-account",
+            "kube-system/default",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not a ServiceAccount name"));
+}

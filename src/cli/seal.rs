@@ -37,6 +37,16 @@ pub struct SealArgs {
     /// Secret type for --from-*, e.g. kubernetes.io/tls (default Opaque).
     #[arg(long = "type", value_name = "TYPE", help_heading = "The Secret")]
     pub type_: Option<String>,
+    /// Set spec.serviceAccountName: the cluster decrypts the values with this ServiceAccount's
+    /// IAM role (per-tenant identity), not the controller's.
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_parser = service_account,
+        conflicts_with = "merge_into",
+        help_heading = "The Secret"
+    )]
+    pub service_account: Option<String>,
     /// KMS key to seal under: key id, key ARN, alias (alias/NAME) or alias ARN. With
     /// --public-key: the key's ARN, when the file does not name it.
     #[arg(long, env = "KMSEAL_KEY", value_name = "KEY", value_parser = super::key_name, help_heading = "The key")]
@@ -82,7 +92,7 @@ pub struct SealArgs {
     #[arg(
         long,
         requires_all = ["item", "name"],
-        conflicts_with_all = ["file", "literals", "files", "type_", "merge_into", "output"],
+        conflicts_with_all = ["file", "literals", "files", "type_", "merge_into", "output", "service_account"],
         help_heading = "Output"
     )]
     pub raw: bool,
@@ -482,6 +492,7 @@ pub(super) async fn seal_command<K: Kms>(
                 policy: Some(policy),
             });
         }
+        object.spec.service_account_name = args.service_account.clone();
         sealed.push(object);
     }
     let out = manifest::write(&sealed, args.output).map_err(fail)?;
@@ -543,4 +554,13 @@ async fn seal_raw<K: Kms>(
         None => io.stdout.write_all(out.as_bytes())?,
     }
     Ok(EXIT_OK)
+}
+
+/// `--service-account` as clap parses it.
+fn service_account(name: &str) -> Result<String, String> {
+    if crate::identity::valid_service_account_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err("not a ServiceAccount name: use lowercase letters, digits, '-' and '.'".to_owned())
+    }
 }
