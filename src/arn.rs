@@ -1,4 +1,46 @@
-//! KMS key identifiers: key ids, key ARNs, alias names and alias ARNs.
+//! KMS key identifiers: key ids, key ARNs, alias names and alias ARNs; and ARNs in general.
+
+/// Any `arn:<partition>:<service>:<region>:<account>:<resource>` (region and account may be
+/// empty, as in IAM's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arn<'a> {
+    pub partition: &'a str,
+    pub service: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+    pub resource: &'a str,
+}
+
+impl<'a> Arn<'a> {
+    pub fn parse(s: &'a str) -> Option<Self> {
+        let mut parts = s.splitn(6, ':');
+        let (
+            Some("arn"),
+            Some(partition),
+            Some(service),
+            Some(region),
+            Some(account),
+            Some(resource),
+        ) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        )
+        else {
+            return None;
+        };
+        Some(Arn {
+            partition,
+            service,
+            region,
+            account,
+            resource,
+        })
+    }
+}
 
 /// A parsed `arn:<partition>:kms:<region>:<account>:<resource>` (key or alias).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,22 +54,13 @@ pub struct KmsArn<'a> {
 
 impl<'a> KmsArn<'a> {
     pub fn parse(s: &'a str) -> Option<Self> {
-        let mut parts = s.splitn(6, ':');
-        let (
-            Some("arn"),
-            Some(partition),
-            Some("kms"),
-            Some(region),
-            Some(account),
-            Some(resource),
-        ) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        )
+        let Arn {
+            partition,
+            service: "kms",
+            region,
+            account,
+            resource,
+        } = Arn::parse(s)?
         else {
             return None;
         };

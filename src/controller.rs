@@ -680,10 +680,6 @@ impl<K: Kms, A: ClusterApi> Reconciler<K, A> {
         self
     }
 
-    pub fn identities(&self) -> Option<&tenant_identity::TenantIdentities> {
-        self.identities.as_deref()
-    }
-
     /// Whose credentials the object's KMS calls go out under: the controller's, or those of
     /// the ServiceAccount the policy and the object choose. Never the controller's for an
     /// object that has (or must have) a ServiceAccount.

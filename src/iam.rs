@@ -153,12 +153,11 @@ pub fn trust_policy(
     service_account: &str,
     audience: &str,
 ) -> Option<Value> {
-    let issuer = provider_arn
-        .split_once(":oidc-provider/")
-        .filter(|(head, issuer)| {
-            head.starts_with("arn:aws") && head.contains(":iam::") && !issuer.is_empty()
-        })?
-        .1;
+    let arn = crate::arn::Arn::parse(provider_arn)?;
+    let issuer = arn
+        .resource
+        .strip_prefix("oidc-provider/")
+        .filter(|issuer| arn.service == "iam" && arn.region.is_empty() && !issuer.is_empty())?;
     Some(document(vec![json!({
         "Effect": "Allow",
         "Principal": {"Federated": provider_arn},

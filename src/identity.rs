@@ -254,15 +254,14 @@ pub fn valid_service_account_name(name: &str) -> bool {
 
 /// An IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
 pub fn valid_role_arn(arn: &str) -> bool {
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let Some(crate::arn::Arn {
+        partition,
+        service: "iam",
+        region: "",
+        account,
+        resource,
+    }) = crate::arn::Arn::parse(arn)
+    else {
         return false;
     };
     let name_chars = |s: &str| {

@@ -16,8 +16,8 @@ use k8s_openapi::ByteString;
 use kmseal::api::EncryptedSecret;
 use kmseal::binding::Scope;
 use kmseal::controller::fake::InMemoryCluster;
-use kmseal::controller::tenant_identity::TenantIdentities;
 use kmseal::controller::tenant_identity::memory::{MemoryIdentityApi, MemorySts};
+use kmseal::controller::tenant_identity::{MAX_IDENTITIES, TenantIdentities};
 use kmseal::controller::{Admission, Reconciled, Reconciler};
 use kmseal::identity::{IdentityRule, IdentitySettings, Requirement};
 use kmseal::kms::{CachingKms, MemoryKms};
@@ -384,6 +384,26 @@ async fn attack_many_service_accounts_do_not_push_out_another_namespaces_credent
         w.ids.calls.assume_role_calls.load(Ordering::Relaxed),
         before,
         "team B's credentials were still cached"
+    );
+
+    // Many namespaces at their share fill the table: at most 1,000 are kept, and a full
+    // table gives up an entry of the namespace holding the most, not team B's one.
+    for n in 0..40 {
+        let namespace = format!("ns-{n}");
+        for i in 0..30 {
+            let sa = format!("sa-{i}");
+            w.api.add(&namespace, &sa, Some(ROLE_A));
+            w.sts.trust(ROLE_A, &namespace, &sa);
+            w.ids.principal(&namespace, &sa, "db").await.unwrap();
+        }
+    }
+    assert_eq!(w.ids.len(), MAX_IDENTITIES);
+    let before = w.ids.calls.assume_role_calls.load(Ordering::Relaxed);
+    w.ids.principal("team-b", "app", "db").await.unwrap();
+    assert_eq!(
+        w.ids.calls.assume_role_calls.load(Ordering::Relaxed),
+        before,
+        "team B's credentials survived a full table"
     );
 }
 

@@ -2,26 +2,15 @@
 //! needs for a key policy ([`crate::iam`]), printed as JSON for `aws iam put-role-policy` and
 //! `aws iam create-role`. No AWS call.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
+use super::validate::PolicyFlags;
 use super::{CliError, EXIT_OK, Io, usage};
-use crate::policy::KeyPolicy;
 
 #[derive(Debug, Args)]
 pub struct IamPolicyArgs {
-    /// The controller's key policy file.
-    #[arg(long, value_name = "FILE", help_heading = "Key policy")]
-    pub key_policy: Option<PathBuf>,
-    /// Keys every namespace may use (the controller's --allowed-keys), comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "KEYS",
-        help_heading = "Key policy"
-    )]
-    pub allowed_keys: Vec<String>,
+    #[command(flatten)]
+    pub keys: PolicyFlags,
     /// The controller runs with --tenant-identity: the key policy's identities rules apply, and
     /// the controller's role needs nothing for namespaces whose objects all use their own role.
     #[arg(long, help_heading = "Per-tenant identity")]
@@ -72,15 +61,13 @@ pub struct IamPolicyArgs {
 }
 
 pub(super) fn iam_policy_command(args: &IamPolicyArgs, io: &mut Io<'_>) -> Result<i32, CliError> {
-    if args.key_policy.is_none() && args.allowed_keys.is_empty() {
+    if args.keys.is_empty() {
         return Err(usage(
             "name the keys: --key-policy FILE (the controller's key policy file) or --allowed-keys KEYS"
                 .to_owned(),
         ));
     }
-    let (rules, identities) =
-        KeyPolicy::rules_from_flags(&args.allowed_keys, args.key_policy.as_deref())
-            .map_err(super::validate::policy_flag_error)?;
+    let (rules, identities) = args.keys.rules()?;
     for (flag, name) in [
         ("--default-service-account", &args.default_service_account),
         ("--service-account", &args.service_account),

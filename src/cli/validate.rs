@@ -10,17 +10,8 @@ pub struct ValidateArgs {
     /// policy for them.
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// The controller's key policy file: check that each namespace uses only keys it may.
-    #[arg(long, value_name = "FILE", help_heading = "Key policy")]
-    pub key_policy: Option<PathBuf>,
-    /// Keys every namespace may use (the controller's --allowed-keys), comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "KEYS",
-        help_heading = "Key policy"
-    )]
-    pub allowed_keys: Vec<String>,
+    #[command(flatten)]
+    pub keys: PolicyFlags,
     /// Accept plain KMS ciphertext items with cluster scope (the controller's flag of the same
     /// name).
     #[arg(long, help_heading = "Key policy")]
@@ -62,21 +53,46 @@ pub enum ReportFormat {
 
 /// The key policy `validate` checks against: like the controller's, but with no flags any key
 /// (its `--allow-any-key`), since a repository may be checked before a policy exists.
-/// A key policy flag's error: a bad `--allowed-keys` is a usage error; a bad file is not.
-pub(super) fn policy_flag_error(e: crate::policy::PolicyError) -> CliError {
-    match e {
-        crate::policy::PolicyError::File { .. } => e.into(),
-        other => usage(format!("--allowed-keys: {other}")),
+/// The controller's key policy as `validate` and `iam-policy` take it.
+#[derive(Debug, Args)]
+pub struct PolicyFlags {
+    /// The controller's key policy file (its keys, and its identities rules).
+    #[arg(long, value_name = "FILE", help_heading = "Key policy")]
+    pub key_policy: Option<PathBuf>,
+    /// Keys every namespace may use (the controller's --allowed-keys), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "KEYS",
+        help_heading = "Key policy"
+    )]
+    pub allowed_keys: Vec<String>,
+}
+
+impl PolicyFlags {
+    pub fn is_empty(&self) -> bool {
+        self.key_policy.is_none() && self.allowed_keys.is_empty()
+    }
+
+    /// The key rules and identity rules the flags give: a bad `--allowed-keys` is a usage
+    /// error, a bad file is not.
+    pub fn rules(
+        &self,
+    ) -> Result<(Vec<crate::policy::Rule>, Vec<crate::identity::IdentityRule>), CliError> {
+        KeyPolicy::rules_from_flags(&self.allowed_keys, self.key_policy.as_deref()).map_err(|e| {
+            match e {
+                crate::policy::PolicyError::File { .. } => e.into(),
+                other => usage(format!("--allowed-keys: {other}")),
+            }
+        })
     }
 }
 
 pub(super) fn validate_policy(args: &ValidateArgs) -> Result<KeyPolicy, CliError> {
-    let mut policy = if args.key_policy.is_none() && args.allowed_keys.is_empty() {
+    let mut policy = if args.keys.is_empty() {
         KeyPolicy::any_key()
     } else {
-        let (rules, identities) =
-            KeyPolicy::rules_from_flags(&args.allowed_keys, args.key_policy.as_deref())
-                .map_err(policy_flag_error)?;
+        let (rules, identities) = args.keys.rules()?;
         let mut policy = KeyPolicy::from_rules(rules);
         policy.identity.rules = identities;
         policy

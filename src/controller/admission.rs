@@ -164,7 +164,10 @@ impl Admission {
                 .plain_key_id(namespace, es.spec.key_id.as_deref(), &snapshot.aliases)
                 .map_err(policy_error)?;
         }
-        self.identity_of(es)
+        snapshot
+            .policy
+            .identity
+            .choose(namespace, es.spec.service_account_name.as_deref())
             .map_err(|e| reject(e.category(), e.to_string()))?;
         Ok(())
     }
